@@ -1,0 +1,1 @@
+"""Conveyor's domain: settings, database, runs, agents, events, auth, CLI. No Flask, no Celery."""

@@ -1,0 +1,158 @@
+"""The `conveyor` command: run the whole system, migrate, check the setup, mint dev tokens."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import click
+
+from conveyor import doctor as doctor_checks
+from conveyor.auth import mint_token
+from conveyor.migrate import migrate as apply_migrations
+from conveyor.services import EmbeddedPostgres, EmbeddedRedis
+from conveyor.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class ServiceURLs:
+    """Where Postgres and Redis are, embedded or not."""
+
+    database_url: str
+    redis_url: str
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield DATABASE_URL, or the URL of an embedded PostgreSQL started (and stopped) here."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    postgres = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
+    url = postgres.start()
+    click.echo(f"embedded PostgreSQL 16, data in {postgres.data_dir}")
+    try:
+        yield url
+    finally:
+        postgres.stop()
+
+
+@contextmanager
+def redis_server(settings: Settings) -> Iterator[str]:
+    """Yield REDIS_URL, or the URL of an embedded Redis started (and stopped) here."""
+    if settings.redis_url is not None:
+        yield settings.redis_url
+        return
+    redis = EmbeddedRedis(settings.data_dir.resolve() / "redis")
+    url = redis.start()
+    click.echo(f"embedded Redis at {url}, data in {redis.data_dir}")
+    try:
+        yield url
+    finally:
+        redis.stop()
+
+
+@contextmanager
+def backing_services(settings: Settings) -> Iterator[ServiceURLs]:
+    """Both services, embedded where not configured."""
+    with database(settings) as database_url, redis_server(settings) as redis_url:
+        yield ServiceURLs(database_url, redis_url)
+
+
+def child_environment(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
+    """The environment web, worker and beat run with: the resolved URLs and the JWT secret."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=urls.database_url,
+        REDIS_URL=urls.redis_url,
+        SUPABASE_JWT_SECRET=settings.jwt_secret(),
+        CONVEYOR_DATA_DIR=str(settings.data_dir.resolve()),
+    )
+    return env
+
+
+@click.group()
+def main() -> None:
+    """Conveyor: background jobs for AI products on Supabase and Stripe."""
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Web port (default: WEB_PORT or 8000).")
+@click.option("--host", default=None, help="Web bind address (default: WEB_HOST or 127.0.0.1).")
+@click.option("--web-workers", type=int, default=2, show_default=True)
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
+def run(port: int | None, host: str | None, web_workers: int, concurrency: int) -> None:
+    """Start embedded services if needed, migrate, then run web, worker and beat until Ctrl-C."""
+    from honcho.manager import Manager
+
+    settings = get_settings()
+    port = port or settings.web_port
+    host = host or settings.web_host
+    python = shlex.quote(sys.executable)
+    with backing_services(settings) as urls:
+        applied = apply_migrations(urls.database_url)
+        click.echo(f"migrations applied: {len(applied)}")
+        env = child_environment(settings, urls)
+        manager = Manager()
+        manager.add_process(
+            "web",
+            f"{python} -m gunicorn 'web:create_app()' --bind {host}:{port} "
+            f"--workers {web_workers} --worker-class gthread --threads 16 --graceful-timeout 20",
+            env=env,
+        )
+        manager.add_process(
+            "worker",
+            f"{python} -m celery -A worker.app worker --loglevel INFO "
+            f"--concurrency {concurrency} --queues runs,usage,webhooks,maintenance",
+            env=env,
+        )
+        manager.add_process(
+            "beat", f"{python} -m celery -A worker.app beat --loglevel INFO", env=env
+        )
+        click.echo(f"Conveyor API: http://{host}:{port}/api/health  (Ctrl-C stops everything)")
+        manager.loop()
+    sys.exit(manager.returncode or 0)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending SQL migrations (starting embedded Postgres when DATABASE_URL is unset)."""
+    with database(get_settings()) as database_url:
+        applied = apply_migrations(database_url)
+    click.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
+
+
+@main.command()
+def doctor() -> None:
+    """Print what is configured and whether each dependency is reachable."""
+    ok = True
+    for check in doctor_checks.run_checks(get_settings()):
+        mark = "ok " if check.ok else "FAIL"
+        click.echo(f"[{mark}] {check.name}: {check.detail}")
+        ok = ok and check.ok
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--user", "user_id", type=click.UUID, default=None, help="User id (default: random).")
+@click.option("--email", default=None)
+@click.option("--ttl", type=int, default=24 * 3600, show_default=True, help="Lifetime in seconds.")
+def token(user_id: uuid.UUID | None, email: str | None, ttl: int) -> None:
+    """Mint a Supabase-shaped access token signed with this setup's JWT secret (development)."""
+    settings = get_settings()
+    click.echo(
+        mint_token(
+            user_id or uuid.uuid4(),
+            secret=settings.jwt_secret(),
+            audience=settings.jwt_audience,
+            email=email,
+            ttl_seconds=ttl,
+        )
+    )

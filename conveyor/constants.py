@@ -1,0 +1,24 @@
+"""Names shared by processes: Redis key prefixes, topics, Celery task and queue names."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+REDIS_PREFIX = "conveyor:"
+EVENTS_CHANNEL_PREFIX = f"{REDIS_PREFIX}events:"
+
+# Celery task names are part of the wire contract between web and worker: keep them stable.
+TASK_EXECUTE_RUN = "runs.execute"
+TASK_REQUEUE_STALE_RUNS = "maintenance.requeue_stale_runs"
+
+QUEUES = ("runs", "usage", "webhooks", "maintenance")
+
+
+def run_topic(run_id: UUID | str) -> str:
+    """The subscription topic of one run."""
+    return f"workflow_run:{run_id}"
+
+
+def topic_channel(topic: str) -> str:
+    """The Redis pub/sub channel carrying a topic's events."""
+    return f"{EVENTS_CHANNEL_PREFIX}{topic}"

@@ -1,0 +1,86 @@
+"""Postgres access: one connection pool per process, service-role and RLS-scoped transactions."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from conveyor.errors import ServiceUnavailable
+
+Connection = psycopg.Connection[DictRow]
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+class Database:
+    """A lazily opened pool for one database URL, reopened after a fork (prefork, gunicorn)."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> ConnectionPool[Connection]:
+        if self._pool is None or self._pid != os.getpid():
+            with self._lock:
+                if self._pool is None or self._pid != os.getpid():
+                    self._pool = ConnectionPool(
+                        self.url,
+                        min_size=self._min_size,
+                        max_size=self._max_size,
+                        kwargs={
+                            "row_factory": dict_row,
+                            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                        },
+                        timeout=CONNECT_TIMEOUT_SECONDS,
+                        check=ConnectionPool.check_connection,
+                        open=True,
+                        name="conveyor",
+                    )
+                    self._pid = os.getpid()
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled connection; unreachable Postgres becomes ServiceUnavailable."""
+        try:
+            with self._get_pool().connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise ServiceUnavailable("The database is unreachable; retry shortly.") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A transaction with the service role's view (bypasses RLS): for the worker and admin."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def user_transaction(self, claims: dict[str, Any]) -> Iterator[Connection]:
+        """A transaction that runs as Supabase's `authenticated` role, so RLS policies apply."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("set local role authenticated")
+            conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+            yield conn
+
+    def ping(self) -> None:
+        """Raise ServiceUnavailable unless `select 1` answers."""
+        with self.connection() as conn:
+            conn.execute("select 1")
+
+    def close(self) -> None:
+        """Close the pool of this process, if one was opened."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close()
+        self._pool = None

@@ -1,0 +1,119 @@
+"""One exception hierarchy: each error carries an HTTP status and a stable machine-readable code."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+
+class ConveyorError(Exception):
+    """Something went wrong in Conveyor."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body a client sees."""
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(ConveyorError):
+    """The request could not be understood."""
+
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class InvalidJSON(BadRequest):
+    """The request body is not valid JSON."""
+
+    code = "INVALID_JSON"
+
+
+class InvalidContentType(BadRequest):
+    """Send the body as JSON with `Content-Type: application/json`."""
+
+    code = "INVALID_CONTENT_TYPE"
+
+
+class InvalidInput(BadRequest):
+    """The request body does not match the expected shape."""
+
+    code = "INVALID_INPUT"
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, what: str) -> InvalidInput:
+        """An InvalidInput that names every offending field of a pydantic ValidationError."""
+        fields = [
+            {"field": ".".join(str(p) for p in err["loc"]) or what, "problem": err["msg"]}
+            for err in exc.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
+        return cls(f"Invalid {what}: {summary}", fields=fields)
+
+
+class UnknownAgent(BadRequest):
+    """No agent of that type exists; `GET /api/agents` lists them."""
+
+    code = "UNKNOWN_AGENT"
+
+
+class Unauthorized(ConveyorError):
+    """Send `Authorization: Bearer <Supabase access token>`."""
+
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class TokenExpired(Unauthorized):
+    """The access token has expired; refresh the session and retry."""
+
+    code = "TOKEN_EXPIRED"
+
+
+class InvalidToken(Unauthorized):
+    """The access token is not valid for this project."""
+
+    code = "INVALID_TOKEN"
+
+
+class Forbidden(ConveyorError):
+    """You are not allowed to do that."""
+
+    status = 403
+    code = "FORBIDDEN"
+
+
+class NotFound(ConveyorError):
+    """Nothing exists at that address."""
+
+    status = 404
+    code = "NOT_FOUND"
+
+
+class RunNotFound(NotFound):
+    """That run does not exist (or is not yours)."""
+
+    code = "RUN_NOT_FOUND"
+
+
+class ServiceUnavailable(ConveyorError):
+    """A backing service is unreachable; retry shortly."""
+
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+
+
+class AgentFailed(ConveyorError):
+    """The agent raised an error while running."""
+
+    code = "AGENT_FAILED"

@@ -1,0 +1,86 @@
+"""Pydantic models for every payload that crosses the HTTP boundary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class Payload(BaseModel):
+    """A request body: unknown fields are refused so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class InvokeRequest(Payload):
+    """`POST /api/agents/invoke`: run one agent as a one-step run."""
+
+    agent_type: str = Field(min_length=1, max_length=100)
+    input: dict[str, Any] = Field(default_factory=dict)
+    user_id: UUID | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunLinks(BaseModel):
+    """Where to follow a run."""
+
+    self: str
+
+
+class InvokeResponse(BaseModel):
+    """The answer to an invoke: the run's id and where it stands."""
+
+    request_id: UUID
+    status: RunStatus
+    result: Any | None = None
+    error: str | None = None
+    links: RunLinks
+
+
+class StepView(BaseModel):
+    """One step of a run as the owner sees it."""
+
+    position: int
+    name: str
+    kind: str
+    status: str
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class RunView(BaseModel):
+    """`GET /api/runs/<id>`."""
+
+    id: UUID
+    kind: str
+    workflow_id: str
+    status: RunStatus
+    progress: float
+    current_step: str | None
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    output: Any | None
+    error: str | None
+    error_code: str | None
+    attempts: int
+    steps: list[StepView]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class HealthView(BaseModel):
+    """`GET /api/health`: each dependency's state."""
+
+    status: Literal["ok", "degraded"]
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "down"]

@@ -1,0 +1,116 @@
+"""Configuration, read once from the environment (and `.env`) with pydantic-settings."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+
+
+class Settings(BaseSettings):
+    """Every knob Conveyor has. Environment variable names are the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = Field(
+        "development", validation_alias=AliasChoices("CONVEYOR_ENV", "ENVIRONMENT")
+    )
+    # Unset means "start an embedded server under data_dir" (development only).
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Field(Path(".conveyor"), validation_alias="CONVEYOR_DATA_DIR")
+
+    supabase_url: str | None = None
+    supabase_jwt_secret: SecretStr | None = None
+    supabase_service_role_key: SecretStr | None = None
+    jwt_audience: str = "authenticated"
+    jwt_leeway_seconds: int = Field(10, ge=0, le=300)
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_price_id: str | None = None
+    stripe_api_base: str | None = None
+
+    timezone: str = Field("UTC", validation_alias=AliasChoices("CONVEYOR_TIMEZONE", "TIMEZONE"))
+    run_events_retention_days: int = Field(30, ge=1)
+    usage_events_retention_days: int = Field(400, ge=1)
+    audit_logs_retention_days: int = Field(90, ge=1)
+
+    # A queued run older than this is published again by the reaper (the runs table is the outbox).
+    requeue_after_seconds: int = Field(60, ge=1)
+    run_lease_seconds: int = Field(300, ge=5)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_real_services(self) -> Settings:
+        if self.environment == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("REDIS_URL", self.redis_url),
+                    ("SUPABASE_JWT_SECRET", self.supabase_jwt_secret),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"missing required setting(s) for production: {', '.join(missing)}"
+                )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when at least one backing service must be started by Conveyor itself."""
+        return self.database_url is None or self.redis_url is None
+
+    def jwt_secret(self) -> str:
+        """The HS256 secret for Supabase JWTs; in development, one generated under data_dir."""
+        if self.supabase_jwt_secret is not None:
+            return self.supabase_jwt_secret.get_secret_value()
+        if self.environment == "production":
+            raise RuntimeError("SUPABASE_JWT_SECRET is not set")
+        return dev_secret(self.data_dir)
+
+
+def dev_secret(data_dir: Path) -> str:
+    """Load (or create once) the development JWT secret kept in data_dir, readable by owner only."""
+    path = data_dir / DEV_SECRET_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    try:
+        # O_EXCL: when web, worker and CLI start together, exactly one of them writes the secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

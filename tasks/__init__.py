@@ -1,0 +1,1 @@
+"""Task bodies, one module per kind of job. Thin: each calls one function in `conveyor/`."""

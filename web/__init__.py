@@ -1,0 +1,37 @@
+"""The Flask front: HTTP and websockets only. `create_app()` is the one wiring point."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from conveyor.db import Database
+from conveyor.events import EventPublisher
+from conveyor.logs import configure_logging
+from conveyor.settings import Settings, get_settings
+from web import agents, auth, errors, health, runs
+from web.enqueue import Enqueuer
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app for settings (default: from the environment)."""
+    settings = settings or get_settings()
+    if settings.database_url is None or settings.redis_url is None:
+        raise RuntimeError(
+            "DATABASE_URL and REDIS_URL must be set for the web app; "
+            "`conveyor run` sets them when it starts embedded services"
+        )
+    configure_logging(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["conveyor.settings"] = settings
+    app.extensions["conveyor.db"] = Database(settings.database_url)
+    app.extensions["conveyor.publisher"] = EventPublisher(settings.redis_url)
+    app.extensions["conveyor.enqueuer"] = Enqueuer(settings)
+
+    errors.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(agents.bp)
+    app.register_blueprint(runs.bp)
+    return app

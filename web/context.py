@@ -1,0 +1,41 @@
+"""Accessors for the per-app resources that create_app wires in."""
+
+from __future__ import annotations
+
+from flask import current_app, g
+
+from conveyor.auth import Principal
+from conveyor.db import Database
+from conveyor.events import EventPublisher
+from conveyor.settings import Settings
+from web.enqueue import Enqueuer
+
+
+def get_settings() -> Settings:
+    """This app's settings."""
+    settings: Settings = current_app.extensions["conveyor.settings"]
+    return settings
+
+
+def get_db() -> Database:
+    """This app's database."""
+    db: Database = current_app.extensions["conveyor.db"]
+    return db
+
+
+def get_publisher() -> EventPublisher:
+    """This app's event publisher."""
+    publisher: EventPublisher = current_app.extensions["conveyor.publisher"]
+    return publisher
+
+
+def get_enqueuer() -> Enqueuer:
+    """This app's task publisher."""
+    enqueuer: Enqueuer = current_app.extensions["conveyor.enqueuer"]
+    return enqueuer
+
+
+def get_principal() -> Principal:
+    """The authenticated caller of this request."""
+    principal: Principal = g.principal
+    return principal

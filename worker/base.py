@@ -1,0 +1,64 @@
+"""The task base class: per-app resources, logging context, retry with backoff and jitter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from celery import Task
+
+from conveyor.db import Database
+from conveyor.errors import ServiceUnavailable
+from conveyor.events import EventPublisher
+from conveyor.settings import Settings
+
+
+@dataclass
+class WorkerResources:
+    """What a task body needs, built once per Celery app and process."""
+
+    settings: Settings
+    db: Database
+    publisher: EventPublisher
+
+
+def resources_for(app: Any) -> WorkerResources:
+    """The app's resources, created on first use (after fork, so pools are per process)."""
+    existing: WorkerResources | None = getattr(app, "conveyor_resources", None)
+    if existing is None:
+        settings: Settings = app.conveyor_settings
+        assert settings.database_url is not None
+        assert settings.redis_url is not None
+        existing = WorkerResources(
+            settings=settings,
+            db=Database(settings.database_url, max_size=4),
+            publisher=EventPublisher(settings.redis_url),
+        )
+        app.conveyor_resources = existing
+    return existing
+
+
+class ConveyorTask(Task):  # type: ignore[misc]
+    """Base for every Conveyor task: binds log context and retries when a dependency is down."""
+
+    # Postgres or Redis briefly unreachable: retry with exponential backoff and jitter.
+    autoretry_for = (ServiceUnavailable,)
+    retry_backoff = 2
+    retry_backoff_max = 120
+    retry_jitter = True
+    max_retries = 20
+    acks_late = True
+
+    @property
+    def resources(self) -> WorkerResources:
+        """Database, publisher and settings of this task's app."""
+        return resources_for(self.app)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(task_id=self.request.id, task=self.name)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            structlog.contextvars.clear_contextvars()

@@ -18,7 +18,9 @@ DEV_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 class Settings(BaseSettings):
     """Every knob Conveyor has. Environment variable names are the upper-case field names."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     environment: Literal["development", "production"] = Field(
         "development", validation_alias=AliasChoices("CONVEYOR_ENV", "ENVIRONMENT")

@@ -1,0 +1,192 @@
+"""Real services for every test: Postgres (a migrated template, cloned per test), Redis, a Celery
+worker in-process and the Flask app on a loopback port.
+
+TEST_DATABASE_URL / TEST_REDIS_URL point at existing servers; without them the embedded ones start.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from conveyor.db import Database
+from conveyor.migrate import migrate
+from conveyor.services import EmbeddedRedis
+from conveyor.settings import Settings
+from tests.support import ApiClient, LiveServer, make_settings, token_for
+from worker.celery_app import create_celery
+
+KOMBU_BINDINGS = b"_kombu.binding."
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL with rights to create databases, on TEST_DATABASE_URL's server or an embedded one."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    import pgserver  # type: ignore[import-untyped]
+
+    # A short path: the server's unix socket lives in its data dir (108-byte limit).
+    data_dir = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_REDIS_URL, or an embedded redis-server for this session."""
+    configured = os.environ.get("TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def database_named(admin_url: str, name: str) -> str:
+    """admin_url with its database replaced by name."""
+    return make_conninfo(admin_url, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_admin_url: str) -> Iterator[str]:
+    """A database migrated once per session, cloned by each test."""
+    name = f"conveyor_template_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    migrate(database_named(pg_admin_url, name))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for this test alone."""
+    name = f"conveyor_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(name), sql.Identifier(template_database)
+            )
+        )
+    try:
+        yield database_named(pg_admin_url, name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """The session's Redis, emptied of everything but kombu's queue bindings."""
+    client = redis.Redis.from_url(redis_url)
+    # Bindings are declared once per broker connection; deleting them would drop messages.
+    doomed = [key for key in client.scan_iter(count=1000) if not key.startswith(KOMBU_BINDINGS)]
+    if doomed:
+        client.delete(*doomed)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(
+    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> Settings:
+    """Settings pointing at this test's database and the session's Redis."""
+    return make_settings(database_url, redis_url, tmp_path / "data")
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """The test's database as the domain code sees it."""
+    assert settings.database_url is not None
+    database = Database(settings.database_url, max_size=4)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def celery_app(settings: Settings) -> Celery:
+    """The Celery app as the worker builds it, for this test's settings."""
+    return create_celery(settings)
+
+
+def close_worker_resources(app: Celery) -> None:
+    """Close the pools a worker opened for app."""
+    resources = getattr(app, "conveyor_resources", None)
+    if resources is not None:
+        resources.db.close()
+        resources.publisher.close()
+
+
+@pytest.fixture
+def worker(celery_app: Celery) -> Iterator[Any]:
+    """A real Celery worker consuming every queue, in a thread of this process."""
+    with start_worker(
+        celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=20, loglevel="WARNING"
+    ) as running:
+        yield running
+    close_worker_resources(celery_app)
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    """The app on a real HTTP server."""
+    with LiveServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def make_client(live_server: LiveServer) -> Callable[..., ApiClient]:
+    """Build API clients: for a user (random by default), or with an explicit token or none."""
+
+    def build(user_id: uuid.UUID | None = None, *, token: str | None = None) -> ApiClient:
+        return ApiClient(live_server.url, token or token_for(user_id or uuid.uuid4()))
+
+    return build
+
+
+@pytest.fixture
+def anonymous(live_server: LiveServer) -> ApiClient:
+    """An API client without a token."""
+    return ApiClient(live_server.url, None)
+
+
+@pytest.fixture
+def user_id() -> uuid.UUID:
+    """A fresh user."""
+    return uuid.uuid4()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., ApiClient], user_id: uuid.UUID) -> ApiClient:
+    """An API client signed in as user_id."""
+    return make_client(user_id)

@@ -1,0 +1,69 @@
+"""User-facing reads run under Supabase's `authenticated` role, so RLS decides what is visible."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from conveyor import runs
+from conveyor.db import Database
+from conveyor.errors import RunNotFound
+from conveyor.events import EventPublisher
+from conveyor.execution import execute_run
+
+
+def claims(user: uuid.UUID) -> dict[str, str]:
+    return {"sub": str(user), "role": "authenticated"}
+
+
+@pytest.fixture
+def owner_run(db: Database, redis_url: str) -> tuple[uuid.UUID, uuid.UUID]:
+    owner = uuid.uuid4()
+    run = runs.create_run(
+        db, user_id=owner, kind="agent", workflow_id="echo", input={}, metadata={}
+    )
+    publisher = EventPublisher(redis_url)
+    execute_run(db, publisher, run.id, lease_seconds=60)
+    publisher.close()
+    return owner, run.id
+
+
+@pytest.mark.parametrize("table", ["workflow_runs", "workflow_steps", "run_events"])
+def test_owner_sees_own_rows(
+    db: Database, owner_run: tuple[uuid.UUID, uuid.UUID], table: str
+) -> None:
+    owner, _ = owner_run
+    with db.user_transaction(claims(owner)) as conn:
+        count = conn.execute(f"select count(*) as n from {table}").fetchone()  # noqa: S608
+    assert count is not None
+    assert count["n"] > 0
+
+
+@pytest.mark.parametrize("table", ["workflow_runs", "workflow_steps", "run_events"])
+def test_another_user_sees_no_rows(
+    db: Database, owner_run: tuple[uuid.UUID, uuid.UUID], table: str
+) -> None:
+    with db.user_transaction(claims(uuid.uuid4())) as conn:
+        count = conn.execute(f"select count(*) as n from {table}").fetchone()  # noqa: S608
+    assert count == {"n": 0}
+
+
+def test_users_cannot_write_runs_directly(
+    db: Database, owner_run: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    owner, run_id = owner_run
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+        db.user_transaction(claims(owner)) as conn,
+    ):
+        conn.execute("update workflow_runs set status = 'queued' where id = %s", (run_id,))
+
+
+def test_get_run_hides_another_users_run(
+    db: Database, owner_run: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    _, run_id = owner_run
+    with pytest.raises(RunNotFound):
+        runs.get_run(db, claims(uuid.uuid4()), run_id)

@@ -1,0 +1,120 @@
+"""The run state machine in Postgres: one claim at a time, fenced writes, lost runs found."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from conveyor import runs
+from conveyor.db import Database
+from conveyor.events import EventPublisher
+from conveyor.execution import Outcome, execute_run
+
+
+@pytest.fixture
+def run_id(db: Database) -> uuid.UUID:
+    new = runs.create_run(
+        db, user_id=uuid.uuid4(), kind="agent", workflow_id="echo", input={"a": 1}, metadata={}
+    )
+    return new.id
+
+
+def expire_lease(database_url: str, run_id: uuid.UUID) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "update workflow_runs set lease_expires_at = now() - interval '1 second' where id = %s",
+            (run_id,),
+        )
+
+
+def age(database_url: str, run_id: uuid.UUID, seconds: int) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "update workflow_runs set created_at = now() - make_interval(secs => %s) where id = %s",
+            (seconds, run_id),
+        )
+
+
+def test_a_run_can_be_claimed_only_once(db: Database, run_id: uuid.UUID) -> None:
+    assert runs.claim_run(db, run_id, lease_seconds=60) is not None
+    assert runs.claim_run(db, run_id, lease_seconds=60) is None
+
+
+def test_an_expired_lease_can_be_claimed_again_with_the_next_attempt(
+    db: Database, run_id: uuid.UUID, database_url: str
+) -> None:
+    first = runs.claim_run(db, run_id, lease_seconds=60)
+    expire_lease(database_url, run_id)
+    second = runs.claim_run(db, run_id, lease_seconds=60)
+    assert first is not None
+    assert second is not None
+    assert (first[0].attempt, second[0].attempt) == (1, 2)
+
+
+def test_a_worker_that_lost_its_lease_cannot_finish_the_run(
+    db: Database, run_id: uuid.UUID, database_url: str
+) -> None:
+    stale = runs.claim_run(db, run_id, lease_seconds=60)
+    expire_lease(database_url, run_id)
+    assert runs.claim_run(db, run_id, lease_seconds=60) is not None
+    assert stale is not None
+
+    assert runs.finish_run(db, stale[0], output={"late": True}) is None
+    with db.transaction() as conn:
+        row = conn.execute("select status, output from workflow_runs where id = %s", (run_id,))
+        assert row.fetchone() == {"status": "running", "output": None}
+
+
+def test_executing_a_finished_run_again_is_a_no_op(
+    db: Database, run_id: uuid.UUID, redis_url: str
+) -> None:
+    publisher = EventPublisher(redis_url)
+    assert execute_run(db, publisher, run_id, lease_seconds=60) is Outcome.COMPLETED
+    assert execute_run(db, publisher, run_id, lease_seconds=60) is Outcome.SKIPPED
+    publisher.close()
+
+
+def test_queued_runs_older_than_the_threshold_are_republished_once_per_period(
+    db: Database, run_id: uuid.UUID, database_url: str
+) -> None:
+    assert runs.runs_to_republish(db, older_than_seconds=60) == []
+    age(database_url, run_id, 120)
+    assert runs.runs_to_republish(db, older_than_seconds=60) == [run_id]
+    # Republishing stamps enqueued_at: the next scan leaves it alone until the period passes again.
+    assert runs.runs_to_republish(db, older_than_seconds=60) == []
+
+
+def test_running_runs_with_an_expired_lease_are_republished(
+    db: Database, run_id: uuid.UUID, database_url: str
+) -> None:
+    runs.claim_run(db, run_id, lease_seconds=60)
+    age(database_url, run_id, 120)
+    assert runs.runs_to_republish(db, older_than_seconds=60) == []
+    expire_lease(database_url, run_id)
+    assert runs.runs_to_republish(db, older_than_seconds=60) == [run_id]
+
+
+def test_finished_runs_are_never_republished(
+    db: Database, run_id: uuid.UUID, database_url: str, redis_url: str
+) -> None:
+    publisher = EventPublisher(redis_url)
+    execute_run(db, publisher, run_id, lease_seconds=60)
+    publisher.close()
+    age(database_url, run_id, 3600)
+    assert runs.runs_to_republish(db, older_than_seconds=0) == []
+
+
+def test_event_seqs_are_gap_free_per_run(db: Database, run_id: uuid.UUID, redis_url: str) -> None:
+    publisher = EventPublisher(redis_url)
+    execute_run(db, publisher, run_id, lease_seconds=60)
+    publisher.close()
+    with db.transaction() as conn:
+        seqs = [
+            r["seq"]
+            for r in conn.execute(
+                "select seq from run_events where run_id = %s order by seq", (run_id,)
+            )
+        ]
+    assert seqs == [1, 2, 3]

@@ -1,0 +1,53 @@
+"""Settings fail early and by name, and development works with nothing configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from conveyor.settings import Settings
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_production_without_required_values_names_each_missing_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DATABASE_URL", "REDIS_URL", "SUPABASE_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValidationError) as caught:
+        settings(environment="production", database_url="postgresql://db/x")
+    message = str(caught.value)
+    assert "REDIS_URL" in message
+    assert "SUPABASE_JWT_SECRET" in message
+    assert "DATABASE_URL" not in message
+
+
+def test_unknown_timezone_is_refused_with_a_hint() -> None:
+    with pytest.raises(ValidationError, match="IANA"):
+        settings(timezone="Mars/Olympus")
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_TIMEZONE", "Europe/Berlin")
+    monkeypatch.setenv("REQUEUE_AFTER_SECONDS", "15")
+    loaded = settings()
+    assert loaded.timezone == "Europe/Berlin"
+    assert loaded.requeue_after_seconds == 15
+
+
+def test_development_secret_is_created_once_and_reused(tmp_path: Path) -> None:
+    first = settings(data_dir=tmp_path).jwt_secret()
+    second = settings(data_dir=tmp_path).jwt_secret()
+    assert first == second
+    assert len(first) >= 32
+    assert (tmp_path / "jwt-secret").stat().st_mode & 0o077 == 0
+
+
+def test_configured_secret_wins_over_the_development_one(tmp_path: Path) -> None:
+    assert settings(data_dir=tmp_path, supabase_jwt_secret="s" * 40).jwt_secret() == "s" * 40
+    assert not (tmp_path / "jwt-secret").exists()

@@ -6,5 +6,8 @@ from conveyor.logs import configure_logging
 from conveyor.settings import get_settings
 from worker.celery_app import create_celery
 
-configure_logging(get_settings())
-app = create_celery(get_settings())
+settings = get_settings()
+configure_logging(settings)
+# Beat keeps its schedule file here; without embedded services nothing else creates the folder.
+settings.data_dir.mkdir(parents=True, exist_ok=True)
+app = create_celery(settings)

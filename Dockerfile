@@ -1,0 +1,16 @@
+# One image for web, worker and beat; docker-compose.yml picks the command.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY pyproject.toml README.md ./
+COPY conveyor ./conveyor
+COPY web ./web
+COPY worker ./worker
+COPY tasks ./tasks
+COPY sql ./sql
+COPY beat_schedule.py ./
+# Editable so conveyor/migrate.py finds sql/ beside the packages.
+RUN pip install --no-cache-dir -e . && useradd --create-home conveyor
+USER conveyor
+EXPOSE 8000
+CMD ["gunicorn", "web:create_app()", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "16"]

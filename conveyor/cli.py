@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import click
 
 from conveyor import doctor as doctor_checks
-from conveyor.auth import mint_token
+from conveyor.auth import (
+    DEV_TOKEN_TTL_SECONDS,
+    SERVICE_TOKEN_TTL_SECONDS,
+    mint_service_token,
+    mint_token,
+)
 from conveyor.migrate import migrate as apply_migrations
 from conveyor.services import EmbeddedPostgres, EmbeddedRedis
 from conveyor.settings import Settings, get_settings
@@ -71,6 +76,7 @@ def child_environment(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
         DATABASE_URL=urls.database_url,
         REDIS_URL=urls.redis_url,
         SUPABASE_JWT_SECRET=settings.jwt_secret(),
+        API_JWT_SECRET=settings.api_secret(),
         CONVEYOR_DATA_DIR=str(settings.data_dir.resolve()),
     )
     return env
@@ -143,16 +149,39 @@ def doctor() -> None:
 @main.command()
 @click.option("--user", "user_id", type=click.UUID, default=None, help="User id (default: random).")
 @click.option("--email", default=None)
-@click.option("--ttl", type=int, default=24 * 3600, show_default=True, help="Lifetime in seconds.")
-def token(user_id: uuid.UUID | None, email: str | None, ttl: int) -> None:
-    """Mint a Supabase-shaped access token signed with this setup's JWT secret (development)."""
+@click.option("--admin", is_flag=True, help="Mark the user an admin (app_metadata.role).")
+@click.option("--service", "service_name", default=None, help="Service token with this name.")
+@click.option("--scope", "scopes", multiple=True, help="Service token scope (repeatable).")
+@click.option("--ttl", type=int, default=None, help="Lifetime in seconds.")
+def token(
+    user_id: uuid.UUID | None,
+    email: str | None,
+    admin: bool,
+    service_name: str | None,
+    scopes: tuple[str, ...],
+    ttl: int | None,
+) -> None:
+    """Mint a user token shaped like Supabase's (development), or with --service a service token."""
     settings = get_settings()
+    if service_name is not None or scopes:
+        if not scopes:
+            raise click.UsageError("a service token needs at least one --scope, e.g. usage:write")
+        click.echo(
+            mint_service_token(
+                service_name or "cli",
+                list(scopes),
+                secret=settings.api_secret(),
+                ttl_seconds=ttl or SERVICE_TOKEN_TTL_SECONDS,
+            )
+        )
+        return
     click.echo(
         mint_token(
             user_id or uuid.uuid4(),
             secret=settings.jwt_secret(),
             audience=settings.jwt_audience,
             email=email,
-            ttl_seconds=ttl,
+            admin=admin,
+            ttl_seconds=ttl or DEV_TOKEN_TTL_SECONDS,
         )
     )

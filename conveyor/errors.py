@@ -106,6 +106,19 @@ class RunNotFound(NotFound):
     code = "RUN_NOT_FOUND"
 
 
+class Conflict(ConveyorError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    code = "CONFLICT"
+
+
+class RunFinished(Conflict):
+    """The run has already finished."""
+
+    code = "RUN_ALREADY_FINISHED"
+
+
 class ServiceUnavailable(ConveyorError):
     """A backing service is unreachable; retry shortly."""
 

@@ -72,6 +72,7 @@ class RunView(BaseModel):
     error_code: str | None
     attempts: int
     steps: list[StepView]
+    cancel_requested_at: datetime | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -84,3 +85,37 @@ class HealthView(BaseModel):
     status: Literal["ok", "degraded"]
     postgres: Literal["ok", "down"]
     redis: Literal["ok", "down"]
+
+
+class RunSummary(BaseModel):
+    """A run in a listing."""
+
+    id: UUID
+    kind: str
+    workflow_id: str
+    status: RunStatus
+    progress: float
+    current_step: str | None
+    error_code: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunListQuery(Payload):
+    """`GET /api/runs` query parameters."""
+
+    status: RunStatus | None = None
+    workflow_id: str | None = Field(default=None, max_length=100)
+    user_id: UUID | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class ExchangeResponse(BaseModel):
+    """`POST /api/auth/exchange-token`."""
+
+    backend_token: str
+    user_id: UUID
+    tenant_id: UUID
+    expires_in: int

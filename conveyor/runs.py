@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
 from conveyor.db import Connection, Database
-from conveyor.errors import RunNotFound
+from conveyor.errors import InvalidInput, RunFinished, RunNotFound
 from conveyor.events import STATUS_UPDATE, RunEvent, append_event
-from conveyor.models import RunView, StepView
+from conveyor.models import RunSummary, RunView, StepView
 
 RunKind = Literal["agent", "workflow"]
 
@@ -101,6 +103,7 @@ def claim_run(
                    current_step = workflow_id,
                    updated_at = now()
              where id = %s
+               and cancel_requested_at is null
                and (status = 'queued' or (status = 'running' and lease_expires_at < now()))
             returning *
             """,
@@ -134,8 +137,11 @@ def finish_run(
         row = conn.execute(
             """
             update public.workflow_runs
-               set status = %s, output = %s, error = %s, error_code = %s,
-                   progress = case when %s = 'completed' then 1 else progress end,
+               set status = case when cancel_requested_at is null then %s else 'cancelled' end,
+                   output = case when cancel_requested_at is null then %s::jsonb end,
+                   error = %s, error_code = %s,
+                   progress = case when %s = 'completed' and cancel_requested_at is null
+                                   then 1 else progress end,
                    current_step = null, lease_expires_at = null,
                    finished_at = now(), updated_at = now()
              where id = %s and attempt = %s and status = 'running'
@@ -153,7 +159,7 @@ def finish_run(
         ).fetchone()
         if row is None:
             return None
-        record_single_step(conn, claim, status=status, output=output, error=error)
+        record_single_step(conn, claim, status=row["status"], output=row["output"], error=error)
         return append_event(conn, claim.id, STATUS_UPDATE, status_data(row))
 
 
@@ -244,8 +250,117 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
         error_code=row["error_code"],
         attempts=row["attempt"],
         steps=[StepView.model_validate(step) for step in steps],
+        cancel_requested_at=row["cancel_requested_at"],
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         updated_at=row["updated_at"],
     )
+
+
+def cancel_run(
+    db: Database, claims: dict[str, Any], run_id: UUID
+) -> tuple[RunView, RunEvent, UUID]:
+    """Cancel a queued run now, or ask a running one to stop; only its owner or an admin may.
+    Returns the run, the event, and the owner's id."""
+    get_run(db, claims, run_id)  # RLS decides visibility: someone else's run is not found
+    with db.transaction() as conn:
+        row = conn.execute(
+            """
+            update public.workflow_runs
+               set status = case when status = 'queued' then 'cancelled' else status end,
+                   finished_at = case when status = 'queued' then now() else finished_at end,
+                   cancel_requested_at = coalesce(cancel_requested_at, now()),
+                   updated_at = now()
+             where id = %s and status in ('queued', 'running')
+            returning *
+            """,
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise RunFinished(f"run {run_id} has already finished; there is nothing to cancel")
+        event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
+    return get_run(db, claims, run_id), event, row["user_id"]
+
+
+def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
+    """Runs asked to cancel whose worker vanished (lease expired) end as cancelled."""
+    events = []
+    with db.transaction() as conn:
+        rows = conn.execute(
+            """
+            update public.workflow_runs
+               set status = 'cancelled', finished_at = now(), updated_at = now(),
+                   lease_expires_at = null, current_step = null
+             where status = 'running' and cancel_requested_at is not null
+               and lease_expires_at < now()
+            returning *
+            """
+        ).fetchall()
+        for row in rows:
+            events.append(append_event(conn, row["id"], STATUS_UPDATE, status_data(row)))
+    return events
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first, and the cursor for the next page (None at the end)."""
+
+    runs: list[RunSummary]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, run_id: UUID) -> str:
+    """An opaque cursor pointing just past (created_at, id)."""
+    raw = f"{created_at.isoformat()}|{run_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) a cursor points past, or InvalidInput."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, _, run_id = base64.urlsafe_b64decode(padded).decode().partition("|")
+        return datetime.fromisoformat(created), UUID(run_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not one this API returned; start without it.") from exc
+
+
+def list_runs(
+    db: Database,
+    claims: dict[str, Any],
+    *,
+    user_id: UUID,
+    status: str | None,
+    workflow_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> RunPage:
+    """A user's runs under RLS, newest first, keyset-paginated."""
+    after = decode_cursor(cursor) if cursor else None
+    with db.user_transaction(claims) as conn:
+        rows = conn.execute(
+            """
+            select id, kind, workflow_id, status, progress, current_step, error_code,
+                   created_at, started_at, finished_at
+              from public.workflow_runs
+             where user_id = %(user)s
+               and (%(status)s::text is null or status = %(status)s)
+               and (%(workflow)s::text is null or workflow_id = %(workflow)s)
+               and (%(after_ts)s::timestamptz is null
+                    or (created_at, id) < (%(after_ts)s, %(after_id)s::uuid))
+             order by created_at desc, id desc
+             limit %(limit)s
+            """,
+            {
+                "user": user_id,
+                "status": status,
+                "workflow": workflow_id,
+                "after_ts": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "limit": limit + 1,
+            },
+        ).fetchall()
+    page = [RunSummary.model_validate(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return RunPage(page, encode_cursor(page[-1].created_at, page[-1].id) if more else None)

@@ -12,7 +12,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+# File names under data_dir, not secrets.
+DEV_SECRET_FILE = "jwt-secret"  # noqa: S105
+DEV_API_SECRET_FILE = "api-jwt-secret"  # noqa: S105
 
 
 class Settings(BaseSettings):
@@ -33,8 +35,18 @@ class Settings(BaseSettings):
     supabase_url: str | None = None
     supabase_jwt_secret: SecretStr | None = None
     supabase_service_role_key: SecretStr | None = None
+    # Asymmetric signing keys; default: SUPABASE_URL + /auth/v1/.well-known/jwks.json.
+    supabase_jwks_url: str | None = None
+    # Checked only when set; Supabase issues `<SUPABASE_URL>/auth/v1`.
+    supabase_jwt_issuer: str | None = None
     jwt_audience: str = "authenticated"
     jwt_leeway_seconds: int = Field(10, ge=0, le=300)
+    jwks_cache_seconds: int = Field(600, ge=1)
+    # However many unknown `kid`s arrive, the JWKS endpoint is fetched at most this often.
+    jwks_min_refetch_seconds: float = Field(30.0, ge=0)
+    # Signs backend tokens (from /api/auth/exchange-token) and service tokens.
+    api_jwt_secret: SecretStr | None = None
+    backend_token_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -74,6 +86,7 @@ class Settings(BaseSettings):
                     ("DATABASE_URL", self.database_url),
                     ("REDIS_URL", self.redis_url),
                     ("SUPABASE_JWT_SECRET", self.supabase_jwt_secret),
+                    ("API_JWT_SECRET", self.api_jwt_secret),
                 )
                 if not value
             ]
@@ -94,12 +107,28 @@ class Settings(BaseSettings):
             return self.supabase_jwt_secret.get_secret_value()
         if self.environment == "production":
             raise RuntimeError("SUPABASE_JWT_SECRET is not set")
-        return dev_secret(self.data_dir)
+        return dev_secret(self.data_dir, DEV_SECRET_FILE)
+
+    def api_secret(self) -> str:
+        """The HS256 secret for backend and service tokens; in development, one under data_dir."""
+        if self.api_jwt_secret is not None:
+            return self.api_jwt_secret.get_secret_value()
+        if self.environment == "production":
+            raise RuntimeError("API_JWT_SECRET is not set")
+        return dev_secret(self.data_dir, DEV_API_SECRET_FILE)
+
+    def jwks_url(self) -> str | None:
+        """Where Supabase publishes its signing keys, if known."""
+        if self.supabase_jwks_url:
+            return self.supabase_jwks_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
 
 
-def dev_secret(data_dir: Path) -> str:
-    """Load (or create once) the development JWT secret kept in data_dir, readable by owner only."""
-    path = data_dir / DEV_SECRET_FILE
+def dev_secret(data_dir: Path, name: str) -> str:
+    """Load (or create once) a development secret kept in data_dir, readable by owner only."""
+    path = data_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
     try:

@@ -17,6 +17,7 @@ from conveyor.settings import Settings
 from web import create_app
 
 JWT_SECRET = "test-secret-with-at-least-32-bytes-of-entropy!!"
+API_SECRET = "test-api-secret-for-backend-and-service-tokens"
 
 
 def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
@@ -25,6 +26,7 @@ def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides
         "database_url": database_url,
         "redis_url": redis_url,
         "supabase_jwt_secret": JWT_SECRET,
+        "api_jwt_secret": API_SECRET,
         "environment": "development",
         "data_dir": data_dir,
         "log_format": "console",

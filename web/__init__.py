@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Flask
 
+from conveyor.auth import TokenVerifier
 from conveyor.db import Database
 from conveyor.events import EventPublisher
+from conveyor.jwks import JwksCache
 from conveyor.logs import configure_logging
 from conveyor.settings import Settings, get_settings
-from web import agents, auth, errors, health, runs
+from web import admin, agents, auth, errors, health, identity, runs
 from web.enqueue import Enqueuer
 
 
@@ -28,10 +30,33 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor.db"] = Database(settings.database_url)
     app.extensions["conveyor.publisher"] = EventPublisher(settings.redis_url)
     app.extensions["conveyor.enqueuer"] = Enqueuer(settings)
+    app.extensions["conveyor.verifier"] = build_verifier(settings)
 
     errors.init_app(app)
     auth.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(agents.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(identity.bp)
+    app.register_blueprint(admin.bp)
     return app
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    """The token verifier for these settings (JWKS only when a URL is known)."""
+    jwks_url = settings.jwks_url()
+    jwks = (
+        JwksCache(
+            jwks_url, ttl=settings.jwks_cache_seconds, min_refetch=settings.jwks_min_refetch_seconds
+        )
+        if jwks_url
+        else None
+    )
+    return TokenVerifier(
+        supabase_secret=settings.jwt_secret(),
+        api_secret=settings.api_secret(),
+        jwks=jwks,
+        audience=settings.jwt_audience,
+        issuer=settings.supabase_jwt_issuer,
+        leeway=settings.jwt_leeway_seconds,
+    )

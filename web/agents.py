@@ -38,7 +38,8 @@ def invoke() -> tuple[Response, int]:
     """Store a run for one agent, publish it after commit, answer 202 with where to follow it."""
     body = parse_body(InvokeRequest)
     principal = get_principal()
-    if body.user_id is not None and body.user_id != principal.user_id:
+    user_id = principal.require_user()
+    if body.user_id is not None and body.user_id != user_id:
         raise Forbidden("You can only invoke agents as yourself; omit user_id.")
     agent = agents.get_agent(body.agent_type)
     agent.validate_input(body.input)
@@ -48,7 +49,7 @@ def invoke() -> tuple[Response, int]:
 
     run = runs.create_run(
         get_db(),
-        user_id=principal.user_id,
+        user_id=user_id,
         kind="agent",
         workflow_id=agent.name,
         input=body.input,

@@ -7,8 +7,9 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
-from conveyor.auth import bearer_token, verify_token
-from web.context import get_settings
+from conveyor.auth import Principal, TokenVerifier, bearer_token
+from conveyor.identity import has_admin_role
+from web.context import get_db, get_principal
 
 View = TypeVar("View", bound=Callable[..., object])
 
@@ -26,13 +27,32 @@ def authenticate() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
     if view is None or getattr(view, "conveyor_public", False):
         return  # unknown routes fall through to the JSON 404
-    settings = get_settings()
-    g.principal = verify_token(
-        bearer_token(request.headers.get("Authorization")),
-        secret=settings.jwt_secret(),
-        audience=settings.jwt_audience,
-        leeway=settings.jwt_leeway_seconds,
-    )
+    g.principal = verify_request_token()
+
+
+def verify_request_token() -> Principal:
+    """The Principal for this request's bearer token (TokenExpired / InvalidToken otherwise)."""
+    verifier: TokenVerifier = current_app.extensions["conveyor.verifier"]
+    return verifier.verify(bearer_token(request.headers.get("Authorization")))
+
+
+def require_admin() -> Principal:
+    """The caller, if an admin by token claim or by the user_roles table; else Forbidden."""
+    principal = get_principal()
+    if (
+        not principal.is_admin
+        and principal.user_id is not None
+        and has_admin_role(get_db(), principal.user_id)
+    ):
+        principal = principal.model_copy(update={"is_admin": True})
+        g.principal = principal
+    principal.require_admin()
+    return principal
+
+
+def client_ip() -> str | None:
+    """The caller's address as the server saw it (behind a proxy, install werkzeug's ProxyFix)."""
+    return request.remote_addr
 
 
 def init_app(app: Flask) -> None:

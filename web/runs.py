@@ -1,11 +1,16 @@
-"""`/api/runs`: read a run."""
+"""`/api/runs`: read, list and cancel runs. Every read goes through RLS."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
+from pydantic import ValidationError
 
 from conveyor import runs
-from web.context import get_db, get_principal
+from conveyor.errors import InvalidInput
+from conveyor.identity import record_audit
+from conveyor.models import RunListQuery
+from web.auth import client_ip, require_admin
+from web.context import get_db, get_principal, get_publisher
 
 bp = Blueprint("runs", __name__)
 
@@ -14,4 +19,58 @@ bp = Blueprint("runs", __name__)
 def get_run(run_id: str) -> Response:
     """A run with its steps; someone else's run answers 404 like a missing one."""
     view = runs.get_run(get_db(), get_principal().rls_claims(), runs.parse_run_id(run_id))
+    return jsonify(view.model_dump(mode="json"))
+
+
+@bp.get("/api/runs")
+def list_runs() -> Response:
+    """The caller's runs, newest first: `?status=&workflow_id=&limit=&cursor=`; admins may add
+    `user_id=` to list someone else's."""
+    try:
+        query = RunListQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, "query") from exc
+    principal = get_principal()
+    user_id = principal.require_user()
+    if query.user_id is not None and query.user_id != user_id:
+        principal = require_admin()
+        user_id = query.user_id
+    page = runs.list_runs(
+        get_db(),
+        principal.rls_claims(),
+        user_id=user_id,
+        status=query.status,
+        workflow_id=query.workflow_id,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
+    return jsonify(
+        {
+            "runs": [run.model_dump(mode="json") for run in page.runs],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@bp.post("/api/runs/<run_id>/cancel")
+def cancel_run(run_id: str) -> Response:
+    """Cancel a queued run at once, or ask a running one to stop at its next checkpoint."""
+    principal = get_principal()
+    principal.require_user()
+    db = get_db()
+    target = runs.parse_run_id(run_id)
+    # RLS decides: the owner or an admin sees the run; anyone else gets 404, as for a missing run.
+    view, event, owner = runs.cancel_run(db, principal.rls_claims(), target)
+    get_publisher().publish(event)
+    if owner != principal.user_id:
+        record_audit(
+            db,
+            action="admin.run.cancel",
+            outcome="success",
+            actor_user_id=principal.user_id,
+            subject=str(target),
+            ip=client_ip(),
+            user_agent=request.user_agent.string,
+            details={"owner": str(owner)},
+        )
     return jsonify(view.model_dump(mode="json"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conveyor.auth import verify_token
+from conveyor.auth import TokenVerifier
 from conveyor.services import free_port
-from tests.support import JWT_SECRET, ApiClient, wait_for_run
+from tests.support import API_SECRET, JWT_SECRET, ApiClient, wait_for_run
 
 STARTUP_SECONDS = 90
 
@@ -38,7 +38,14 @@ def base_env(tmp_path: Path, **values: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "SUPABASE_JWT_SECRET", "CONVEYOR_ENV"}
+        if k
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "SUPABASE_JWT_SECRET",
+            "API_JWT_SECRET",
+            "CONVEYOR_ENV",
+        }
     }
     env.update(CONVEYOR_DATA_DIR=str(tmp_path / "data"), **values)
     return env
@@ -77,8 +84,20 @@ def test_token_mints_a_token_for_the_given_user(tmp_path: Path) -> None:
         "token", "--user", str(user), env=base_env(tmp_path, SUPABASE_JWT_SECRET=JWT_SECRET)
     )
     assert result.returncode == 0, result.stderr
-    principal = verify_token(result.stdout.strip(), secret=JWT_SECRET, audience="authenticated")
-    assert principal.user_id == user
+    verifier = TokenVerifier(supabase_secret=JWT_SECRET, api_secret=API_SECRET, jwks=None)
+    assert verifier.verify(result.stdout.strip()).user_id == user
+
+
+def test_token_service_mints_a_scoped_service_token(tmp_path: Path) -> None:
+    result = conveyor(
+        "token", "--service", "billing", "--scope", "usage:write",
+        env=base_env(tmp_path, API_JWT_SECRET=API_SECRET),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    verifier = TokenVerifier(supabase_secret=JWT_SECRET, api_secret=API_SECRET, jwks=None)
+    principal = verifier.verify(result.stdout.strip())
+    assert principal.is_service
+    assert principal.scopes == frozenset({"usage:write"})
 
 
 def wait_until_healthy(base_url: str, process: subprocess.Popen[str]) -> None:

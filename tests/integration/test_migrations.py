@@ -48,9 +48,14 @@ def test_shim_leaves_an_existing_supabase_auth_schema_alone(empty_database_url: 
     """On a real Supabase project the auth schema exists: the shim adds or replaces nothing."""
     with psycopg.connect(empty_database_url) as conn:
         conn.execute("create schema auth")
+        # Supabase's own helpers (stand-ins that answer differently from the shim's).
         conn.execute(
             "create function auth.uid() returns uuid language sql stable "
             "as $$ select '00000000-0000-0000-0000-0000000000aa'::uuid $$"
+        )
+        conn.execute(
+            "create function auth.jwt() returns jsonb language sql stable "
+            "as $$ select '{}'::jsonb $$"
         )
     migrate(empty_database_url)
     with psycopg.connect(empty_database_url) as conn:

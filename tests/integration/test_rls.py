@@ -12,6 +12,7 @@ from conveyor.db import Database
 from conveyor.errors import RunNotFound
 from conveyor.events import EventPublisher
 from conveyor.execution import execute_run
+from conveyor.identity import grant_admin, record_audit
 
 
 def claims(user: uuid.UUID) -> dict[str, str]:
@@ -67,3 +68,31 @@ def test_get_run_hides_another_users_run(
     _, run_id = owner_run
     with pytest.raises(RunNotFound):
         runs.get_run(db, claims(uuid.uuid4()), run_id)
+
+
+def test_admin_claims_see_everyones_runs_under_rls(
+    db: Database, owner_run: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    admin_claims = {**claims(uuid.uuid4()), "app_metadata": {"role": "admin"}}
+    with db.user_transaction(admin_claims) as conn:
+        count = conn.execute("select count(*) as n from workflow_runs").fetchone()
+    assert count == {"n": 1}
+
+
+def test_user_roles_admin_sees_everyones_runs_under_rls(
+    db: Database, owner_run: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    admin = uuid.uuid4()
+    grant_admin(db, admin)
+    with db.user_transaction(claims(admin)) as conn:
+        count = conn.execute("select count(*) as n from workflow_runs").fetchone()
+    assert count == {"n": 1}
+
+
+def test_users_cannot_read_the_audit_log_or_roles_of_others(db: Database) -> None:
+    other = uuid.uuid4()
+    grant_admin(db, other)
+    record_audit(db, action="auth.exchange", outcome="success", actor_user_id=other)
+    with db.user_transaction(claims(uuid.uuid4())) as conn:
+        assert conn.execute("select count(*) as n from audit_logs").fetchone() == {"n": 0}
+        assert conn.execute("select count(*) as n from user_roles").fetchone() == {"n": 0}

@@ -118,3 +118,31 @@ def test_event_seqs_are_gap_free_per_run(db: Database, run_id: uuid.UUID, redis_
             )
         ]
     assert seqs == [1, 2, 3]
+
+
+def test_a_run_cancelled_while_running_finishes_as_cancelled_without_output(
+    db: Database, run_id: uuid.UUID
+) -> None:
+    claimed = runs.claim_run(db, run_id, lease_seconds=60)
+    assert claimed is not None
+    owner_claims = {"sub": str(claimed[0].user_id), "role": "authenticated"}
+    view, _, _ = runs.cancel_run(db, owner_claims, run_id)
+    assert (view.status, view.cancel_requested_at is not None) == ("running", True)
+
+    runs.finish_run(db, claimed[0], output={"done": True})
+
+    final = runs.get_run(db, owner_claims, run_id)
+    assert (final.status, final.output) == ("cancelled", None)
+
+
+def test_a_cancel_requested_run_whose_worker_vanished_ends_cancelled(
+    db: Database, run_id: uuid.UUID, database_url: str
+) -> None:
+    claimed = runs.claim_run(db, run_id, lease_seconds=60)
+    assert claimed is not None
+    owner_claims = {"sub": str(claimed[0].user_id), "role": "authenticated"}
+    runs.cancel_run(db, owner_claims, run_id)
+    expire_lease(database_url, run_id)
+
+    assert runs.claim_run(db, run_id, lease_seconds=60) is None
+    assert [e.data["status"] for e in runs.finalize_abandoned_cancellations(db)] == ["cancelled"]

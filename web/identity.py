@@ -1,0 +1,55 @@
+"""`/api/auth`: exchange a Supabase access token for a Conveyor backend token."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from conveyor.auth import mint_backend_token
+from conveyor.errors import ConveyorError, Forbidden
+from conveyor.identity import personal_tenant, record_audit
+from conveyor.models import ExchangeResponse
+from web.auth import client_ip, public, verify_request_token
+from web.context import get_db, get_settings
+
+bp = Blueprint("identity", __name__)
+
+
+@bp.post("/api/auth/exchange-token")
+@public  # verified here rather than in the hook, so failed attempts are audited too
+def exchange_token() -> tuple[Response, int]:
+    """A Supabase user's token in, `{backend_token, user_id, tenant_id}` out (7 days by default)."""
+    db = get_db()
+    audit = {"ip": client_ip(), "user_agent": request.user_agent.string}
+    try:
+        principal = verify_request_token()
+        if principal.kind != "supabase":
+            raise Forbidden("Exchange a Supabase access token; this one was issued by Conveyor.")
+    except ConveyorError as exc:
+        record_audit(
+            db, action="auth.exchange", outcome="failure", details={"code": exc.code}, **audit
+        )
+        raise
+    user_id = principal.require_user()
+    tenant_id = personal_tenant(db, user_id)
+    settings = get_settings()
+    token = mint_backend_token(
+        principal,
+        tenant_id,
+        secret=settings.api_secret(),
+        ttl_seconds=settings.backend_token_ttl_seconds,
+    )
+    record_audit(
+        db,
+        action="auth.exchange",
+        outcome="success",
+        actor_user_id=user_id,
+        subject=str(tenant_id),
+        **audit,
+    )
+    body = ExchangeResponse(
+        backend_token=token,
+        user_id=user_id,
+        tenant_id=tenant_id,
+        expires_in=settings.backend_token_ttl_seconds,
+    )
+    return jsonify(body.model_dump(mode="json")), 200

@@ -56,37 +56,6 @@ class StepView(BaseModel):
     error: str | None
 
 
-class RunView(BaseModel):
-    """`GET /api/runs/<id>`."""
-
-    id: UUID
-    kind: str
-    workflow_id: str
-    status: RunStatus
-    progress: float
-    current_step: str | None
-    input: dict[str, Any]
-    metadata: dict[str, Any]
-    output: Any | None
-    error: str | None
-    error_code: str | None
-    attempts: int
-    steps: list[StepView]
-    cancel_requested_at: datetime | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-
-
-class HealthView(BaseModel):
-    """`GET /api/health`: each dependency's state."""
-
-    status: Literal["ok", "degraded"]
-    postgres: Literal["ok", "down"]
-    redis: Literal["ok", "down"]
-
-
 class RunSummary(BaseModel):
     """A run in a listing."""
 
@@ -100,6 +69,27 @@ class RunSummary(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class RunView(RunSummary):
+    """`GET /api/runs/<id>`: the summary plus input, output, steps and bookkeeping."""
+
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    output: Any | None
+    error: str | None
+    attempts: int
+    steps: list[StepView]
+    cancel_requested_at: datetime | None
+    updated_at: datetime
+
+
+class HealthView(BaseModel):
+    """`GET /api/health`: each dependency's state."""
+
+    status: Literal["ok", "degraded"]
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "down"]
 
 
 class RunListQuery(Payload):

@@ -222,7 +222,6 @@ def mint_token(
     email: str | None = None,
     ttl_seconds: int = DEV_TOKEN_TTL_SECONDS,
     admin: bool = False,
-    issuer: str = "conveyor-dev",
 ) -> str:
     """An HS256 access token shaped like the ones Supabase Auth issues (for development)."""
     now = int(time.time())
@@ -232,7 +231,7 @@ def mint_token(
         "role": "authenticated",
         "iat": now,
         "exp": now + ttl_seconds,
-        "iss": issuer,
+        "iss": "conveyor-dev",
         "app_metadata": {"provider": "conveyor-dev", **({"role": "admin"} if admin else {})},
     }
     if email:

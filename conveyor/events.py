@@ -85,6 +85,13 @@ class EventPublisher:
             # Subscribers catch up from run_events with `since`, so a dropped publish loses nothing.
             log.warning("event_publish_failed", error=str(exc), count=len(events))
 
+    def ping(self) -> bool:
+        """True when Redis answers PING."""
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()

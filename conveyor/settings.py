@@ -96,26 +96,20 @@ class Settings(BaseSettings):
                 )
         return self
 
-    @property
-    def embedded(self) -> bool:
-        """True when at least one backing service must be started by Conveyor itself."""
-        return self.database_url is None or self.redis_url is None
-
     def jwt_secret(self) -> str:
         """The HS256 secret for Supabase JWTs; in development, one generated under data_dir."""
-        if self.supabase_jwt_secret is not None:
-            return self.supabase_jwt_secret.get_secret_value()
-        if self.environment == "production":
-            raise RuntimeError("SUPABASE_JWT_SECRET is not set")
-        return dev_secret(self.data_dir, DEV_SECRET_FILE)
+        return self._secret(self.supabase_jwt_secret, "SUPABASE_JWT_SECRET", DEV_SECRET_FILE)
 
     def api_secret(self) -> str:
         """The HS256 secret for backend and service tokens; in development, one under data_dir."""
-        if self.api_jwt_secret is not None:
-            return self.api_jwt_secret.get_secret_value()
+        return self._secret(self.api_jwt_secret, "API_JWT_SECRET", DEV_API_SECRET_FILE)
+
+    def _secret(self, configured: SecretStr | None, name: str, dev_file: str) -> str:
+        if configured is not None:
+            return configured.get_secret_value()
         if self.environment == "production":
-            raise RuntimeError("API_JWT_SECRET is not set")
-        return dev_secret(self.data_dir, DEV_API_SECRET_FILE)
+            raise RuntimeError(f"{name} is not set")
+        return dev_secret(self.data_dir, dev_file)
 
     def jwks_url(self) -> str | None:
         """Where Supabase publishes its signing keys, if known."""

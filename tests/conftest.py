@@ -25,7 +25,7 @@ from conveyor.db import Database
 from conveyor.migrate import migrate
 from conveyor.services import EmbeddedRedis
 from conveyor.settings import Settings
-from tests.support import ApiClient, LiveServer, make_settings, token_for
+from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
 from worker.celery_app import create_celery
 
 KOMBU_BINDINGS = b"_kombu.binding."
@@ -137,14 +137,6 @@ def db(settings: Settings) -> Iterator[Database]:
 def celery_app(settings: Settings) -> Celery:
     """The Celery app as the worker builds it, for this test's settings."""
     return create_celery(settings)
-
-
-def close_worker_resources(app: Celery) -> None:
-    """Close the pools a worker opened for app."""
-    resources = getattr(app, "conveyor_resources", None)
-    if resources is not None:
-        resources.db.close()
-        resources.publisher.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from celery import Celery
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from conveyor.auth import mint_token
@@ -33,6 +34,14 @@ def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def close_worker_resources(app: Celery) -> None:
+    """Close the pools a worker opened for app."""
+    resources = getattr(app, "conveyor_resources", None)
+    if resources is not None:
+        resources.db.close()
+        resources.publisher.close()
 
 
 class LiveServer:

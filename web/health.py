@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-import redis
+from typing import Literal
+
 from flask import Blueprint, Response, jsonify
 
 from conveyor.errors import ServiceUnavailable
 from conveyor.models import HealthView
 from web.auth import public
-from web.context import get_db, get_settings
+from web.context import get_db, get_publisher
 
 bp = Blueprint("health", __name__)
+
+State = Literal["ok", "down"]
 
 
 @bp.get("/api/health")
 @public
 def health() -> tuple[Response, int]:
     """200 when both dependencies answer; 503 naming the ones that do not."""
+    postgres: State = "ok"
     try:
         get_db().ping()
-        postgres = "ok"
     except ServiceUnavailable:
         postgres = "down"
-    try:
-        client = redis.Redis.from_url(
-            get_settings().redis_url or "", socket_connect_timeout=1, socket_timeout=1
-        )
-        with client:
-            client.ping()
-        redis_state = "ok"
-    except redis.RedisError:
-        redis_state = "down"
+    redis_state: State = "ok" if get_publisher().ping() else "down"
     view = HealthView(
         status="ok" if postgres == redis_state == "ok" else "degraded",
-        postgres=postgres,  # type: ignore[arg-type]
-        redis=redis_state,  # type: ignore[arg-type]
+        postgres=postgres,
+        redis=redis_state,
     )
     if view.status == "ok":
         return jsonify(view.model_dump()), 200

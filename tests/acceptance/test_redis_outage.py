@@ -11,8 +11,14 @@ from celery.contrib.testing.worker import start_worker
 
 from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.services import EmbeddedRedis, free_port
-from tests.conftest import close_worker_resources
-from tests.support import ApiClient, LiveServer, make_settings, token_for, wait_for_run
+from tests.support import (
+    ApiClient,
+    LiveServer,
+    close_worker_resources,
+    make_settings,
+    token_for,
+    wait_for_run,
+)
 from worker.celery_app import create_celery
 
 

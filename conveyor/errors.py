@@ -106,6 +106,12 @@ class RunNotFound(NotFound):
     code = "RUN_NOT_FOUND"
 
 
+class UnknownWorkflow(NotFound):
+    """No workflow has that id; `GET /api/workflows` lists them."""
+
+    code = "UNKNOWN_WORKFLOW"
+
+
 class Conflict(ConveyorError):
     """The request conflicts with the current state."""
 
@@ -130,3 +136,9 @@ class AgentFailed(ConveyorError):
     """The agent raised an error while running."""
 
     code = "AGENT_FAILED"
+
+
+class SessionNotFound(NotFound):
+    """That session does not exist (or is not yours)."""
+
+    code = "SESSION_NOT_FOUND"

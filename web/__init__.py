@@ -10,7 +10,7 @@ from conveyor.events import EventPublisher
 from conveyor.jwks import JwksCache
 from conveyor.logs import configure_logging
 from conveyor.settings import Settings, get_settings
-from web import admin, agents, auth, errors, health, identity, runs
+from web import admin, agents, auth, errors, health, identity, runs, sessions
 from web.enqueue import Enqueuer
 
 
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(runs.bp)
     app.register_blueprint(identity.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(sessions.bp)
     return app
 
 

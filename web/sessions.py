@@ -1,0 +1,82 @@
+"""`/api/agent/sessions`: agent sessions (threads) and their messages. Reads go through RLS."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import ValidationError
+
+from conveyor import sessions
+from conveyor.errors import InvalidInput
+from conveyor.models import Payload
+from web.body import parse_body
+from web.context import get_db, get_principal
+
+bp = Blueprint("sessions", __name__)
+
+Query = TypeVar("Query", bound=Payload)
+
+
+def parse_query(model: type[Query]) -> Query:
+    """The query string as `model`, or InvalidInput naming the offending parameters."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, "query") from exc
+
+
+@bp.post("/api/agent/sessions")
+def create_session() -> tuple[Response, int]:
+    """Start a session owned by the caller."""
+    body = parse_body(sessions.SessionCreate)
+    view = sessions.create_session(get_db(), get_principal().require_user(), body)
+    return jsonify(view.model_dump(mode="json")), 201
+
+
+@bp.get("/api/agent/sessions")
+def list_sessions() -> Response:
+    """The caller's sessions, newest first: `?limit=&cursor=`."""
+    query = parse_query(sessions.SessionListQuery)
+    principal = get_principal()
+    page, next_cursor = sessions.list_sessions(
+        get_db(),
+        principal.rls_claims(),
+        user_id=principal.require_user(),
+        limit=query.limit,
+        cursor=query.cursor,
+    )
+    return jsonify(
+        {"sessions": [s.model_dump(mode="json") for s in page], "next_cursor": next_cursor}
+    )
+
+
+@bp.get("/api/agent/sessions/<session_id>")
+def get_session(session_id: str) -> Response:
+    """One session; someone else's answers 404 like a missing one."""
+    principal = get_principal()
+    principal.require_user()
+    view = sessions.get_session(get_db(), principal.rls_claims(), session_id)
+    return jsonify(view.model_dump(mode="json"))
+
+
+@bp.post("/api/agent/sessions/<session_id>/messages")
+def add_message(session_id: str) -> tuple[Response, int]:
+    """Append a message; it gets the session's next sequence number."""
+    body = parse_body(sessions.MessageCreate)
+    principal = get_principal()
+    principal.require_user()
+    view = sessions.add_message(get_db(), principal.rls_claims(), session_id, body)
+    return jsonify(view.model_dump(mode="json")), 201
+
+
+@bp.get("/api/agent/sessions/<session_id>/messages")
+def list_messages(session_id: str) -> Response:
+    """Messages in sequence order: `?since=<sequence_number>&limit=`."""
+    query = parse_query(sessions.MessageListQuery)
+    principal = get_principal()
+    principal.require_user()
+    messages = sessions.list_messages(
+        get_db(), principal.rls_claims(), session_id, since=query.since, limit=query.limit
+    )
+    return jsonify({"messages": [m.model_dump(mode="json") for m in messages]})

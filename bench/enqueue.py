@@ -118,6 +118,7 @@ def main() -> None:
                             workflow_id="echo",
                             input={},
                             metadata={},
+                            steps=[("echo", "python")],
                         )
                         assert run.event is not None
                         publisher.publish(run.event)

@@ -1,75 +1,54 @@
-"""The agent registry: what `POST /api/agents/invoke` can run, with each agent's input model."""
+"""Agent types: what `POST /api/agents/invoke` runs. Each is a workflow, usually of one step."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
-from conveyor.errors import InvalidInput, UnknownAgent
+from conveyor import steps, workflows
+from conveyor.steps import StepContext
+from conveyor.workflows import RetryPolicy, StepSpec, Workflow
 
 AgentFunction = Callable[[BaseModel], dict[str, Any]]
 
-
-@dataclass(frozen=True)
-class Agent:
-    """A named unit of work with a validated input."""
-
-    name: str
-    description: str
-    input_model: type[BaseModel]
-    run: AgentFunction
-
-    def validate_input(self, raw: dict[str, Any]) -> BaseModel:
-        """Parse raw input, or raise InvalidInput naming the offending fields."""
-        try:
-            return self.input_model.model_validate(raw)
-        except ValidationError as exc:
-            raise InvalidInput.from_validation(exc, f"input for agent {self.name!r}") from exc
-
-
-_REGISTRY: dict[str, Agent] = {}
+# An agent's own exception is usually a bug, not a blip: one attempt unless the agent says more.
+SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 
 def register(
-    name: str, description: str, input_model: type[BaseModel]
+    name: str,
+    description: str,
+    input_model: type[BaseModel],
+    *,
+    retry: RetryPolicy = SINGLE_ATTEMPT,
+    timeout_seconds: float = 300.0,
 ) -> Callable[[AgentFunction], AgentFunction]:
-    """Decorator that makes a function invocable as agent `name`."""
+    """Decorator that makes fn(validated input) -> dict invocable as agent type `name`."""
 
     def decorate(fn: AgentFunction) -> AgentFunction:
-        if name in _REGISTRY and _REGISTRY[name].run is not fn:
-            raise ValueError(f"agent {name!r} is registered twice; pick another name")
-        _REGISTRY[name] = Agent(name, description, input_model, fn)
+        def call(ctx: StepContext, data: Any) -> Any:
+            return fn(input_model.model_validate(data))
+
+        steps.function(f"agent.{name}")(call)
+        workflows.define(
+            Workflow(
+                name=name,
+                description=description,
+                input_model=input_model,
+                kind="agent",
+                steps=[
+                    StepSpec(
+                        name=name,
+                        kind="python",
+                        config={"function": f"agent.{name}"},
+                        retry=retry,
+                        timeout_seconds=timeout_seconds,
+                    )
+                ],
+            )
+        )
         return fn
 
     return decorate
-
-
-def get_agent(name: str) -> Agent:
-    """The agent called name, or UnknownAgent listing the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise UnknownAgent(f"unknown agent type {name!r}; known agent types: {known}") from None
-
-
-def all_agents() -> list[Agent]:
-    """Every registered agent, by name."""
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
-
-
-class EchoInput(BaseModel):
-    """Anything; echo returns what it was given."""
-
-    model_config = ConfigDict(extra="allow")
-
-    message: str | None = Field(default=None, max_length=100_000)
-
-
-@register("echo", "Returns its input unchanged: a smoke test of the whole pipeline.", EchoInput)
-def echo(payload: BaseModel) -> dict[str, Any]:
-    """Return the input as the output."""
-    return payload.model_dump(exclude_none=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -84,6 +86,22 @@ class EventPublisher:
         except redis.RedisError as exc:
             # Subscribers catch up from run_events with `since`, so a dropped publish loses nothing.
             log.warning("event_publish_failed", error=str(exc), count=len(events))
+
+    @contextmanager
+    def subscription(self, topic: str) -> Iterator[redis.client.PubSub | None]:
+        """A subscription to a topic's events, or None while Redis is unreachable."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(topic_channel(topic))
+        except redis.RedisError as exc:
+            log.warning("event_subscribe_failed", error=str(exc))
+            pubsub.close()
+            yield None
+            return
+        try:
+            yield pubsub
+        finally:
+            pubsub.close()
 
     def ping(self) -> bool:
         """True when Redis answers PING."""

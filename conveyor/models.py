@@ -25,6 +25,20 @@ class InvokeRequest(Payload):
     input: dict[str, Any] = Field(default_factory=dict)
     user_id: UUID | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    session_id: UUID | None = None
+
+
+class WorkflowExecuteRequest(Payload):
+    """`POST /api/agents/workflows/execute`: run a workflow; wait for it unless `async` is true."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    workflow_id: str = Field(min_length=1, max_length=100)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    user_id: UUID | None = None
+    run_async: bool = Field(default=False, alias="async")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    session_id: UUID | None = None
 
 
 class RunLinks(BaseModel):
@@ -43,6 +57,17 @@ class InvokeResponse(BaseModel):
     links: RunLinks
 
 
+class WorkflowExecuteResponse(BaseModel):
+    """The answer to a workflow submit: final (200) or still going (202)."""
+
+    workflow_run_id: UUID
+    status: RunStatus
+    outputs: Any | None = None
+    error: str | None = None
+    error_code: str | None = None
+    links: RunLinks
+
+
 class StepView(BaseModel):
     """One step of a run as the owner sees it."""
 
@@ -53,7 +78,12 @@ class StepView(BaseModel):
     attempt: int
     started_at: datetime | None
     finished_at: datetime | None
+    duration_ms: int | None
+    output: Any | None
+    output_url: str | None
+    usage: dict[str, Any] | None
     error: str | None
+    error_code: str | None
 
 
 class RunSummary(BaseModel):
@@ -65,6 +95,7 @@ class RunSummary(BaseModel):
     status: RunStatus
     progress: float
     current_step: str | None
+    session_id: UUID | None
     error_code: str | None
     created_at: datetime
     started_at: datetime | None
@@ -77,6 +108,7 @@ class RunView(RunSummary):
     input: dict[str, Any]
     metadata: dict[str, Any]
     output: Any | None
+    output_url: str | None
     error: str | None
     attempts: int
     steps: list[StepView]
@@ -100,6 +132,13 @@ class RunListQuery(Payload):
     user_id: UUID | None = None
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=200)
+
+
+class RunEventsQuery(Payload):
+    """`GET /api/runs/<id>/events` query parameters."""
+
+    since: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class ExchangeResponse(BaseModel):

@@ -1,8 +1,9 @@
-"""The run state machine: create, claim (lease + fencing attempt), finish, find lost runs, read."""
+"""The run state machine: create, claim (lease + fencing attempt), finish, cancel, find lost."""
 
 from __future__ import annotations
 
-import base64
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -10,10 +11,12 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
+from conveyor import sessions
 from conveyor.db import Connection, Database
-from conveyor.errors import InvalidInput, RunFinished, RunNotFound
+from conveyor.errors import RunFinished
 from conveyor.events import STATUS_UPDATE, RunEvent, append_event
-from conveyor.models import RunSummary, RunView, StepView
+from conveyor.models import RunView
+from conveyor.run_queries import get_run, require_visible
 
 RunKind = Literal["agent", "workflow"]
 
@@ -29,6 +32,18 @@ class NewRun:
 
 
 @dataclass(frozen=True)
+class StepState:
+    """A step of a claimed run as stored: completed ones are skipped on resume."""
+
+    position: int
+    name: str
+    status: str
+    attempt: int
+    output: Any
+    output_url: str | None
+
+
+@dataclass(frozen=True)
 class ClaimedRun:
     """A run this worker now holds; `attempt` fences every later write."""
 
@@ -38,6 +53,9 @@ class ClaimedRun:
     workflow_id: str
     input: dict[str, Any]
     attempt: int
+    session_id: UUID | None
+    started_at: datetime
+    steps: list[StepState]
 
 
 def status_data(row: dict[str, Any]) -> dict[str, Any]:
@@ -61,19 +79,30 @@ def create_run(
     workflow_id: str,
     input: dict[str, Any],
     metadata: dict[str, Any],
+    steps: Sequence[tuple[str, str]],
     idempotency_key: str | None = None,
+    session_id: UUID | None = None,
 ) -> NewRun:
-    """Insert a queued run; with an idempotency key already used by this user, return that run."""
+    """Insert a queued run with its (name, kind) steps pending; with an idempotency key this user
+    already used, return that run instead."""
     with db.transaction() as conn:
         row = conn.execute(
             """
             insert into public.workflow_runs
-              (user_id, kind, workflow_id, input, metadata, idempotency_key)
-            values (%s, %s, %s, %s, %s, %s)
+              (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id)
+            values (%s, %s, %s, %s, %s, %s, %s)
             on conflict (user_id, idempotency_key) do nothing
             returning *
             """,
-            (user_id, kind, workflow_id, Jsonb(input), Jsonb(metadata), idempotency_key),
+            (
+                user_id,
+                kind,
+                workflow_id,
+                Jsonb(input),
+                Jsonb(metadata),
+                idempotency_key,
+                session_id,
+            ),
         ).fetchone()
         if row is None:
             existing = conn.execute(
@@ -83,6 +112,15 @@ def create_run(
             ).fetchone()
             assert existing is not None, "conflict without a row: the key must exist"
             return NewRun(existing["id"], existing["status"], created=False, event=None)
+        # One multi-row insert: the steps cost no extra round trip per step at submit.
+        conn.execute(
+            """
+            insert into public.workflow_steps (run_id, position, name, kind)
+            select %s, ordinality - 1, step ->> 0, step ->> 1
+              from jsonb_array_elements(%s::jsonb) with ordinality as s(step, ordinality)
+            """,
+            (row["id"], json.dumps([list(step) for step in steps])),
+        )
         event = append_event(conn, row["id"], STATUS_UPDATE, status_data(row))
     return NewRun(row["id"], row["status"], created=True, event=event)
 
@@ -90,17 +128,20 @@ def create_run(
 def claim_run(
     db: Database, run_id: UUID, *, lease_seconds: int
 ) -> tuple[ClaimedRun, RunEvent] | None:
-    """Take a queued run, or a running one whose lease expired; None when it is not claimable."""
+    """Take a queued run, or a running one whose lease expired, and start its first unfinished
+    step; None when it is not claimable."""
     with db.transaction() as conn:
         row = conn.execute(
             """
-            update public.workflow_runs
+            update public.workflow_runs r
                set status = 'running',
                    attempt = attempt + 1,
                    lease_expires_at = now() + make_interval(secs => %s),
                    heartbeat_at = now(),
                    started_at = coalesce(started_at, now()),
-                   current_step = workflow_id,
+                   current_step = (select s.name from public.workflow_steps s
+                                    where s.run_id = r.id and s.status <> 'completed'
+                                    order by s.position limit 1),
                    updated_at = now()
              where id = %s
                and cancel_requested_at is null
@@ -111,6 +152,23 @@ def claim_run(
         ).fetchone()
         if row is None:
             return None
+        # Attempts of a step count across workers: a step that kills its worker every time
+        # still runs out of attempts.
+        conn.execute(
+            """
+            update public.workflow_steps
+               set status = 'running', attempt = attempt + 1, started_at = now()
+             where run_id = %s and position = (
+               select min(position) from public.workflow_steps
+                where run_id = %s and status <> 'completed')
+            """,
+            (run_id, run_id),
+        )
+        steps = conn.execute(
+            "select position, name, status, attempt, output, output_url "
+            "from public.workflow_steps where run_id = %s order by position",
+            (run_id,),
+        ).fetchall()
         event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
     claimed = ClaimedRun(
         id=row["id"],
@@ -119,78 +177,102 @@ def claim_run(
         workflow_id=row["workflow_id"],
         input=row["input"],
         attempt=row["attempt"],
+        session_id=row["session_id"],
+        started_at=row["started_at"],
+        steps=[StepState(**step) for step in steps],
     )
     return claimed, event
 
 
-def finish_run(
-    db: Database,
-    claim: ClaimedRun,
-    *,
-    output: dict[str, Any] | None = None,
-    error: str | None = None,
-    error_code: str | None = None,
-) -> RunEvent | None:
-    """Record the outcome of a claimed run (failed when error is set). None: the lease was lost."""
-    status = "failed" if error is not None else "completed"
+@dataclass(frozen=True)
+class Outcome:
+    """How a claimed run ends: an output, or an error (with the step that failed, if one did)."""
+
+    output: Any = None
+    output_url: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    failed_position: int | None = None
+    # Appended to the run's session as the assistant's message when the run completes.
+    reply: str | None = None
+
+
+def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> RunEvent | None:
+    """Record how a claimed run ended (cancelled if a cancel was requested meanwhile) and close its
+    unfinished steps. None: the lease was lost and a successor owns the run."""
+    status = "failed" if outcome.error is not None else "completed"
     with db.transaction() as conn:
         row = conn.execute(
             """
             update public.workflow_runs
-               set status = case when cancel_requested_at is null then %s else 'cancelled' end,
-                   output = case when cancel_requested_at is null then %s::jsonb end,
-                   error = %s, error_code = %s,
-                   progress = case when %s = 'completed' and cancel_requested_at is null
+               set status = case when cancel_requested_at is null then %(status)s
+                                 else 'cancelled' end,
+                   output = case when cancel_requested_at is null then %(output)s::jsonb end,
+                   output_url = case when cancel_requested_at is null then %(url)s end,
+                   error = %(error)s, error_code = %(code)s,
+                   progress = case when %(status)s = 'completed' and cancel_requested_at is null
                                    then 1 else progress end,
                    current_step = null, lease_expires_at = null,
                    finished_at = now(), updated_at = now()
-             where id = %s and attempt = %s and status = 'running'
+             where id = %(id)s and attempt = %(attempt)s and status = 'running'
             returning *
             """,
-            (
-                status,
-                Jsonb(output) if output is not None else None,
-                error,
-                error_code,
-                status,
-                claim.id,
-                claim.attempt,
-            ),
+            {
+                "status": status,
+                "output": Jsonb(outcome.output) if outcome.output is not None else None,
+                "url": outcome.output_url,
+                "error": outcome.error,
+                "code": outcome.error_code,
+                "id": claim.id,
+                "attempt": claim.attempt,
+            },
         ).fetchone()
         if row is None:
             return None
-        record_single_step(conn, claim, status=row["status"], output=row["output"], error=error)
+        close_unfinished_steps(
+            conn,
+            claim.id,
+            run_status=row["status"],
+            failed_position=outcome.failed_position,
+            error=outcome.error,
+            error_code=outcome.error_code,
+        )
+        if row["status"] == "completed" and claim.session_id and outcome.reply:
+            sessions.append_message(
+                conn, claim.session_id, role="assistant", content=outcome.reply, run_id=claim.id
+            )
         return append_event(conn, claim.id, STATUS_UPDATE, status_data(row))
 
 
-def record_single_step(
+def close_unfinished_steps(
     conn: Connection,
-    claim: ClaimedRun,
+    run_id: UUID,
     *,
-    status: str,
-    output: dict[str, Any] | None,
-    error: str | None,
+    run_status: str,
+    failed_position: int | None = None,
+    error: str | None = None,
+    error_code: str | None = None,
 ) -> None:
-    """Record the single step of an agent run (workflows checkpoint each step themselves)."""
+    """Give every pending or running step its final status: the failing step `failed`, the rest
+    `skipped` after a failure and `cancelled` after a cancel."""
     conn.execute(
         """
-        insert into public.workflow_steps
-          (run_id, position, name, kind, status, attempt, output, error, started_at, finished_at)
-        select %s, 0, %s, 'agent', %s, %s, %s, %s, r.started_at, now()
-          from public.workflow_runs r where r.id = %s
-        on conflict (run_id, position) do update
-          set status = excluded.status, attempt = excluded.attempt, output = excluded.output,
-              error = excluded.error, finished_at = excluded.finished_at
+        update public.workflow_steps
+           set status = case when position = %(failed)s then 'failed'
+                             when %(run_status)s = 'cancelled' then 'cancelled'
+                             else 'skipped' end,
+               error = case when position = %(failed)s then %(error)s else error end,
+               error_code = case when position = %(failed)s then %(code)s else error_code end,
+               finished_at = case when status = 'running' then now() else finished_at end
+         where run_id = %(run)s and status in ('pending', 'running')
         """,
-        (
-            claim.id,
-            claim.workflow_id,
-            status,
-            claim.attempt,
-            Jsonb(output) if output is not None else None,
-            error,
-            claim.id,
-        ),
+        {
+            "failed": failed_position,
+            "run_status": run_status,
+            "error": error,
+            "code": error_code,
+            "run": run_id,
+        },
     )
 
 
@@ -217,57 +299,6 @@ def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500
     return [row["id"] for row in rows]
 
 
-def parse_run_id(raw: str) -> UUID:
-    """A run id from a URL; anything that is not a UUID cannot name a run."""
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise RunNotFound(f"run {raw!r} does not exist") from None
-
-
-def require_visible(db: Database, claims: dict[str, Any], run_id: UUID) -> None:
-    """RunNotFound unless RLS lets the caller see the run (owner or admin)."""
-    with db.user_transaction(claims) as conn:
-        found = conn.execute(
-            "select 1 from public.workflow_runs where id = %s", (run_id,)
-        ).fetchone()
-    if found is None:
-        raise RunNotFound(f"run {run_id} does not exist")
-
-
-def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
-    """A run and its steps as the caller may see them under RLS; someone else's run is not found."""
-    with db.user_transaction(claims) as conn:
-        row = conn.execute("select * from public.workflow_runs where id = %s", (run_id,)).fetchone()
-        if row is None:
-            raise RunNotFound(f"run {run_id} does not exist")
-        steps = conn.execute(
-            "select position, name, kind, status, attempt, started_at, finished_at, error "
-            "from public.workflow_steps where run_id = %s order by position",
-            (run_id,),
-        ).fetchall()
-    return RunView(
-        id=row["id"],
-        kind=row["kind"],
-        workflow_id=row["workflow_id"],
-        status=row["status"],
-        progress=row["progress"],
-        current_step=row["current_step"],
-        input=row["input"],
-        metadata=row["metadata"],
-        output=row["output"],
-        error=row["error"],
-        error_code=row["error_code"],
-        attempts=row["attempt"],
-        steps=[StepView.model_validate(step) for step in steps],
-        cancel_requested_at=row["cancel_requested_at"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        updated_at=row["updated_at"],
-    )
-
-
 def cancel_run(
     db: Database, claims: dict[str, Any], run_id: UUID
 ) -> tuple[RunView, RunEvent, UUID]:
@@ -289,6 +320,8 @@ def cancel_run(
         ).fetchone()
         if row is None:
             raise RunFinished(f"run {run_id} has already finished; there is nothing to cancel")
+        if row["status"] == "cancelled":
+            close_unfinished_steps(conn, run_id, run_status="cancelled")
         event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
     return get_run(db, claims, run_id), event, row["user_id"]
 
@@ -308,69 +341,6 @@ def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
             """
         ).fetchall()
         for row in rows:
+            close_unfinished_steps(conn, row["id"], run_status="cancelled")
             events.append(append_event(conn, row["id"], STATUS_UPDATE, status_data(row)))
     return events
-
-
-@dataclass(frozen=True)
-class RunPage:
-    """One page of runs, newest first, and the cursor for the next page (None at the end)."""
-
-    runs: list[RunSummary]
-    next_cursor: str | None
-
-
-def encode_cursor(created_at: datetime, run_id: UUID) -> str:
-    """An opaque cursor pointing just past (created_at, id)."""
-    raw = f"{created_at.isoformat()}|{run_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    """The (created_at, id) a cursor points past, or InvalidInput."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, _, run_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        return datetime.fromisoformat(created), UUID(run_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("cursor is not one this API returned; start without it.") from exc
-
-
-def list_runs(
-    db: Database,
-    claims: dict[str, Any],
-    *,
-    user_id: UUID,
-    status: str | None,
-    workflow_id: str | None,
-    limit: int,
-    cursor: str | None,
-) -> RunPage:
-    """A user's runs under RLS, newest first, keyset-paginated."""
-    after = decode_cursor(cursor) if cursor else None
-    with db.user_transaction(claims) as conn:
-        rows = conn.execute(
-            """
-            select id, kind, workflow_id, status, progress, current_step, error_code,
-                   created_at, started_at, finished_at
-              from public.workflow_runs
-             where user_id = %(user)s
-               and (%(status)s::text is null or status = %(status)s)
-               and (%(workflow)s::text is null or workflow_id = %(workflow)s)
-               and (%(after_ts)s::timestamptz is null
-                    or (created_at, id) < (%(after_ts)s, %(after_id)s::uuid))
-             order by created_at desc, id desc
-             limit %(limit)s
-            """,
-            {
-                "user": user_id,
-                "status": status,
-                "workflow": workflow_id,
-                "after_ts": after[0] if after else None,
-                "after_id": after[1] if after else None,
-                "limit": limit + 1,
-            },
-        ).fetchall()
-    page = [RunSummary.model_validate(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return RunPage(page, encode_cursor(page[-1].created_at, page[-1].id) if more else None)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from conveyor.db import Connection, Database
 from conveyor.errors import SessionNotFound
 from conveyor.models import Payload
-from conveyor.runs import decode_cursor, encode_cursor
+from conveyor.run_queries import decode_cursor, encode_cursor
 
 MessageRole = Literal["user", "assistant", "system", "tool"]
 

@@ -6,15 +6,31 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # File names under data_dir, not secrets.
 DEV_SECRET_FILE = "jwt-secret"  # noqa: S105
 DEV_API_SECRET_FILE = "api-jwt-secret"  # noqa: S105
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in micro-USD per million tokens (integers: money is never a float)."""
+
+    input_per_million: int = Field(ge=0)
+    output_per_million: int = Field(ge=0)
+
+
+# List prices of common models; override or extend with LLM_PRICES (JSON) for yours.
+DEFAULT_LLM_PRICES = {
+    "gpt-4o-mini": ModelPrice(input_per_million=150_000, output_per_million=600_000),
+    "gpt-4o": ModelPrice(input_per_million=2_500_000, output_per_million=10_000_000),
+    "gpt-4.1-mini": ModelPrice(input_per_million=400_000, output_per_million=1_600_000),
+    "gpt-4.1": ModelPrice(input_per_million=2_000_000, output_per_million=8_000_000),
+}
 
 
 class Settings(BaseSettings):
@@ -63,10 +79,37 @@ class Settings(BaseSettings):
     run_lease_seconds: int = Field(300, ge=5)
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
+    # Workflows: Python modules that declare them (imported by web and worker), and a folder of
+    # JSON/YAML definitions.
+    workflow_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("CONVEYOR_WORKFLOW_MODULES")
+    )
+    workflows_dir: Path = Field(Path("workflows"), validation_alias="CONVEYOR_WORKFLOWS_DIR")
+    # `async: false` submits wait this long for the result before answering 202.
+    workflow_wait_seconds: float = Field(10.0, ge=0, le=60)
+    # How often a running run looks for a cancel request (the lease is renewed less often).
+    cancel_check_seconds: float = Field(1.0, gt=0, le=60)
+    # Step outputs bigger than this are stored outside the row and referenced by URL.
+    output_inline_max_bytes: int = Field(65_536, ge=1024)
+    artifacts_bucket: str = "conveyor-artifacts"
+
+    # Any OpenAI-compatible chat completions API: OpenAI, Ollama, vLLM, LiteLLM.
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_LLM_PRICES))
+
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("workflow_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("timezone")
     @classmethod

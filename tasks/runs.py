@@ -15,6 +15,4 @@ from worker.base import ConveyorTask
 def execute(self: ConveyorTask, run_id: str) -> str:
     """Execute a run; redelivered or duplicate messages for the same run are no-ops."""
     res = self.resources
-    return execute_run(
-        res.db, res.publisher, UUID(run_id), lease_seconds=res.settings.run_lease_seconds
-    ).value
+    return execute_run(res.db, res.publisher, res.settings, UUID(run_id), store=res.store).value

@@ -12,6 +12,7 @@ import requests
 from celery import Celery
 from werkzeug.serving import BaseWSGIServer, make_server
 
+import conveyor.builtin  # noqa: F401 - the built-in agents tests run
 from conveyor.auth import mint_token
 from conveyor.models import FINAL_STATUSES
 from conveyor.settings import Settings
@@ -19,6 +20,8 @@ from web import create_app
 
 JWT_SECRET = "test-secret-with-at-least-32-bytes-of-entropy!!"
 API_SECRET = "test-api-secret-for-backend-and-service-tokens"
+# The step rows of a run of the built-in `echo` agent, for tests that create runs directly.
+ECHO_STEPS = [("echo", "python")]
 
 
 def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides: Any) -> Settings:

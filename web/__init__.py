@@ -5,12 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 from conveyor.auth import TokenVerifier
+from conveyor.catalog import load_catalog
 from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.jwks import JwksCache
 from conveyor.logs import configure_logging
 from conveyor.settings import Settings, get_settings
-from web import admin, agents, auth, errors, health, identity, runs, sessions
+from web import admin, agents, auth, errors, health, identity, runs, sessions, workflows
 from web.enqueue import Enqueuer
 
 
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "`conveyor run` sets them when it starts embedded services"
         )
     configure_logging(settings)
+    load_catalog(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(identity.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(sessions.bp)
+    app.register_blueprint(workflows.bp)
     return app
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 
-from conveyor import runs
+from conveyor import run_queries, runs
 from conveyor.errors import InvalidInput
 from conveyor.identity import record_audit
-from conveyor.models import RunListQuery
+from conveyor.models import RunEventsQuery, RunListQuery
 from web.auth import client_ip, require_admin
 from web.context import get_db, get_principal, get_publisher
 
@@ -18,7 +18,9 @@ bp = Blueprint("runs", __name__)
 @bp.get("/api/runs/<run_id>")
 def get_run(run_id: str) -> Response:
     """A run with its steps; someone else's run answers 404 like a missing one."""
-    view = runs.get_run(get_db(), get_principal().rls_claims(), runs.parse_run_id(run_id))
+    view = run_queries.get_run(
+        get_db(), get_principal().rls_claims(), run_queries.parse_run_id(run_id)
+    )
     return jsonify(view.model_dump(mode="json"))
 
 
@@ -35,7 +37,7 @@ def list_runs() -> Response:
     if query.user_id is not None and query.user_id != user_id:
         principal = require_admin()
         user_id = query.user_id
-    page = runs.list_runs(
+    page = run_queries.list_runs(
         get_db(),
         principal.rls_claims(),
         user_id=user_id,
@@ -52,13 +54,32 @@ def list_runs() -> Response:
     )
 
 
+@bp.get("/api/runs/<run_id>/events")
+def list_events(run_id: str) -> Response:
+    """The run's event log after `?since=<seq>` (default 0), oldest first, at most `limit`."""
+    try:
+        query = RunEventsQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, "query") from exc
+    events = run_queries.list_events(
+        get_db(),
+        get_principal().rls_claims(),
+        run_queries.parse_run_id(run_id),
+        since=query.since,
+        limit=query.limit,
+    )
+    envelopes = [event.envelope() for event in events]
+    last_seq = events[-1].seq if events else query.since
+    return jsonify({"events": envelopes, "next_since": last_seq})
+
+
 @bp.post("/api/runs/<run_id>/cancel")
 def cancel_run(run_id: str) -> Response:
     """Cancel a queued run at once, or ask a running one to stop at its next checkpoint."""
     principal = get_principal()
     principal.require_user()
     db = get_db()
-    target = runs.parse_run_id(run_id)
+    target = run_queries.parse_run_id(run_id)
     # RLS decides: the owner or an admin sees the run; anyone else gets 404, as for a missing run.
     view, event, owner = runs.cancel_run(db, principal.rls_claims(), target)
     get_publisher().publish(event)

@@ -8,6 +8,8 @@ from typing import Any
 import structlog
 from celery import Task
 
+from conveyor.artifacts import ArtifactStore, store_for
+from conveyor.catalog import load_catalog
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events import EventPublisher
@@ -21,6 +23,7 @@ class WorkerResources:
     settings: Settings
     db: Database
     publisher: EventPublisher
+    store: ArtifactStore
 
 
 def resources_for(app: Any) -> WorkerResources:
@@ -30,10 +33,12 @@ def resources_for(app: Any) -> WorkerResources:
         settings: Settings = app.conveyor_settings
         assert settings.database_url is not None
         assert settings.redis_url is not None
+        load_catalog(settings)
         existing = WorkerResources(
             settings=settings,
             db=Database(settings.database_url, max_size=4),
             publisher=EventPublisher(settings.redis_url),
+            store=store_for(settings),
         )
         app.conveyor_resources = existing
     return existing

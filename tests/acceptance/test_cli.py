@@ -158,7 +158,7 @@ def test_run_brings_up_embedded_services_web_worker_and_beat_and_stops_them(tmp_
         accepted = client.post("/api/agents/invoke", json={"agent_type": "echo", "input": {"m": 1}})
         assert accepted.status_code == 202, accepted.text
         run = wait_for_run(client, accepted.json()["request_id"], timeout=30)
-        assert run["status"] == "completed"
+        assert run["status"] == "completed", (run["error"], run["error_code"])
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -7,12 +7,14 @@ import uuid
 import psycopg
 import pytest
 
-from conveyor import runs
+from conveyor import run_queries, runs
 from conveyor.db import Database
 from conveyor.errors import RunNotFound
 from conveyor.events import EventPublisher
 from conveyor.execution import execute_run
 from conveyor.identity import grant_admin, record_audit
+from conveyor.settings import Settings
+from tests.support import ECHO_STEPS
 
 
 def claims(user: uuid.UUID) -> dict[str, str]:
@@ -20,13 +22,19 @@ def claims(user: uuid.UUID) -> dict[str, str]:
 
 
 @pytest.fixture
-def owner_run(db: Database, redis_url: str) -> tuple[uuid.UUID, uuid.UUID]:
+def owner_run(db: Database, redis_url: str, settings: Settings) -> tuple[uuid.UUID, uuid.UUID]:
     owner = uuid.uuid4()
     run = runs.create_run(
-        db, user_id=owner, kind="agent", workflow_id="echo", input={}, metadata={}
+        db,
+        user_id=owner,
+        kind="agent",
+        workflow_id="echo",
+        input={},
+        metadata={},
+        steps=ECHO_STEPS,
     )
     publisher = EventPublisher(redis_url)
-    execute_run(db, publisher, run.id, lease_seconds=60)
+    execute_run(db, publisher, settings, run.id)
     publisher.close()
     return owner, run.id
 
@@ -67,7 +75,7 @@ def test_get_run_hides_another_users_run(
 ) -> None:
     _, run_id = owner_run
     with pytest.raises(RunNotFound):
-        runs.get_run(db, claims(uuid.uuid4()), run_id)
+        run_queries.get_run(db, claims(uuid.uuid4()), run_id)
 
 
 def test_admin_claims_see_everyones_runs_under_rls(

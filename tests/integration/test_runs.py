@@ -7,16 +7,24 @@ import uuid
 import psycopg
 import pytest
 
-from conveyor import runs
+from conveyor import run_queries, runs
 from conveyor.db import Database
 from conveyor.events import EventPublisher
-from conveyor.execution import Outcome, execute_run
+from conveyor.execution import Result, execute_run
+from conveyor.settings import Settings
+from tests.support import ECHO_STEPS
 
 
 @pytest.fixture
 def run_id(db: Database) -> uuid.UUID:
     new = runs.create_run(
-        db, user_id=uuid.uuid4(), kind="agent", workflow_id="echo", input={"a": 1}, metadata={}
+        db,
+        user_id=uuid.uuid4(),
+        kind="agent",
+        workflow_id="echo",
+        input={"a": 1},
+        metadata={},
+        steps=ECHO_STEPS,
     )
     return new.id
 
@@ -61,18 +69,18 @@ def test_a_worker_that_lost_its_lease_cannot_finish_the_run(
     assert runs.claim_run(db, run_id, lease_seconds=60) is not None
     assert stale is not None
 
-    assert runs.finish_run(db, stale[0], output={"late": True}) is None
+    assert runs.finish_run(db, stale[0], runs.Outcome(output={"late": True})) is None
     with db.transaction() as conn:
         row = conn.execute("select status, output from workflow_runs where id = %s", (run_id,))
         assert row.fetchone() == {"status": "running", "output": None}
 
 
 def test_executing_a_finished_run_again_is_a_no_op(
-    db: Database, run_id: uuid.UUID, redis_url: str
+    db: Database, run_id: uuid.UUID, redis_url: str, settings: Settings
 ) -> None:
     publisher = EventPublisher(redis_url)
-    assert execute_run(db, publisher, run_id, lease_seconds=60) is Outcome.COMPLETED
-    assert execute_run(db, publisher, run_id, lease_seconds=60) is Outcome.SKIPPED
+    assert execute_run(db, publisher, settings, run_id) is Result.COMPLETED
+    assert execute_run(db, publisher, settings, run_id) is Result.SKIPPED
     publisher.close()
 
 
@@ -97,18 +105,20 @@ def test_running_runs_with_an_expired_lease_are_republished(
 
 
 def test_finished_runs_are_never_republished(
-    db: Database, run_id: uuid.UUID, database_url: str, redis_url: str
+    db: Database, run_id: uuid.UUID, database_url: str, redis_url: str, settings: Settings
 ) -> None:
     publisher = EventPublisher(redis_url)
-    execute_run(db, publisher, run_id, lease_seconds=60)
+    execute_run(db, publisher, settings, run_id)
     publisher.close()
     age(database_url, run_id, 3600)
     assert runs.runs_to_republish(db, older_than_seconds=0) == []
 
 
-def test_event_seqs_are_gap_free_per_run(db: Database, run_id: uuid.UUID, redis_url: str) -> None:
+def test_event_seqs_are_gap_free_per_run(
+    db: Database, run_id: uuid.UUID, redis_url: str, settings: Settings
+) -> None:
     publisher = EventPublisher(redis_url)
-    execute_run(db, publisher, run_id, lease_seconds=60)
+    execute_run(db, publisher, settings, run_id)
     publisher.close()
     with db.transaction() as conn:
         seqs = [
@@ -117,7 +127,7 @@ def test_event_seqs_are_gap_free_per_run(db: Database, run_id: uuid.UUID, redis_
                 "select seq from run_events where run_id = %s order by seq", (run_id,)
             )
         ]
-    assert seqs == [1, 2, 3]
+    assert seqs == [1, 2, 3, 4, 5]
 
 
 def test_a_run_cancelled_while_running_finishes_as_cancelled_without_output(
@@ -129,9 +139,9 @@ def test_a_run_cancelled_while_running_finishes_as_cancelled_without_output(
     view, _, _ = runs.cancel_run(db, owner_claims, run_id)
     assert (view.status, view.cancel_requested_at is not None) == ("running", True)
 
-    runs.finish_run(db, claimed[0], output={"done": True})
+    runs.finish_run(db, claimed[0], runs.Outcome(output={"done": True}))
 
-    final = runs.get_run(db, owner_claims, run_id)
+    final = run_queries.get_run(db, owner_claims, run_id)
     assert (final.status, final.output) == ("cancelled", None)
 
 

@@ -1,0 +1,175 @@
+"""Step checkpoints: each write is fenced by the run's attempt, so a worker that lost its lease
+can never record anything over its successor's work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from conveyor import usage
+from conveyor.db import Connection, Database
+from conveyor.events import STATUS_UPDATE, RunEvent, append_event
+from conveyor.runs import ClaimedRun, status_data
+from conveyor.steps import LlmUsage
+
+STEP_COMPLETED = "step_completed"
+STEP_RETRYING = "step_retrying"
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What a running run learns when it checks in: whether someone asked it to stop."""
+
+    cancel_requested: bool
+
+
+def _touch_run(
+    conn: Connection,
+    claim: ClaimedRun,
+    *,
+    lease_seconds: int,
+    progress: float | None = None,
+    current_step: str | None = None,
+) -> dict[str, Any] | None:
+    """Renew the lease (and set progress) only if this worker still holds the run."""
+    return conn.execute(
+        """
+        update public.workflow_runs
+           set lease_expires_at = now() + make_interval(secs => %(lease)s),
+               heartbeat_at = now(),
+               progress = coalesce(%(progress)s, progress),
+               current_step = coalesce(%(step)s, current_step),
+               updated_at = now()
+         where id = %(id)s and attempt = %(attempt)s and status = 'running'
+        returning *
+        """,
+        {
+            "lease": lease_seconds,
+            "progress": progress,
+            "step": current_step,
+            "id": claim.id,
+            "attempt": claim.attempt,
+        },
+    ).fetchone()
+
+
+def complete_step(
+    db: Database,
+    claim: ClaimedRun,
+    *,
+    position: int,
+    output: Any,
+    output_url: str | None,
+    llm_usage: LlmUsage | None,
+    next_step: tuple[int, str] | None,
+    progress: float,
+    lease_seconds: int,
+) -> tuple[list[RunEvent], Liveness] | None:
+    """Checkpoint a finished step with its output and usage and start the next one, in one
+    transaction. None: this worker no longer holds the run."""
+    with db.transaction() as conn:
+        run = _touch_run(
+            conn,
+            claim,
+            lease_seconds=lease_seconds,
+            progress=progress,
+            current_step=next_step[1] if next_step else None,
+        )
+        if run is None:
+            return None
+        step = conn.execute(
+            """
+            update public.workflow_steps
+               set status = 'completed', output = %s, output_url = %s, finished_at = now(),
+                   error = null, error_code = null
+             where run_id = %s and position = %s
+            returning name, attempt,
+                      (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms
+            """,
+            (Jsonb(output), output_url, claim.id, position),
+        ).fetchone()
+        assert step is not None, "a claimed run has a row for every step"
+        if llm_usage is not None:
+            usage.record_step_usage(conn, run_id=claim.id, position=position, usage=llm_usage)
+        if next_step is not None:
+            conn.execute(
+                "update public.workflow_steps set status = 'running', attempt = attempt + 1, "
+                "started_at = now() where run_id = %s and position = %s",
+                (claim.id, next_step[0]),
+            )
+        events = [
+            append_event(
+                conn,
+                claim.id,
+                STEP_COMPLETED,
+                {
+                    "step": step["name"],
+                    "position": position,
+                    "attempt": step["attempt"],
+                    "duration_ms": step["duration_ms"],
+                    "usage": llm_usage.as_dict() if llm_usage is not None else None,
+                },
+            ),
+            append_event(conn, claim.id, STATUS_UPDATE, status_data(run)),
+        ]
+    return events, Liveness(cancel_requested=run["cancel_requested_at"] is not None)
+
+
+def record_retry(
+    db: Database,
+    claim: ClaimedRun,
+    *,
+    position: int,
+    error: str,
+    error_code: str,
+    retry_in: float,
+    lease_seconds: int,
+) -> RunEvent | None:
+    """Record a failed attempt and count the next one. None: this worker no longer holds the run."""
+    with db.transaction() as conn:
+        if _touch_run(conn, claim, lease_seconds=lease_seconds) is None:
+            return None
+        step = conn.execute(
+            """
+            update public.workflow_steps
+               set attempt = attempt + 1, error = %s, error_code = %s
+             where run_id = %s and position = %s
+            returning name, attempt
+            """,
+            (error, error_code, claim.id, position),
+        ).fetchone()
+        assert step is not None
+        return append_event(
+            conn,
+            claim.id,
+            STEP_RETRYING,
+            {
+                "step": step["name"],
+                "position": position,
+                "failed_attempt": step["attempt"] - 1,
+                "next_attempt": step["attempt"],
+                "error": error,
+                "error_code": error_code,
+                "retry_in_seconds": round(retry_in, 3),
+            },
+        )
+
+
+def check_in(
+    db: Database, claim: ClaimedRun, *, renew_lease_seconds: int | None
+) -> Liveness | None:
+    """Look for a cancel request, renewing the lease when asked. None: the run is no longer ours."""
+    with db.transaction() as conn:
+        if renew_lease_seconds is not None:
+            row = _touch_run(conn, claim, lease_seconds=renew_lease_seconds)
+        else:
+            row = conn.execute(
+                "select cancel_requested_at from public.workflow_runs "
+                "where id = %s and attempt = %s and status = 'running'",
+                (claim.id, claim.attempt),
+            ).fetchone()
+    if row is None:
+        return None
+    return Liveness(cancel_requested=row["cancel_requested_at"] is not None)

@@ -1,0 +1,149 @@
+"""What callers read about runs, always under RLS: one run, a page of runs, a run's event log."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from conveyor.db import Database
+from conveyor.errors import InvalidInput, RunNotFound
+from conveyor.events import RunEvent
+from conveyor.models import RunSummary, RunView, StepView
+
+
+def parse_run_id(raw: str) -> UUID:
+    """A run id from a URL; anything that is not a UUID cannot name a run."""
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise RunNotFound(f"run {raw!r} does not exist") from None
+
+
+def require_visible(db: Database, claims: dict[str, Any], run_id: UUID) -> None:
+    """RunNotFound unless RLS lets the caller see the run (owner or admin)."""
+    with db.user_transaction(claims) as conn:
+        found = conn.execute(
+            "select 1 from public.workflow_runs where id = %s", (run_id,)
+        ).fetchone()
+    if found is None:
+        raise RunNotFound(f"run {run_id} does not exist")
+
+
+def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
+    """A run and its steps as the caller may see them under RLS; someone else's run is not found."""
+    with db.user_transaction(claims) as conn:
+        row = conn.execute("select * from public.workflow_runs where id = %s", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        steps = conn.execute(
+            """
+            select position, name, kind, status, attempt, started_at, finished_at,
+                   (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms,
+                   output, output_url, usage, error, error_code
+              from public.workflow_steps where run_id = %s order by position
+            """,
+            (run_id,),
+        ).fetchall()
+    return RunView(
+        id=row["id"],
+        kind=row["kind"],
+        workflow_id=row["workflow_id"],
+        status=row["status"],
+        progress=row["progress"],
+        current_step=row["current_step"],
+        session_id=row["session_id"],
+        input=row["input"],
+        metadata=row["metadata"],
+        output=row["output"],
+        output_url=row["output_url"],
+        error=row["error"],
+        error_code=row["error_code"],
+        attempts=row["attempt"],
+        steps=[StepView.model_validate(step) for step in steps],
+        cancel_requested_at=row["cancel_requested_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def list_events(
+    db: Database, claims: dict[str, Any], run_id: UUID, *, since: int, limit: int
+) -> list[RunEvent]:
+    """The run's events after seq `since`, oldest first; RunNotFound if the caller cannot see it."""
+    require_visible(db, claims, run_id)
+    with db.user_transaction(claims) as conn:
+        rows = conn.execute(
+            "select run_id, seq, event, data, created_at as ts from public.run_events "
+            "where run_id = %s and seq > %s order by seq limit %s",
+            (run_id, since, limit),
+        ).fetchall()
+    return [RunEvent.model_validate(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first, and the cursor for the next page (None at the end)."""
+
+    runs: list[RunSummary]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, row_id: UUID) -> str:
+    """An opaque cursor pointing just past (created_at, id)."""
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) a cursor points past, or InvalidInput."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, _, row_id = base64.urlsafe_b64decode(padded).decode().partition("|")
+        return datetime.fromisoformat(created), UUID(row_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not one this API returned; start without it.") from exc
+
+
+def list_runs(
+    db: Database,
+    claims: dict[str, Any],
+    *,
+    user_id: UUID,
+    status: str | None,
+    workflow_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> RunPage:
+    """A user's runs under RLS, newest first, keyset-paginated."""
+    after = decode_cursor(cursor) if cursor else None
+    with db.user_transaction(claims) as conn:
+        rows = conn.execute(
+            """
+            select id, kind, workflow_id, status, progress, current_step, session_id, error_code,
+                   created_at, started_at, finished_at
+              from public.workflow_runs
+             where user_id = %(user)s
+               and (%(status)s::text is null or status = %(status)s)
+               and (%(workflow)s::text is null or workflow_id = %(workflow)s)
+               and (%(after_ts)s::timestamptz is null
+                    or (created_at, id) < (%(after_ts)s, %(after_id)s::uuid))
+             order by created_at desc, id desc
+             limit %(limit)s
+            """,
+            {
+                "user": user_id,
+                "status": status,
+                "workflow": workflow_id,
+                "after_ts": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "limit": limit + 1,
+            },
+        ).fetchall()
+    page = [RunSummary.model_validate(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return RunPage(page, encode_cursor(page[-1].created_at, page[-1].id) if more else None)

@@ -1,0 +1,126 @@
+"""The `llm` step: one chat completion over an OpenAI-compatible API (OpenAI, Ollama, vLLM)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, Field, model_validator
+
+from conveyor.settings import Settings
+from conveyor.steps.base import (
+    LlmUsage,
+    StepConfig,
+    StepContext,
+    StepFailure,
+    StepKind,
+    StepResult,
+)
+from conveyor.steps.http import send
+
+
+class ChatMessage(BaseModel):
+    """One message of the conversation sent to the model."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class LlmConfig(StepConfig):
+    """`llm` step configuration: a prompt (and optional system message) or full messages."""
+
+    prompt: str | None = None
+    system: str | None = None
+    messages: list[ChatMessage] | None = None
+    model: str | None = Field(default=None, description="Default: the LLM_MODEL setting.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> LlmConfig:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        return self
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The messages to send."""
+        if self.messages is not None:
+            return [message.model_dump() for message in self.messages]
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        return [*messages, {"role": "user", "content": self.prompt or ""}]
+
+
+def cost_micro_usd(settings: Settings, model: str, prompt: int, completion: int) -> int | None:
+    """What the call cost, rounded up to a micro-dollar; None for a model without a price."""
+    price = settings.llm_prices.get(model)
+    if price is None:
+        return None
+    micro = prompt * price.input_per_million + completion * price.output_per_million
+    return math.ceil(micro / 1_000_000)
+
+
+def provider_name(base_url: str) -> str:
+    """A short provider label from the API's host (api.openai.com → openai)."""
+    host = urlsplit(base_url).hostname or "unknown"
+    return "openai" if host.endswith("openai.com") else host
+
+
+def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
+    """Call /chat/completions; the output is the reply text, and usage is captured."""
+    settings = ctx.settings
+    model = config.model or settings.llm_model
+    body: dict[str, Any] = {"model": model, "messages": config.chat_messages()}
+    if config.temperature is not None:
+        body["temperature"] = config.temperature
+    if config.max_tokens is not None:
+        body["max_tokens"] = config.max_tokens
+    headers = {"Idempotency-Key": f"{ctx.run_id}:{ctx.step}:{ctx.attempt}"}
+    if settings.llm_api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
+    url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+
+    started = time.monotonic()
+    response = send(
+        ctx, httpx.Request("POST", url, json=body, headers=headers), what="LLM", code="LLM_ERROR"
+    )
+    latency_ms = round((time.monotonic() - started) * 1000)
+    try:
+        reply = response.json()
+        choice = reply["choices"][0]
+        text = choice["message"]["content"] or ""
+        usage = reply.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        completion_tokens = int(usage.get("completion_tokens", 0))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise StepFailure(
+            f"LLM reply is not a chat completion: {exc!r}", retryable=True, code="LLM_ERROR"
+        ) from exc
+
+    answered_model = str(reply.get("model") or model)
+    cost = cost_micro_usd(settings, answered_model, prompt_tokens, completion_tokens)
+    if cost is None:  # providers often answer with a dated variant of the requested model
+        cost = cost_micro_usd(settings, model, prompt_tokens, completion_tokens)
+    request_id = response.headers.get("x-request-id") or reply.get("id")
+    return StepResult(
+        output={
+            "text": text,
+            "model": answered_model,
+            "finish_reason": choice.get("finish_reason"),
+        },
+        usage=LlmUsage(
+            provider=provider_name(settings.llm_base_url),
+            model=answered_model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_micro_usd=cost or 0,
+            latency_ms=latency_ms,
+            provider_request_id=str(request_id) if request_id else None,
+            priced=cost is not None,
+        ),
+    )
+
+
+LLM = StepKind("llm", LlmConfig, run_llm)

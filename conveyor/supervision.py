@@ -1,0 +1,129 @@
+"""Watching a running run: renew its lease, notice a cancel request, enforce step and run deadlines.
+
+A step attempt runs in a thread while the run's thread keeps checking in. When the run must stop,
+the step is told (ctx.stop) and given a moment to wind down; a step that ignores it is abandoned,
+its result discarded, because the fenced checkpoint would refuse it anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from conveyor import checkpoints
+from conveyor.db import Database
+from conveyor.runs import ClaimedRun
+from conveyor.steps import StepContext, StepFailure, StepResult, StepStopped
+
+log = structlog.get_logger(__name__)
+
+# How long a step asked to stop may take to notice before it is abandoned.
+STOP_GRACE_SECONDS = 2.0
+
+
+class RunInterrupted(Exception):
+    """The run must stop now: cancelled, lease lost, or out of time."""
+
+
+class RunCancelled(RunInterrupted):
+    """Someone asked the run to stop."""
+
+
+class LeaseLost(RunInterrupted):
+    """Another worker holds the run now; write nothing more."""
+
+
+class RunTimedOut(RunInterrupted):
+    """The run exceeded its overall timeout."""
+
+
+@dataclass
+class Watch:
+    """Checks in for a claimed run at a bounded rate and raises when it has to stop."""
+
+    db: Database
+    claim: ClaimedRun
+    lease_seconds: int
+    check_every: float
+    run_deadline: float  # time.monotonic()
+    _next_check: float = field(default=0.0, init=False)
+    _next_renew: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        now = time.monotonic()
+        self._next_check = now + self.check_every
+        # A third of the lease: two renewals can fail before another worker may take over.
+        self._next_renew = now + self.lease_seconds / 3
+
+    def poll(self) -> None:
+        """Check in when due; raise RunCancelled, LeaseLost or RunTimedOut if the run must stop."""
+        now = time.monotonic()
+        if now >= self.run_deadline:
+            raise RunTimedOut()
+        if now < self._next_check:
+            return
+        renew = now >= self._next_renew
+        liveness = checkpoints.check_in(
+            self.db, self.claim, renew_lease_seconds=self.lease_seconds if renew else None
+        )
+        self._next_check = now + self.check_every
+        if renew:
+            self._next_renew = now + self.lease_seconds / 3
+        if liveness is None:
+            raise LeaseLost()
+        if liveness.cancel_requested:
+            raise RunCancelled()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait (between retries) while still checking in."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            self.poll()
+            time.sleep(min(left, self.check_every))
+
+    def supervise(self, attempt: Callable[[], StepResult], ctx: StepContext) -> StepResult:
+        """Run one step attempt in a thread until it ends, times out, or the run must stop."""
+        done = threading.Event()
+        box: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = attempt()
+            except BaseException as exc:  # handed to the run's thread, which decides
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name=f"step-{ctx.step}", daemon=True).start()
+        while not done.wait(
+            timeout=max(0.0, min(self.check_every, ctx.deadline - time.monotonic()))
+        ):
+            try:
+                self.poll()
+            except RunInterrupted:
+                self._stop(ctx, done)
+                raise
+            if time.monotonic() >= ctx.deadline:
+                self._stop(ctx, done)
+                raise StepFailure(
+                    f"step {ctx.step!r} timed out", retryable=True, code="STEP_TIMEOUT"
+                )
+        if "error" in box:
+            error = box["error"]
+            assert isinstance(error, BaseException)
+            if isinstance(error, StepStopped):  # stopped without our asking: treat as a failure
+                raise StepFailure(f"step {ctx.step!r} stopped", retryable=True) from error
+            raise error
+        result = box["result"]
+        assert isinstance(result, StepResult)
+        return result
+
+    @staticmethod
+    def _stop(ctx: StepContext, done: threading.Event) -> None:
+        ctx.stop.set()
+        if not done.wait(STOP_GRACE_SECONDS):
+            log.warning("step_abandoned", step=ctx.step, reason="did not stop within grace")

@@ -1,0 +1,55 @@
+"""Submitting a run, shared by invoke and workflow execute: who, idempotency, store, publish."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from flask import request
+
+from conveyor import runs, sessions
+from conveyor.constants import TASK_EXECUTE_RUN
+from conveyor.errors import Forbidden, InvalidInput
+from conveyor.runs import NewRun
+from conveyor.workflows import Workflow
+from web.context import get_db, get_enqueuer, get_principal, get_publisher
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def submit_run(
+    definition: Workflow,
+    *,
+    inputs: dict[str, Any],
+    user_id: UUID | None,
+    metadata: dict[str, Any],
+    session_id: UUID | None,
+) -> NewRun:
+    """Validate, store the run (the outbox) and publish it after commit; a repeated
+    Idempotency-Key returns the first run."""
+    caller = get_principal().require_user()
+    if user_id is not None and user_id != caller:
+        raise Forbidden("You can only start runs as yourself; omit user_id.")
+    definition.validate_input(inputs)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidInput(f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters.")
+    db = get_db()
+    if session_id is not None:
+        sessions.require_session_owner(db, caller, session_id)
+    run = runs.create_run(
+        db,
+        user_id=caller,
+        kind=definition.kind,
+        workflow_id=definition.name,
+        input=inputs,
+        metadata=metadata,
+        steps=definition.step_rows(),
+        idempotency_key=key,
+        session_id=session_id,
+    )
+    if run.created:
+        assert run.event is not None
+        get_publisher().publish(run.event)
+        get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(run.id))
+    return run

@@ -1,0 +1,56 @@
+"""`/api/workflows` and `/api/agents/workflows/execute`: what can run, and running it."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from conveyor import run_queries, waiting, workflows
+from conveyor.models import (
+    FINAL_STATUSES,
+    RunLinks,
+    WorkflowExecuteRequest,
+    WorkflowExecuteResponse,
+)
+from web.body import parse_body
+from web.context import get_db, get_principal, get_publisher, get_settings
+from web.submit import submit_run
+
+bp = Blueprint("workflows", __name__)
+
+
+@bp.get("/api/workflows")
+def list_workflows() -> Response:
+    """Every workflow with its input schema and steps."""
+    return jsonify({"workflows": [w.describe() for w in workflows.all_of("workflow")]})
+
+
+@bp.post("/api/agents/workflows/execute")
+def execute() -> tuple[Response, int]:
+    """Start a workflow run. `async: true` answers 202 at once; otherwise wait (bounded) and
+    answer 200 with the outputs when it finished in time, else 202 with where to follow it."""
+    body = parse_body(WorkflowExecuteRequest)
+    run = submit_run(
+        workflows.get_workflow(body.workflow_id),
+        inputs=body.inputs,
+        user_id=body.user_id,
+        metadata=body.metadata,
+        session_id=body.session_id,
+    )
+    status = run.status
+    if not body.run_async and status not in FINAL_STATUSES:
+        wait = get_settings().workflow_wait_seconds
+        status = waiting.wait_for_final(get_db(), get_publisher(), run.id, wait)
+    response = WorkflowExecuteResponse(
+        workflow_run_id=run.id,
+        status=status,  # type: ignore[arg-type]
+        links=RunLinks(self=f"/api/runs/{run.id}"),
+    )
+    if status in FINAL_STATUSES:
+        view = run_queries.get_run(get_db(), get_principal().rls_claims(), run.id)
+        response.outputs, response.error, response.error_code = (
+            view.output,
+            view.error,
+            view.error_code,
+        )
+        return jsonify(response.model_dump(mode="json", exclude_none=True)), 200
+    return jsonify(response.model_dump(mode="json", exclude_none=True)), 202

@@ -39,6 +39,7 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.enqueue
+	$(BIN)/python -m bench.workflows
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -25,6 +25,7 @@ from conveyor.db import Database
 from conveyor.migrate import migrate
 from conveyor.services import EmbeddedRedis
 from conveyor.settings import Settings
+from tests.fake_llm import FakeLlm
 from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
 from worker.celery_app import create_celery
 
@@ -122,6 +123,13 @@ def settings(
 ) -> Settings:
     """Settings pointing at this test's database and the session's Redis."""
     return make_settings(database_url, redis_url, tmp_path / "data")
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLlm]:
+    """An OpenAI-compatible server on loopback, scripted by the test."""
+    with FakeLlm() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""Runs survive a worker killed mid-step, and a run cancelled before it starts never runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
+from conveyor.constants import TASK_REQUEUE_STALE_RUNS
+from conveyor.db import Database
+from conveyor.events import EventPublisher
+from conveyor.execution import Result, execute_run
+from conveyor.settings import Settings
+from tests.fake_llm import FakeLlm
+from tests.support import API_SECRET, JWT_SECRET, ApiClient, make_settings, wait_for_run
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE_SECONDS = 5
+
+
+@pytest.fixture
+def settings(
+    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path, fake_llm: FakeLlm
+) -> Settings:
+    """Short leases so a dead worker's run is taken over within seconds."""
+    return make_settings(
+        database_url,
+        redis_url,
+        tmp_path / "data",
+        llm_base_url=fake_llm.base_url,
+        run_lease_seconds=LEASE_SECONDS,
+        cancel_check_seconds=0.1,
+    )
+
+
+@pytest.fixture
+def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker in its own process, as in production, consuming the runs queue."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": str(settings.database_url),
+        "REDIS_URL": str(settings.redis_url),
+        "SUPABASE_JWT_SECRET": JWT_SECRET,
+        "API_JWT_SECRET": API_SECRET,
+        "LLM_BASE_URL": settings.llm_base_url,
+        "RUN_LEASE_SECONDS": str(LEASE_SECONDS),
+        "CANCEL_CHECK_SECONDS": "0.1",
+        "CONVEYOR_WORKFLOW_MODULES": "tests.workflows_for_tests",
+        "CONVEYOR_DATA_DIR": str(settings.data_dir),
+        "LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--pool",
+            "solo",
+            "-Q",
+            "runs",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    """Poll condition() until it is true, or fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def test_a_worker_killed_mid_workflow_is_replaced_and_every_step_completes_once(
+    request: pytest.FixtureRequest,
+    worker_process: subprocess.Popen[bytes],
+    client: ApiClient,
+    fake_llm: FakeLlm,
+    celery_app: Celery,
+) -> None:
+    """kill -9 during step 2 of 3: a second worker resumes at step 2 and finishes the run."""
+    accepted = client.post(
+        "/api/agents/workflows/execute",
+        json={
+            "workflow_id": "llm_hold_llm",
+            "inputs": {"server": fake_llm.url, "key": "k1"},
+            "async": True,
+        },
+    )
+    run_id = accepted.json()["workflow_run_id"]
+    assert fake_llm.holding.wait(60), "the first worker never reached step 2"
+
+    worker_process.send_signal(signal.SIGKILL)
+    worker_process.wait(timeout=10)
+    wait_until(lambda: fake_llm.abandoned["k1"] == 1, 10, "the held request being dropped")
+    request.getfixturevalue("worker")  # a second worker, on every queue
+    # Beat's reaper, fired by hand: once the lease expires it hands the run to the new worker.
+    deadline = time.monotonic() + LEASE_SECONDS + 20
+    view = client.get(f"/api/runs/{run_id}").json()
+    while view["status"] != "completed" and time.monotonic() < deadline:
+        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
+        time.sleep(0.5)
+        view = client.get(f"/api/runs/{run_id}").json()
+
+    assert view["status"] == "completed", view
+    assert view["attempts"] == 2
+    assert fake_llm.completed == {"first k1": 1, "k1": 1, "last k1": 1}
+    assert fake_llm.abandoned == {"k1": 1}
+    assert [(s["name"], s["status"], s["attempt"]) for s in view["steps"]] == [
+        ("first", "completed", 1),
+        ("hold", "completed", 2),
+        ("last", "completed", 1),
+    ]
+
+
+def test_a_run_cancelled_before_it_starts_never_runs(
+    client: ApiClient, db: Database, settings: Settings, redis_url: str, fake_llm: FakeLlm
+) -> None:
+    accepted = client.post(
+        "/api/agents/workflows/execute",
+        json={"workflow_id": "write_brief", "inputs": {"topic": "never"}, "async": True},
+    ).json()
+    run_id = accepted["workflow_run_id"]
+
+    cancelled = client.post(f"/api/runs/{run_id}/cancel").json()
+    publisher = EventPublisher(redis_url)
+    try:
+        result = execute_run(db, publisher, settings, uuid.UUID(run_id))
+    finally:
+        publisher.close()
+
+    assert cancelled["status"] == "cancelled"
+    assert [s["status"] for s in cancelled["steps"]] == ["cancelled"] * 3
+    assert result is Result.SKIPPED
+    assert fake_llm.received.total() == 0
+    assert wait_for_run(client, run_id)["status"] == "cancelled"

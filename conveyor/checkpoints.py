@@ -6,15 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
-from conveyor import usage
 from conveyor.db import Connection, Database
-from conveyor.events import STATUS_UPDATE, RunEvent, append_event
+from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
 from conveyor.runs import ClaimedRun, status_data
-from conveyor.steps import LlmUsage
+from conveyor.step_rows import CompletedStep, mark_completed
 
-STEP_COMPLETED = "step_completed"
 STEP_RETRYING = "step_retrying"
 
 
@@ -58,63 +54,28 @@ def _touch_run(
 def complete_step(
     db: Database,
     claim: ClaimedRun,
+    step: CompletedStep,
     *,
-    position: int,
-    output: Any,
-    output_url: str | None,
-    llm_usage: LlmUsage | None,
-    next_step: tuple[int, str] | None,
+    next_step: tuple[int, str],
     progress: float,
     lease_seconds: int,
-) -> tuple[list[RunEvent], Liveness] | None:
+) -> list[RunEvent] | None:
     """Checkpoint a finished step with its output and usage and start the next one, in one
-    transaction. None: this worker no longer holds the run."""
+    transaction. None: this worker no longer holds the run. (The last step is recorded by
+    finish_run, in the run's final transaction.)"""
     with db.transaction() as conn:
         run = _touch_run(
-            conn,
-            claim,
-            lease_seconds=lease_seconds,
-            progress=progress,
-            current_step=next_step[1] if next_step else None,
+            conn, claim, lease_seconds=lease_seconds, progress=progress, current_step=next_step[1]
         )
         if run is None:
             return None
-        step = conn.execute(
-            """
-            update public.workflow_steps
-               set status = 'completed', output = %s, output_url = %s, finished_at = now(),
-                   error = null, error_code = null
-             where run_id = %s and position = %s
-            returning name, attempt,
-                      (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms
-            """,
-            (Jsonb(output), output_url, claim.id, position),
-        ).fetchone()
-        assert step is not None, "a claimed run has a row for every step"
-        if llm_usage is not None:
-            usage.record_step_usage(conn, run_id=claim.id, position=position, usage=llm_usage)
-        if next_step is not None:
-            conn.execute(
-                "update public.workflow_steps set status = 'running', attempt = attempt + 1, "
-                "started_at = now() where run_id = %s and position = %s",
-                (claim.id, next_step[0]),
-            )
-        events = [
-            append_event(
-                conn,
-                claim.id,
-                STEP_COMPLETED,
-                {
-                    "step": step["name"],
-                    "position": position,
-                    "attempt": step["attempt"],
-                    "duration_ms": step["duration_ms"],
-                    "usage": llm_usage.as_dict() if llm_usage is not None else None,
-                },
-            ),
-            append_event(conn, claim.id, STATUS_UPDATE, status_data(run)),
-        ]
-    return events, Liveness(cancel_requested=run["cancel_requested_at"] is not None)
+        completed = mark_completed(conn, claim.id, step)
+        conn.execute(
+            "update public.workflow_steps set status = 'running', attempt = attempt + 1, "
+            "started_at = now() where run_id = %s and position = %s",
+            (claim.id, next_step[0]),
+        )
+        return append_events(conn, claim.id, [completed, (STATUS_UPDATE, status_data(run))])
 
 
 def record_retry(

@@ -17,6 +17,7 @@ from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.runs import ClaimedRun, Outcome
 from conveyor.settings import Settings
+from conveyor.step_rows import CompletedStep
 from conveyor.steps import StepContext, StepFailure, StepResult
 from conveyor.supervision import LeaseLost, RunInterrupted, RunTimedOut, Watch
 from conveyor.workflows import StepSpec, Workflow
@@ -54,6 +55,7 @@ class Engine:
         }
         context: dict[str, Any] = {"inputs": inputs, "steps": outputs, "run": self._run_facts()}
         plan = self.workflow.steps
+        last_step: CompletedStep | None = None
         for position, spec in enumerate(plan):
             if spec.name in outputs:
                 continue
@@ -69,8 +71,8 @@ class Engine:
                     failed_position=position,
                 )
             outputs[spec.name] = {"output": result.output}
-            self._checkpoint(position, spec, result, plan)
-        return self._completed(context, outputs)
+            last_step = self._checkpoint(position, spec, result, plan)
+        return self._completed(context, outputs, last_step)
 
     def _run_facts(self) -> dict[str, Any]:
         return {"id": str(self.claim.id), "attempt": self.claim.attempt}
@@ -139,29 +141,30 @@ class Engine:
 
     def _checkpoint(
         self, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]
-    ) -> None:
+    ) -> CompletedStep | None:
+        """Commit a finished step and start the next; the last one is returned for finish_run."""
         stored, url = artifacts.offload(
             self.store,
             f"{self.claim.id}/{spec.name}.json",
             result.output,
             limit=self.settings.output_inline_max_bytes,
         )
+        step = CompletedStep(position, stored, url, result.usage)
         following = position + 1
-        written = checkpoints.complete_step(
+        if following == len(plan):
+            return step
+        events = checkpoints.complete_step(
             self.db,
             self.claim,
-            position=position,
-            output=stored,
-            output_url=url,
-            llm_usage=result.usage,
-            next_step=(following, plan[following].name) if following < len(plan) else None,
+            step,
+            next_step=(following, plan[following].name),
             progress=round(following / len(plan), 4),
             lease_seconds=self.settings.run_lease_seconds,
         )
-        if written is None:
+        if events is None:
             raise LeaseLost()
-        events, _ = written
         self.publisher.publish(*events)
+        return None
 
     def _failed(self, position: int, spec: StepSpec, failure: StepFailure) -> Outcome:
         code = failure.code
@@ -169,21 +172,27 @@ class Engine:
             code = "AGENT_FAILED"
         return Outcome(error=failure.message, error_code=code, failed_position=position)
 
-    def _completed(self, context: dict[str, Any], outputs: dict[str, Any]) -> Outcome:
+    def _completed(
+        self, context: dict[str, Any], outputs: dict[str, Any], last_step: CompletedStep | None
+    ) -> Outcome:
         if self.workflow.output is None:
             output = outputs[self.workflow.steps[-1].name]["output"]
         else:
             try:
                 output = templates.render(self.workflow.output, context)
             except templates.TemplateFailure as exc:
-                return Outcome(error=f"workflow output: {exc}", error_code="TEMPLATE_ERROR")
+                return Outcome(
+                    error=f"workflow output: {exc}",
+                    error_code="TEMPLATE_ERROR",
+                    last_step=last_step,
+                )
         stored, url = artifacts.offload(
             self.store,
             f"{self.claim.id}/output.json",
             output,
             limit=self.settings.output_inline_max_bytes,
         )
-        return Outcome(output=stored, output_url=url, reply=reply_text(output))
+        return Outcome(output=stored, output_url=url, reply=reply_text(output), last_step=last_step)
 
 
 def reply_text(output: Any) -> str:

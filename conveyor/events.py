@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -49,23 +49,40 @@ class RunEvent(BaseModel):
 
 
 def append_event(conn: Connection, run_id: UUID, event: str, data: dict[str, Any]) -> RunEvent:
-    """Append an event inside the caller's transaction; the run row lock makes seq gap-free."""
-    row = conn.execute(
-        "update public.workflow_runs set last_event_seq = last_event_seq + 1 "
-        "where id = %s returning last_event_seq",
-        (run_id,),
-    ).fetchone()
-    if row is None:
+    """Append one event inside the caller's transaction (see append_events)."""
+    return append_events(conn, run_id, [(event, data)])[0]
+
+
+def append_events(
+    conn: Connection, run_id: UUID, events: Sequence[tuple[str, dict[str, Any]]]
+) -> list[RunEvent]:
+    """Append events inside the caller's transaction, in one statement; the run row lock taken
+    by bumping `last_event_seq` makes seqs gap-free per run."""
+    rows = conn.execute(
+        """
+        with bumped as (
+          update public.workflow_runs set last_event_seq = last_event_seq + %(count)s
+           where id = %(run)s
+          returning last_event_seq - %(count)s as base)
+        insert into public.run_events (run_id, seq, event, data)
+        select %(run)s, bumped.base + e.position, e.item ->> 0, e.item -> 1
+          from bumped,
+               jsonb_array_elements(%(items)s::jsonb) with ordinality as e(item, position)
+        returning seq, created_at
+        """,
+        {
+            "run": run_id,
+            "count": len(events),
+            "items": json.dumps([[name, data] for name, data in events], default=str),
+        },
+    ).fetchall()
+    if not rows:
         raise LookupError(f"run {run_id} does not exist")
-    stored = conn.execute(
-        "insert into public.run_events (run_id, seq, event, data) values (%s, %s, %s, %s) "
-        "returning created_at",
-        (run_id, row["last_event_seq"], event, json.dumps(data, default=str)),
-    ).fetchone()
-    assert stored is not None
-    return RunEvent(
-        run_id=run_id, seq=row["last_event_seq"], event=event, data=data, ts=stored["created_at"]
-    )
+    stored = sorted(rows, key=lambda row: row["seq"])
+    return [
+        RunEvent(run_id=run_id, seq=row["seq"], event=name, data=data, ts=row["created_at"])
+        for row, (name, data) in zip(stored, events, strict=True)
+    ]
 
 
 class EventPublisher:

@@ -68,5 +68,5 @@ def execute_run(
     if finished is None:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
-    publisher.publish(finished)
-    return Result(finished.data["status"])
+    publisher.publish(*finished)
+    return Result(finished[-1].data["status"])

@@ -14,9 +14,10 @@ from psycopg.types.json import Jsonb
 from conveyor import sessions
 from conveyor.db import Connection, Database
 from conveyor.errors import RunFinished
-from conveyor.events import STATUS_UPDATE, RunEvent, append_event
+from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
 from conveyor.models import RunView
 from conveyor.run_queries import get_run, require_visible
+from conveyor.step_rows import CompletedStep, mark_completed
 
 RunKind = Literal["agent", "workflow"]
 
@@ -195,11 +196,14 @@ class Outcome:
     failed_position: int | None = None
     # Appended to the run's session as the assistant's message when the run completes.
     reply: str | None = None
+    # The last step, checkpointed in the run's final transaction: one commit fewer per run.
+    last_step: CompletedStep | None = None
 
 
-def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> RunEvent | None:
+def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEvent] | None:
     """Record how a claimed run ended (cancelled if a cancel was requested meanwhile) and close its
-    unfinished steps. None: the lease was lost and a successor owns the run."""
+    unfinished steps; returns the events, the final status last. None: the lease was lost and a
+    successor owns the run."""
     status = "failed" if outcome.error is not None else "completed"
     with db.transaction() as conn:
         row = conn.execute(
@@ -229,6 +233,9 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> RunEvent | 
         ).fetchone()
         if row is None:
             return None
+        events: list[tuple[str, dict[str, Any]]] = []
+        if outcome.last_step is not None:
+            events.append(mark_completed(conn, claim.id, outcome.last_step))
         close_unfinished_steps(
             conn,
             claim.id,
@@ -241,7 +248,8 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> RunEvent | 
             sessions.append_message(
                 conn, claim.session_id, role="assistant", content=outcome.reply, run_id=claim.id
             )
-        return append_event(conn, claim.id, STATUS_UPDATE, status_data(row))
+        events.append((STATUS_UPDATE, status_data(row)))
+        return append_events(conn, claim.id, events)
 
 
 def close_unfinished_steps(

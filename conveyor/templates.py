@@ -8,9 +8,11 @@ reaching Python internals.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -38,13 +40,24 @@ def _render_string(text: str, context: dict[str, Any]) -> Any:
     try:
         whole = _WHOLE_EXPRESSION.match(text.strip())
         if whole:
-            result = _ENV.compile_expression(whole["expr"], undefined_to_none=False)(**context)
+            result = _expression(whole["expr"])(**context)
             if isinstance(result, StrictUndefined):
                 str(result)  # raises UndefinedError naming the missing reference
             return result
-        return _ENV.from_string(text).render(**context)
+        return _template(text).render(**context)
     except TemplateError as exc:
         raise TemplateFailure(f"template {text!r}: {exc.message or exc}") from exc
+
+
+# Compiling is most of a render's cost and definitions repeat the same strings for every run.
+@lru_cache(maxsize=1024)
+def _expression(source: str) -> Callable[..., Any]:
+    return _ENV.compile_expression(source, undefined_to_none=False)
+
+
+@lru_cache(maxsize=1024)
+def _template(source: str) -> Template:
+    return _ENV.from_string(source)
 
 
 def check_syntax(value: Any) -> None:

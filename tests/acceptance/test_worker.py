@@ -59,8 +59,7 @@ def test_same_message_delivered_twice_runs_the_agent_once(
         (1, "workflow_status_update", "queued"),
         (2, "workflow_status_update", "running"),
         (3, "step_completed", None),
-        (4, "workflow_status_update", "running"),
-        (5, "workflow_status_update", "completed"),
+        (4, "workflow_status_update", "completed"),
     ]
 
 

@@ -127,7 +127,7 @@ def test_event_seqs_are_gap_free_per_run(
                 "select seq from run_events where run_id = %s order by seq", (run_id,)
             )
         ]
-    assert seqs == [1, 2, 3, 4, 5]
+    assert seqs == [1, 2, 3, 4]
 
 
 def test_a_run_cancelled_while_running_finishes_as_cancelled_without_output(

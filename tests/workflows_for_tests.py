@@ -188,3 +188,20 @@ workflows.define(
         ],
     )
 )
+
+workflows.define(
+    Workflow(
+        name="outlives_the_run",
+        description="A cooperative wait longer than the whole run may take.",
+        input_model=WaitInput,
+        timeout_seconds=0.5,
+        steps=[
+            StepSpec(
+                name="wait",
+                kind="python",
+                config={"function": "tests.wait_cooperatively"},
+                timeout_seconds=60,
+            )
+        ],
+    )
+)

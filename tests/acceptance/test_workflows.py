@@ -334,3 +334,37 @@ def test_the_same_message_delivered_twice_runs_the_workflow_once(
     assert view["status"] == "completed"
     assert view["attempts"] == 1
     assert fake_llm.completed == {"outline twice": 1, "draft from reply to: outline twice": 1}
+
+
+def test_a_run_that_exceeds_its_own_timeout_fails_with_run_timeout(client: ApiClient) -> None:
+    body = execute(client, "outlives_the_run", {"seconds": 10}).json()
+
+    assert body["status"] == "failed"
+    assert body["error_code"] == "RUN_TIMEOUT"
+    assert "0.5 s timeout during step 'wait'" in body["error"]
+
+
+def test_a_workflow_defined_in_a_yaml_file_runs_end_to_end(
+    client: ApiClient, fake_llm: FakeLlm
+) -> None:
+    body = execute(client, "research_brief", {"topic": "webhooks"}).json()
+
+    assert body["status"] == "completed", body
+    assert body["outputs"]["topic"] == "webhooks"
+    assert body["outputs"]["outline"] == "reply to: Outline webhooks for engineers."
+    assert body["outputs"]["brief"].startswith("reply to: Write a one-page brief for engineers")
+
+
+def test_the_summarize_agent_asks_the_model_for_a_bounded_summary(
+    client: ApiClient, fake_llm: FakeLlm
+) -> None:
+    accepted = client.post(
+        "/api/agents/invoke",
+        json={"agent_type": "summarize", "input": {"text": "long text", "max_words": 20}},
+    ).json()
+
+    run = wait_for_run(client, accepted["request_id"])
+
+    prompt = "Summarise in at most 20 words:\n\nlong text"
+    assert run["output"]["text"] == f"reply to: {prompt}"
+    assert fake_llm.completed == {prompt: 1}

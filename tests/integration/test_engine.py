@@ -1,0 +1,155 @@
+"""The engine against real Postgres and Redis, called directly: leases, heartbeats, artifacts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
+from conveyor import runs, waiting, workflows
+from conveyor.db import Database
+from conveyor.events import EventPublisher
+from conveyor.execution import Result, execute_run
+from conveyor.settings import Settings
+from tests.fake_llm import FakeLlm
+from tests.support import make_settings
+
+LEASE_SECONDS = 5
+
+
+@pytest.fixture
+def settings(
+    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path, fake_llm: FakeLlm
+) -> Settings:
+    """Short leases, quick check-ins, model calls to the fake server."""
+    return make_settings(
+        database_url,
+        redis_url,
+        tmp_path / "data",
+        llm_base_url=fake_llm.base_url,
+        run_lease_seconds=LEASE_SECONDS,
+        cancel_check_seconds=0.1,
+        output_inline_max_bytes=4096,
+    )
+
+
+@pytest.fixture
+def publisher(redis_url: str) -> Iterator[EventPublisher]:
+    """A publisher for the engine's events."""
+    events = EventPublisher(redis_url)
+    yield events
+    events.close()
+
+
+def new_run(db: Database, workflow_id: str, inputs: dict[str, Any]) -> uuid.UUID:
+    definition = workflows.get(workflow_id)
+    return runs.create_run(
+        db,
+        user_id=uuid.uuid4(),
+        kind=definition.kind,
+        workflow_id=workflow_id,
+        input=inputs,
+        metadata={},
+        steps=definition.step_rows(),
+    ).id
+
+
+def test_a_step_longer_than_the_lease_keeps_its_run_by_heartbeat(
+    db: Database, settings: Settings, publisher: EventPublisher
+) -> None:
+    """No other worker can claim the run, and the reaper leaves it alone, while it beats."""
+    run_id = new_run(db, "wait_then_call", {"seconds": LEASE_SECONDS * 1.6})
+    results: list[Result] = []
+    worker = threading.Thread(
+        target=lambda: results.append(execute_run(db, publisher, settings, run_id))
+    )
+    worker.start()
+    while waiting.run_status(db, run_id) == "queued":
+        time.sleep(0.01)
+    stolen, republished = [], []
+    while worker.is_alive():
+        stolen.append(runs.claim_run(db, run_id, lease_seconds=LEASE_SECONDS))
+        republished.extend(runs.runs_to_republish(db, older_than_seconds=0))
+        time.sleep(0.5)
+    worker.join()
+
+    assert results == [Result.COMPLETED]
+    assert len(stolen) > 2 * LEASE_SECONDS  # attempts spanned more than one lease
+    assert stolen == [None] * len(stolen)
+    assert republished == []
+
+
+class StorageServer:
+    """Supabase Storage's object endpoints, enough to write and read objects, on loopback."""
+
+    def __init__(self, key: str) -> None:
+        self.objects: dict[str, bytes] = {}
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") != f"Bearer {key}":
+                    self.send_response(403)
+                    self.end_headers()
+                    return False
+                return True
+
+            def do_POST(self) -> None:
+                if not self._authorized():
+                    return
+                store.objects[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.dumps({"Key": self.path.removeprefix("/storage/v1/object/")}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if not self._authorized():
+                    return
+                data = store.objects.get(self.path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_large_outputs_go_to_supabase_storage_when_it_is_configured(
+    db: Database, settings: Settings, publisher: EventPublisher
+) -> None:
+    storage = StorageServer("service-key")
+    configured = settings.model_copy(
+        update={"supabase_url": storage.url, "supabase_service_role_key": SecretStr("service-key")}
+    )
+    run_id = new_run(db, "big_output", {"size": 20_000})
+
+    assert execute_run(db, publisher, configured, run_id) is Result.COMPLETED
+
+    with db.connection() as conn:
+        step = conn.execute(
+            "select output, output_url from workflow_steps where run_id = %s", (run_id,)
+        ).fetchone()
+    storage.server.shutdown()
+    assert step is not None
+    path = f"/storage/v1/object/conveyor-artifacts/{run_id}/make.json"
+    assert step["output_url"] == storage.url + path
+    assert json.loads(storage.objects[path]) == {"blob": "x" * 20_000}
+    assert step["output"] == {"stored_at": step["output_url"], "bytes": len(storage.objects[path])}

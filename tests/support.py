@@ -62,6 +62,7 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
+        self._server.server_close()
         self._thread.join(timeout=10)
         self.app.extensions["conveyor.db"].close()
 

@@ -131,11 +131,23 @@ class StorageServer:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        """Stop serving and release the listening socket."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def storage() -> Iterator[StorageServer]:
+    """A Storage stand-in accepting the service key `service-key`."""
+    server = StorageServer("service-key")
+    yield server
+    server.close()
+
 
 def test_large_outputs_go_to_supabase_storage_when_it_is_configured(
-    db: Database, settings: Settings, publisher: EventPublisher
+    db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
-    storage = StorageServer("service-key")
     configured = settings.model_copy(
         update={"supabase_url": storage.url, "supabase_service_role_key": SecretStr("service-key")}
     )
@@ -147,7 +159,6 @@ def test_large_outputs_go_to_supabase_storage_when_it_is_configured(
         step = conn.execute(
             "select output, output_url from workflow_steps where run_id = %s", (run_id,)
         ).fetchone()
-    storage.server.shutdown()
     assert step is not None
     path = f"/storage/v1/object/conveyor-artifacts/{run_id}/make.json"
     assert step["output_url"] == storage.url + path

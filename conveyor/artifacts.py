@@ -4,6 +4,7 @@ folder. The row keeps a small stub and the URL, so run reads stay cheap."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
@@ -37,7 +38,7 @@ class LocalArtifactStore:
         """Write the file (atomically, so a reader never sees half of it)."""
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(path.suffix + ".partial")
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
         partial.write_bytes(data)
         partial.replace(path)
         return path.as_uri()

@@ -88,17 +88,13 @@ def record_retry(
     retry_in: float,
     lease_seconds: int,
 ) -> RunEvent | None:
-    """Record a failed attempt and count the next one. None: this worker no longer holds the run."""
+    """Record a failed attempt and when the next one starts. None: the run is no longer ours."""
     with db.transaction() as conn:
         if _touch_run(conn, claim, lease_seconds=lease_seconds) is None:
             return None
         step = conn.execute(
-            """
-            update public.workflow_steps
-               set attempt = attempt + 1, error = %s, error_code = %s
-             where run_id = %s and position = %s
-            returning name, attempt
-            """,
+            "update public.workflow_steps set error = %s, error_code = %s "
+            "where run_id = %s and position = %s returning name, attempt",
             (error, error_code, claim.id, position),
         ).fetchone()
         assert step is not None
@@ -109,13 +105,29 @@ def record_retry(
             {
                 "step": step["name"],
                 "position": position,
-                "failed_attempt": step["attempt"] - 1,
-                "next_attempt": step["attempt"],
+                "failed_attempt": step["attempt"],
+                "next_attempt": step["attempt"] + 1,
                 "error": error,
                 "error_code": error_code,
                 "retry_in_seconds": round(retry_in, 3),
             },
         )
+
+
+def start_attempt(db: Database, claim: ClaimedRun, *, position: int) -> bool:
+    """Count the next attempt of a step; False if this worker no longer holds the run."""
+    with db.transaction() as conn:
+        row = conn.execute(
+            """
+            update public.workflow_steps s set attempt = s.attempt + 1
+              from public.workflow_runs r
+             where s.run_id = %s and s.position = %s
+               and r.id = s.run_id and r.attempt = %s and r.status = 'running'
+            returning s.attempt
+            """,
+            (claim.id, position, claim.attempt),
+        ).fetchone()
+    return row is not None
 
 
 def check_in(

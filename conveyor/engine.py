@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from conveyor import artifacts, checkpoints, steps, templates
 from conveyor.db import Database
+from conveyor.errors import ServiceUnavailable
 from conveyor.events import EventPublisher
 from conveyor.runs import ClaimedRun, Outcome
 from conveyor.settings import Settings
@@ -48,6 +49,14 @@ class Engine:
             run_deadline=time.monotonic() + self.workflow.timeout_seconds - elapsed,
         )
         stored = {state.name: state for state in self.claim.steps}
+        if [state.name for state in self.claim.steps] != [
+            spec.name for spec in self.workflow.steps
+        ]:
+            return Outcome(
+                error=f"the definition of {self.workflow.name!r} changed while this run was in "
+                "flight (its steps differ); submit it again",
+                error_code="DEFINITION_CHANGED",
+            )
         outputs = {
             state.name: {"output": artifacts.load(self.store, state.output, state.output_url)}
             for state in self.claim.steps
@@ -81,6 +90,14 @@ class Engine:
         self, watch: Watch, position: int, spec: StepSpec, attempt: int, context: dict[str, Any]
     ) -> StepResult:
         """Attempts of one step until one succeeds or the failure is final."""
+        if attempt > spec.retry.max_attempts:
+            # Earlier attempts ended with their worker (killed, out of memory): do not loop forever.
+            raise StepFailure(
+                f"step {spec.name!r} was interrupted {attempt - 1} time(s) without finishing; "
+                f"its limit is {spec.retry.max_attempts} attempt(s)",
+                retryable=False,
+                code="STEP_ATTEMPTS_EXHAUSTED",
+            )
         while True:
             watch.poll()
             try:
@@ -106,6 +123,9 @@ class Engine:
                     raise LeaseLost() from failure
                 self.publisher.publish(event)
                 watch.sleep(delay)
+                # Counted only now, so a worker lost during the backoff does not use an attempt.
+                if not checkpoints.start_attempt(self.db, self.claim, position=position):
+                    raise LeaseLost() from failure
                 attempt += 1
 
     def _attempt(
@@ -132,7 +152,7 @@ class Engine:
             if kind.inline:
                 return kind.run(ctx, config)
             return watch.supervise(lambda: kind.run(ctx, config), ctx)
-        except (StepFailure, RunInterrupted):
+        except (StepFailure, RunInterrupted, ServiceUnavailable):
             raise
         except Exception as exc:
             # A step's own exception: worth another attempt under its retry policy.
@@ -145,7 +165,7 @@ class Engine:
         """Commit a finished step and start the next; the last one is returned for finish_run."""
         stored, url = artifacts.offload(
             self.store,
-            f"{self.claim.id}/{spec.name}.json",
+            f"{self.claim.id}/{self.claim.attempt}/{spec.name}.json",
             result.output,
             limit=self.settings.output_inline_max_bytes,
         )
@@ -188,7 +208,7 @@ class Engine:
                 )
         stored, url = artifacts.offload(
             self.store,
-            f"{self.claim.id}/output.json",
+            f"{self.claim.id}/{self.claim.attempt}/output.json",
             output,
             limit=self.settings.output_inline_max_bytes,
         )

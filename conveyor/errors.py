@@ -119,6 +119,12 @@ class Conflict(ConveyorError):
     code = "CONFLICT"
 
 
+class IdempotencyKeyReused(Conflict):
+    """That Idempotency-Key was already used for a different request."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
 class RunFinished(Conflict):
     """The run has already finished."""
 

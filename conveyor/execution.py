@@ -10,7 +10,7 @@ import structlog
 from conveyor import artifacts, runs, workflows
 from conveyor.db import Database
 from conveyor.engine import Engine
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, ServiceUnavailable
 from conveyor.events import EventPublisher
 from conveyor.runs import Outcome
 from conveyor.settings import Settings
@@ -56,6 +56,10 @@ def execute_run(
             workflows.get(claim.workflow_id),
         )
         outcome = engine.run()
+    except ServiceUnavailable:
+        # Postgres or storage unreachable: the run stays claimed; the task retries with backoff
+        # and the reaper hands the run on once the lease expires.
+        raise
     except ConveyorError as exc:  # unknown workflow, input no longer valid for its definition
         outcome = Outcome(error=exc.message, error_code=exc.code)
     except RunCancelled:
@@ -63,6 +67,12 @@ def execute_run(
     except LeaseLost:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
+    except Exception as exc:
+        # A bug must end the run visibly, not leave it `running` to be re-executed forever.
+        log.exception("engine_failed")
+        outcome = Outcome(
+            error=f"internal error: {type(exc).__name__}: {exc}", error_code="INTERNAL_ERROR"
+        )
 
     finished = runs.finish_run(db, claim, outcome)
     if finished is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,13 +14,14 @@ from psycopg.types.json import Jsonb
 
 from conveyor import sessions
 from conveyor.db import Connection, Database
-from conveyor.errors import RunFinished
+from conveyor.errors import IdempotencyKeyReused, RunFinished, SessionNotFound
 from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
 from conveyor.models import RunView
 from conveyor.run_queries import get_run, require_visible
 from conveyor.step_rows import CompletedStep, mark_completed
 
 RunKind = Literal["agent", "workflow"]
+STEP_FAILED = "step_failed"
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,20 @@ def create_run(
         ).fetchone()
         if row is None:
             existing = conn.execute(
-                "select id, status from public.workflow_runs "
+                "select id, status, kind, workflow_id, input from public.workflow_runs "
                 "where user_id = %s and idempotency_key = %s",
                 (user_id, idempotency_key),
             ).fetchone()
             assert existing is not None, "conflict without a row: the key must exist"
+            if (existing["kind"], existing["workflow_id"], existing["input"]) != (
+                kind,
+                workflow_id,
+                input,
+            ):
+                raise IdempotencyKeyReused(
+                    f"Idempotency-Key {idempotency_key!r} was already used for run "
+                    f"{existing['id']} with a different request; use a new key for a new run."
+                )
             return NewRun(existing["id"], existing["status"], created=False, event=None)
         # One multi-row insert: the steps cost no extra round trip per step at submit.
         conn.execute(
@@ -213,7 +224,8 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEve
                                  else 'cancelled' end,
                    output = case when cancel_requested_at is null then %(output)s::jsonb end,
                    output_url = case when cancel_requested_at is null then %(url)s end,
-                   error = %(error)s, error_code = %(code)s,
+                   error = case when cancel_requested_at is null then %(error)s end,
+                   error_code = case when cancel_requested_at is null then %(code)s end,
                    progress = case when %(status)s = 'completed' and cancel_requested_at is null
                                    then 1 else progress end,
                    current_step = null, lease_expires_at = null,
@@ -236,18 +248,22 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEve
         events: list[tuple[str, dict[str, Any]]] = []
         if outcome.last_step is not None:
             events.append(mark_completed(conn, claim.id, outcome.last_step))
-        close_unfinished_steps(
+        for closed in close_unfinished_steps(
             conn,
             claim.id,
             run_status=row["status"],
             failed_position=outcome.failed_position,
             error=outcome.error,
             error_code=outcome.error_code,
-        )
+        ):
+            if closed["status"] == "failed":
+                events.append((STEP_FAILED, closed))
         if row["status"] == "completed" and claim.session_id and outcome.reply:
-            sessions.append_message(
-                conn, claim.session_id, role="assistant", content=outcome.reply, run_id=claim.id
-            )
+            # A session deleted meanwhile does not undo the run's result.
+            with contextlib.suppress(SessionNotFound):
+                sessions.append_message(
+                    conn, claim.session_id, role="assistant", content=outcome.reply, run_id=claim.id
+                )
         events.append((STATUS_UPDATE, status_data(row)))
         return append_events(conn, claim.id, events)
 
@@ -260,19 +276,20 @@ def close_unfinished_steps(
     failed_position: int | None = None,
     error: str | None = None,
     error_code: str | None = None,
-) -> None:
+) -> list[dict[str, Any]]:
     """Give every pending or running step its final status: the failing step `failed`, the rest
-    `skipped` after a failure and `cancelled` after a cancel."""
-    conn.execute(
+    `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
+    return conn.execute(
         """
         update public.workflow_steps
-           set status = case when position = %(failed)s then 'failed'
-                             when %(run_status)s = 'cancelled' then 'cancelled'
+           set status = case when %(run_status)s = 'cancelled' then 'cancelled'
+                             when position = %(failed)s then 'failed'
                              else 'skipped' end,
                error = case when position = %(failed)s then %(error)s else error end,
                error_code = case when position = %(failed)s then %(code)s else error_code end,
                finished_at = case when status = 'running' then now() else finished_at end
          where run_id = %(run)s and status in ('pending', 'running')
+        returning name as step, position, status, error, error_code
         """,
         {
             "failed": failed_position,
@@ -281,7 +298,7 @@ def close_unfinished_steps(
             "code": error_code,
             "run": run_id,
         },
-    )
+    ).fetchall()
 
 
 def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500) -> list[UUID]:

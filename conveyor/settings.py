@@ -121,6 +121,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_in_within_the_lease(self) -> Settings:
+        if self.cancel_check_seconds > self.run_lease_seconds / 3:
+            raise ValueError(
+                "CANCEL_CHECK_SECONDS must be at most a third of RUN_LEASE_SECONDS, or a healthy "
+                "worker's lease could expire between check-ins"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:
         if self.environment == "production":
             missing = [

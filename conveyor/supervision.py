@@ -104,13 +104,17 @@ class Watch:
         ):
             try:
                 self.poll()
-            except RunInterrupted:
+            except Exception:  # interrupted, or Postgres unreachable: the attempt ends either way
                 self._stop(ctx, done)
                 raise
             if time.monotonic() >= ctx.deadline:
-                self._stop(ctx, done)
+                stopped = self._stop(ctx, done)
+                # A step still running after its timeout must not be retried beside itself.
                 raise StepFailure(
-                    f"step {ctx.step!r} timed out", retryable=True, code="STEP_TIMEOUT"
+                    f"step {ctx.step!r} timed out"
+                    + ("" if stopped else " and did not stop; not retried"),
+                    retryable=stopped,
+                    code="STEP_TIMEOUT",
                 )
         if "error" in box:
             error = box["error"]
@@ -123,7 +127,10 @@ class Watch:
         return result
 
     @staticmethod
-    def _stop(ctx: StepContext, done: threading.Event) -> None:
+    def _stop(ctx: StepContext, done: threading.Event) -> bool:
+        """Ask the step to stop; True if it did within the grace period."""
         ctx.stop.set()
-        if not done.wait(STOP_GRACE_SECONDS):
-            log.warning("step_abandoned", step=ctx.step, reason="did not stop within grace")
+        if done.wait(STOP_GRACE_SECONDS):
+            return True
+        log.warning("step_abandoned", step=ctx.step, reason="did not stop within grace")
+        return False

@@ -47,6 +47,8 @@ def _render_string(text: str, context: dict[str, Any]) -> Any:
         return _template(text).render(**context)
     except TemplateError as exc:
         raise TemplateFailure(f"template {text!r}: {exc.message or exc}") from exc
+    except Exception as exc:  # e.g. `{{ inputs.n + 1 }}` with n null: the data, not the engine
+        raise TemplateFailure(f"template {text!r}: {type(exc).__name__}: {exc}") from exc
 
 
 # Compiling is most of a render's cost and definitions repeat the same strings for every run.

@@ -13,6 +13,26 @@ from conveyor.errors import InvalidContentType, InvalidInput, InvalidJSON
 Model = TypeVar("Model", bound=BaseModel)
 
 
+MAX_DEPTH = 64
+
+
+def check_storable(value: object) -> None:
+    """InvalidInput for what Postgres cannot store as jsonb/text: NUL characters, deep nesting."""
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidInput(f"The body nests deeper than {MAX_DEPTH} levels.")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidInput("Strings cannot contain NUL (\\u0000) characters.")
+        elif isinstance(item, dict):
+            pending.extend((key, depth + 1) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+
+
 def parse_body(model: type[Model]) -> Model:
     """The body as `model`, or InvalidContentType / InvalidJSON / InvalidInput naming the fields."""
     if request.mimetype != "application/json":
@@ -23,8 +43,11 @@ def parse_body(model: type[Model]) -> Model:
         raw = json.loads(request.get_data(cache=True) or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(f"The body is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise InvalidJSON(f"The body nests deeper than {MAX_DEPTH} levels.") from exc
     if not isinstance(raw, dict):
         raise InvalidInput("The body must be a JSON object.")
+    check_storable(raw)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

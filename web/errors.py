@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import psycopg
 import structlog
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -31,6 +32,15 @@ def handle_http_exception(exc: HTTPException) -> tuple[Response, int]:
     return jsonify({"error": exc.description, "code": http_code(exc)}), status
 
 
+def handle_unstorable(exc: psycopg.DataError) -> tuple[Response, int]:
+    """Values Postgres refuses (a NUL in a query parameter, a number out of range) are the
+    client's to fix, not a server fault."""
+    log.info("unstorable_input", error=str(exc))
+    return jsonify(
+        {"error": f"A value in the request cannot be stored: {exc}", "code": "INVALID_INPUT"}
+    ), 400
+
+
 def handle_unexpected(exc: Exception) -> tuple[Response, int]:
     """A bug: log it with its traceback, tell the client only that it happened."""
     log.exception("unhandled_error", error_type=type(exc).__name__)
@@ -43,4 +53,5 @@ def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
     app.register_error_handler(ConveyorError, handle_conveyor_error)
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(psycopg.DataError, handle_unstorable)
     app.register_error_handler(Exception, handle_unexpected)

@@ -160,3 +160,30 @@ def test_agents_are_listed_with_input_schemas(client: ApiClient) -> None:
     agents = client.get("/api/agents").json()["agents"]
     echo = next(a for a in agents if a["agent_type"] == "echo")
     assert echo["input_schema"]["type"] == "object"
+
+
+def test_a_nul_character_in_the_body_is_400_not_500(client: ApiClient) -> None:
+    response = client.post(
+        "/api/agents/invoke", json={"agent_type": "echo", "input": {"message": "a\u0000b"}}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID_INPUT"
+
+
+def test_a_deeply_nested_body_is_400_not_500(client: ApiClient) -> None:
+    body = '{"agent_type": "echo", "input": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+
+    response = client.post(
+        "/api/agents/invoke", data=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] in ("INVALID_JSON", "INVALID_INPUT")
+
+
+def test_a_nul_character_in_a_query_parameter_is_400_not_500(client: ApiClient) -> None:
+    response = client.get("/api/runs", params={"workflow_id": "a\x00b"})
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID_INPUT"

@@ -184,6 +184,9 @@ def test_a_step_that_keeps_failing_fails_the_run_after_its_last_attempt(
     view = client.get(f"/api/runs/{body['workflow_run_id']}").json()
     assert [s["status"] for s in view["steps"]] == ["failed", "skipped", "skipped"]
     assert fake_llm.received["outline doomed"] == 3
+    events = client.get(f"/api/runs/{body['workflow_run_id']}/events").json()["events"]
+    failed = [e["data"] for e in events if e["event"] == "step_failed"]
+    assert [(f["step"], f["error_code"]) for f in failed] == [("outline", "LLM_ERROR")]
 
 
 def test_a_client_error_is_not_retried(client: ApiClient, fake_llm: FakeLlm) -> None:
@@ -368,3 +371,13 @@ def test_the_summarize_agent_asks_the_model_for_a_bounded_summary(
     prompt = "Summarise in at most 20 words:\n\nlong text"
     assert run["output"]["text"] == f"reply to: {prompt}"
     assert fake_llm.completed == {prompt: 1}
+
+
+def test_an_idempotency_key_reused_for_a_different_request_is_409(client: ApiClient) -> None:
+    headers = {"Idempotency-Key": "reused"}
+    execute(client, "write_brief", {"topic": "first topic"}, headers=headers, **{"async": True})
+
+    response = execute(client, "write_brief", {"topic": "other topic"}, headers=headers)
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "IDEMPOTENCY_KEY_REUSED"

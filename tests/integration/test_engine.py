@@ -160,7 +160,30 @@ def test_large_outputs_go_to_supabase_storage_when_it_is_configured(
             "select output, output_url from workflow_steps where run_id = %s", (run_id,)
         ).fetchone()
     assert step is not None
-    path = f"/storage/v1/object/conveyor-artifacts/{run_id}/make.json"
+    path = f"/storage/v1/object/conveyor-artifacts/{run_id}/1/make.json"  # run/attempt/step
     assert step["output_url"] == storage.url + path
     assert json.loads(storage.objects[path]) == {"blob": "x" * 20_000}
     assert step["output"] == {"stored_at": step["output_url"], "bytes": len(storage.objects[path])}
+
+
+def test_a_step_whose_workers_keep_dying_fails_once_its_attempts_are_used(
+    db: Database, settings: Settings, publisher: EventPublisher, database_url: str
+) -> None:
+    """`echo` allows one attempt: a claim after a crashed one fails the run instead of looping."""
+    run_id = new_run(db, "echo", {"message": "hi"})
+    assert runs.claim_run(db, run_id, lease_seconds=LEASE_SECONDS) is not None  # then "killed"
+    with db.transaction() as conn:
+        conn.execute(
+            "update workflow_runs set lease_expires_at = now() - interval '1 second' where id = %s",
+            (run_id,),
+        )
+
+    assert execute_run(db, publisher, settings, run_id) is Result.FAILED
+
+    with db.connection() as conn:
+        run = conn.execute(
+            "select error_code, error from workflow_runs where id = %s", (run_id,)
+        ).fetchone()
+    assert run is not None
+    assert run["error_code"] == "STEP_ATTEMPTS_EXHAUSTED"
+    assert "interrupted 1 time(s)" in run["error"]

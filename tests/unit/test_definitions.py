@@ -114,3 +114,8 @@ def test_a_broken_file_is_reported_with_its_path(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"(?s)broken\.json.*unknown kind"):
         load_file(path)
+
+
+def test_a_template_that_fails_on_the_data_is_a_template_failure() -> None:
+    with pytest.raises(templates.TemplateFailure, match="TypeError"):
+        templates.render("{{ inputs.n + 1 }}", {"inputs": {"n": None}})

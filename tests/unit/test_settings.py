@@ -51,3 +51,8 @@ def test_development_secret_is_created_once_and_reused(tmp_path: Path) -> None:
 def test_configured_secret_wins_over_the_development_one(tmp_path: Path) -> None:
     assert settings(data_dir=tmp_path, supabase_jwt_secret="s" * 40).jwt_secret() == "s" * 40
     assert not (tmp_path / "jwt-secret").exists()
+
+
+def test_check_ins_slower_than_a_third_of_the_lease_are_refused() -> None:
+    with pytest.raises(ValidationError, match="CANCEL_CHECK_SECONDS"):
+        Settings(_env_file=None, run_lease_seconds=10, cancel_check_seconds=5)  # type: ignore[call-arg]

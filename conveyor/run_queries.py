@@ -147,3 +147,24 @@ def list_runs(
     page = [RunSummary.model_validate(row) for row in rows[:limit]]
     more = len(rows) > limit
     return RunPage(page, encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+
+
+def stored_output(
+    db: Database, claims: dict[str, Any], run_id: UUID, step: str | None
+) -> tuple[Any, str | None]:
+    """(output, url) of a run (step None) or of one of its steps, as the caller may see them."""
+    with db.user_transaction(claims) as conn:
+        if step is None:
+            row = conn.execute(
+                "select output, output_url from public.workflow_runs where id = %s", (run_id,)
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "select output, output_url from public.workflow_steps "
+                "where run_id = %s and name = %s",
+                (run_id, step),
+            ).fetchone()
+    if row is None:
+        what = f"run {run_id}" if step is None else f"step {step!r} of run {run_id}"
+        raise RunNotFound(f"{what} does not exist")
+    return row["output"], row["output_url"]

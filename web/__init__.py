@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from conveyor.artifacts import store_for
 from conveyor.auth import TokenVerifier
 from conveyor.catalog import load_catalog
 from conveyor.db import Database
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor.publisher"] = EventPublisher(settings.redis_url)
     app.extensions["conveyor.enqueuer"] = Enqueuer(settings)
     app.extensions["conveyor.verifier"] = build_verifier(settings)
+    app.extensions["conveyor.store"] = store_for(settings)
 
     errors.init_app(app)
     auth.init_app(app)

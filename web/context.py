@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from conveyor.artifacts import ArtifactStore
 from conveyor.auth import Principal
 from conveyor.db import Database
 from conveyor.events import EventPublisher
@@ -33,6 +34,12 @@ def get_enqueuer() -> Enqueuer:
     """This app's task publisher."""
     enqueuer: Enqueuer = current_app.extensions["conveyor.enqueuer"]
     return enqueuer
+
+
+def get_store() -> ArtifactStore:
+    """Where this app reads large outputs from."""
+    store: ArtifactStore = current_app.extensions["conveyor.store"]
+    return store
 
 
 def get_principal() -> Principal:

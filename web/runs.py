@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 
-from conveyor import run_queries, runs
+from conveyor import artifacts, run_queries, runs
 from conveyor.errors import InvalidInput
 from conveyor.identity import record_audit
 from conveyor.models import RunEventsQuery, RunListQuery
 from web.auth import client_ip, require_admin
-from web.context import get_db, get_principal, get_publisher
+from web.context import get_db, get_principal, get_publisher, get_store
 
 bp = Blueprint("runs", __name__)
 
@@ -71,6 +71,16 @@ def list_events(run_id: str) -> Response:
     envelopes = [event.envelope() for event in events]
     last_seq = events[-1].seq if events else query.since
     return jsonify({"events": envelopes, "next_since": last_seq})
+
+
+@bp.get("/api/runs/<run_id>/output")
+@bp.get("/api/runs/<run_id>/steps/<step>/output")
+def get_output(run_id: str, step: str | None = None) -> Response:
+    """The full output of a run or a step, fetched from storage when it was too large to inline."""
+    output, url = run_queries.stored_output(
+        get_db(), get_principal().rls_claims(), run_queries.parse_run_id(run_id), step
+    )
+    return jsonify({"output": artifacts.load(get_store(), output, url)})
 
 
 @bp.post("/api/runs/<run_id>/cancel")

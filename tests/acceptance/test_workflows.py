@@ -240,6 +240,16 @@ def test_a_large_output_is_stored_outside_the_row_and_referenced_by_url(
     assert stored.is_relative_to((settings.data_dir / "artifacts").resolve())
     assert len(stored.read_text()) == step["output"]["bytes"]
     assert view["output_url"] is not None
+    full = client.get(f"/api/runs/{body['workflow_run_id']}/steps/make/output").json()
+    assert full["output"] == {"blob": "x" * 10_000}
+    assert client.get(f"/api/runs/{body['workflow_run_id']}/output").json() == full
+
+
+def test_someone_elses_output_is_not_found(client: ApiClient, make_client: Any) -> None:
+    run_id = execute(client, "big_output", {"size": 10}).json()["workflow_run_id"]
+
+    assert make_client().get(f"/api/runs/{run_id}/output").status_code == 404
+    assert client.get(f"/api/runs/{run_id}/steps/nope/output").status_code == 404
 
 
 def test_the_event_log_replays_from_a_sequence_number(client: ApiClient) -> None:

@@ -166,20 +166,27 @@ def get(name: str) -> Workflow:
 
 def get_workflow(name: str) -> Workflow:
     """The workflow called name, or UnknownWorkflow (404)."""
-    found = _REGISTRY.get(name)
-    if found is None or found.kind != "workflow":
-        known = ", ".join(w.name for w in all_of("workflow")) or "none"
-        raise UnknownWorkflow(f"unknown workflow {name!r}; known workflows: {known}")
+    found = _of_kind(name, "workflow")
+    if found is None:
+        raise UnknownWorkflow(f"unknown workflow {name!r}; known workflows: {_names('workflow')}")
     return found
 
 
 def get_agent(name: str) -> Workflow:
     """The agent type called name, or UnknownAgent."""
-    found = _REGISTRY.get(name)
-    if found is None or found.kind != "agent":
-        known = ", ".join(w.name for w in all_of("agent")) or "none"
-        raise UnknownAgent(f"unknown agent type {name!r}; known agent types: {known}")
+    found = _of_kind(name, "agent")
+    if found is None:
+        raise UnknownAgent(f"unknown agent type {name!r}; known agent types: {_names('agent')}")
     return found
+
+
+def _of_kind(name: str, kind: WorkflowKind) -> Workflow | None:
+    found = _REGISTRY.get(name)
+    return found if found is not None and found.kind == kind else None
+
+
+def _names(kind: WorkflowKind) -> str:
+    return ", ".join(w.name for w in all_of(kind)) or "none"
 
 
 def all_of(kind: WorkflowKind) -> list[Workflow]:

@@ -119,10 +119,18 @@ def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(
-    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+    database_url: str,
+    redis_url: str,
+    clean_redis: redis.Redis,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Settings:
-    """Settings pointing at this test's database and the session's Redis."""
-    return make_settings(database_url, redis_url, tmp_path / "data")
+    """Settings pointing at this test's database and the session's Redis. A test module may set
+    SETTINGS (overrides) and USES_FAKE_LLM = True (model calls go to the `fake_llm` server)."""
+    overrides = dict(getattr(request.module, "SETTINGS", {}))
+    if getattr(request.module, "USES_FAKE_LLM", False):
+        overrides["llm_base_url"] = request.getfixturevalue("fake_llm").base_url
+    return make_settings(database_url, redis_url, tmp_path / "data", **overrides)
 
 
 @pytest.fixture

@@ -68,6 +68,11 @@ def big_output(ctx: StepContext, data: Any) -> dict[str, Any]:
     return {"blob": "x" * int(data["size"])}
 
 
+def python_step(name: str, function: str, **options: Any) -> StepSpec:
+    """A step calling one of the functions above."""
+    return StepSpec(name=name, kind="python", config={"function": function}, **options)
+
+
 workflows.define(
     Workflow(
         name="write_brief",
@@ -124,10 +129,9 @@ workflows.define(
         description="A long cooperative step, then a model call.",
         input_model=WaitInput,
         steps=[
-            StepSpec(
-                name="wait",
-                kind="python",
-                config={"function": "tests.wait_cooperatively"},
+            python_step(
+                "wait",
+                "tests.wait_cooperatively",
                 timeout_seconds=60,
             ),
             StepSpec(name="call", kind="llm", config={"prompt": "after the wait"}),
@@ -141,10 +145,9 @@ workflows.define(
         description="A step that outlives its timeout and ignores stop requests.",
         input_model=WaitInput,
         steps=[
-            StepSpec(
-                name="sleep",
-                kind="python",
-                config={"function": "tests.sleep_stubbornly"},
+            python_step(
+                "sleep",
+                "tests.sleep_stubbornly",
                 timeout_seconds=0.3,
                 retry=RetryPolicy(max_attempts=2, backoff_seconds=0.05),
             )
@@ -157,7 +160,7 @@ workflows.define(
         name="big_output",
         description="One step with an output of a chosen size.",
         input_model=BigInput,
-        steps=[StepSpec(name="make", kind="python", config={"function": "tests.big_output"})],
+        steps=[python_step("make", "tests.big_output")],
     )
 )
 
@@ -196,10 +199,9 @@ workflows.define(
         input_model=WaitInput,
         timeout_seconds=0.5,
         steps=[
-            StepSpec(
-                name="wait",
-                kind="python",
-                config={"function": "tests.wait_cooperatively"},
+            python_step(
+                "wait",
+                "tests.wait_cooperatively",
                 timeout_seconds=60,
             )
         ],

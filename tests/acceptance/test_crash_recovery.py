@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
@@ -22,25 +21,13 @@ from conveyor.events import EventPublisher
 from conveyor.execution import Result, execute_run
 from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
-from tests.support import API_SECRET, JWT_SECRET, ApiClient, make_settings, wait_for_run
+from tests.support import API_SECRET, JWT_SECRET, ApiClient, wait_for_run
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 5
-
-
-@pytest.fixture
-def settings(
-    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path, fake_llm: FakeLlm
-) -> Settings:
-    """Short leases so a dead worker's run is taken over within seconds."""
-    return make_settings(
-        database_url,
-        redis_url,
-        tmp_path / "data",
-        llm_base_url=fake_llm.base_url,
-        run_lease_seconds=LEASE_SECONDS,
-        cancel_check_seconds=0.1,
-    )
+USES_FAKE_LLM = True
+# Short leases so a dead worker's run is taken over within seconds.
+SETTINGS = {"run_lease_seconds": LEASE_SECONDS, "cancel_check_seconds": 0.1}
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
@@ -16,25 +15,16 @@ from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database
 from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
-from tests.support import ApiClient, LiveServer, make_settings, token_for, wait_for_run
+from tests.support import ApiClient, LiveServer, token_for, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-@pytest.fixture
-def settings(
-    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path, fake_llm: FakeLlm
-) -> Settings:
-    """Settings whose model calls go to the fake server, with quick cancel checks."""
-    return make_settings(
-        database_url,
-        redis_url,
-        tmp_path / "data",
-        llm_base_url=fake_llm.base_url,
-        cancel_check_seconds=0.05,
-        workflow_wait_seconds=10,
-        output_inline_max_bytes=4096,
-    )
+USES_FAKE_LLM = True
+# Quick cancel checks; outputs over 4 KiB are stored outside the row.
+SETTINGS = {
+    "cancel_check_seconds": 0.05,
+    "workflow_wait_seconds": 10,
+    "output_inline_max_bytes": 4096,
+}
 
 
 def execute(

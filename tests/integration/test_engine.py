@@ -8,11 +8,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from pydantic import SecretStr
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
@@ -21,26 +19,15 @@ from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.execution import Result, execute_run
 from conveyor.settings import Settings
-from tests.fake_llm import FakeLlm
-from tests.support import make_settings
 
 LEASE_SECONDS = 5
-
-
-@pytest.fixture
-def settings(
-    database_url: str, redis_url: str, clean_redis: redis.Redis, tmp_path: Path, fake_llm: FakeLlm
-) -> Settings:
-    """Short leases, quick check-ins, model calls to the fake server."""
-    return make_settings(
-        database_url,
-        redis_url,
-        tmp_path / "data",
-        llm_base_url=fake_llm.base_url,
-        run_lease_seconds=LEASE_SECONDS,
-        cancel_check_seconds=0.1,
-        output_inline_max_bytes=4096,
-    )
+USES_FAKE_LLM = True
+# Short leases, quick check-ins, outputs over 4 KiB stored outside the row.
+SETTINGS = {
+    "run_lease_seconds": LEASE_SECONDS,
+    "cancel_check_seconds": 0.1,
+    "output_inline_max_bytes": 4096,
+}
 
 
 @pytest.fixture

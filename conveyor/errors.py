@@ -13,9 +13,13 @@ class ConveyorError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "INTERNAL_ERROR"
 
-    def __init__(self, message: str | None = None, **details: Any) -> None:
+    def __init__(
+        self, message: str | None = None, *, retry_after: int | None = None, **details: Any
+    ) -> None:
         self.message = message or (self.__doc__ or self.code).strip()
         self.details = details
+        # Seconds after which trying again can succeed; sent as the Retry-After header.
+        self.retry_after = retry_after
         super().__init__(self.message)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,3 +152,31 @@ class SessionNotFound(NotFound):
     """That session does not exist (or is not yours)."""
 
     code = "SESSION_NOT_FOUND"
+
+
+class RateLimited(ConveyorError):
+    """You reached your plan's daily request limit."""
+
+    status = 429
+    code = "RATE_LIMITED"
+
+
+class ConcurrencyLimited(ConveyorError):
+    """Too many of your runs are in flight for your plan."""
+
+    status = 429
+    code = "CONCURRENCY_LIMIT"
+
+
+class QuotaExceeded(ConveyorError):
+    """Your monthly usage quota is used up."""
+
+    status = 429
+    code = "QUOTA_EXCEEDED"
+
+
+class InsufficientCredits(ConveyorError):
+    """Your credit balance does not cover this request; top up credits."""
+
+    status = 403
+    code = "INSUFFICIENT_CREDITS"

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor import sessions
+from conveyor import ledger, sessions
 from conveyor.db import Connection, Database
 from conveyor.errors import IdempotencyKeyReused, RunFinished, SessionNotFound
 from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
@@ -85,9 +85,11 @@ def create_run(
     steps: Sequence[tuple[str, str]],
     idempotency_key: str | None = None,
     session_id: UUID | None = None,
+    admit: bool = False,
 ) -> NewRun:
     """Insert a queued run with its (name, kind) steps pending; with an idempotency key this user
-    already used, return that run instead."""
+    already used, return that run instead. With `admit`, the plan's limits are checked and the
+    job's credits taken in the same transaction (RateLimited, QuotaExceeded, ... roll it back)."""
     with db.transaction() as conn:
         row = conn.execute(
             """
@@ -124,6 +126,8 @@ def create_run(
                     f"{existing['id']} with a different request; use a new key for a new run."
                 )
             return NewRun(existing["id"], existing["status"], created=False, event=None)
+        if admit:
+            ledger.admit_run(conn, user_id, row["id"], f"{kind}:{workflow_id}")
         # One multi-row insert: the steps cost no extra round trip per step at submit.
         conn.execute(
             """

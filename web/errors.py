@@ -23,7 +23,10 @@ def handle_conveyor_error(exc: ConveyorError) -> tuple[Response, int]:
     """Our own errors carry their status and code."""
     if exc.status >= 500:
         log.error("request_failed", code=exc.code, error=exc.message)
-    return jsonify(exc.to_dict()), exc.status
+    response = jsonify(exc.to_dict())
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, exc.retry_after))
+    return response, exc.status
 
 
 def handle_http_exception(exc: HTTPException) -> tuple[Response, int]:

@@ -47,6 +47,7 @@ def submit_run(
         steps=definition.step_rows(),
         idempotency_key=key,
         session_id=session_id,
+        admit=True,
     )
     if run.created:
         assert run.event is not None

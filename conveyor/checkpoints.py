@@ -69,13 +69,13 @@ def complete_step(
         )
         if run is None:
             return None
-        completed = mark_completed(conn, claim.id, step)
+        completed = mark_completed(conn, claim.owner(), step)
         conn.execute(
             "update public.workflow_steps set status = 'running', attempt = attempt + 1, "
             "started_at = now() where run_id = %s and position = %s",
             (claim.id, next_step[0]),
         )
-        return append_events(conn, claim.id, [completed, (STATUS_UPDATE, status_data(run))])
+        return append_events(conn, claim.id, [*completed, (STATUS_UPDATE, status_data(run))])
 
 
 def record_retry(

@@ -19,6 +19,7 @@ from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
 from conveyor.models import RunView
 from conveyor.run_queries import get_run, require_visible
 from conveyor.step_rows import CompletedStep, mark_completed
+from conveyor.usage import StepOwner
 
 RunKind = Literal["agent", "workflow"]
 STEP_FAILED = "step_failed"
@@ -59,6 +60,10 @@ class ClaimedRun:
     session_id: UUID | None
     started_at: datetime
     steps: list[StepState]
+
+    def owner(self) -> StepOwner:
+        """Whose run this is, for the usage ledger."""
+        return StepOwner(self.id, self.user_id, self.session_id, self.workflow_id)
 
 
 def status_data(row: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +256,7 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEve
             return None
         events: list[tuple[str, dict[str, Any]]] = []
         if outcome.last_step is not None:
-            events.append(mark_completed(conn, claim.id, outcome.last_step))
+            events += mark_completed(conn, claim.owner(), outcome.last_step)
         for closed in close_unfinished_steps(
             conn,
             claim.id,

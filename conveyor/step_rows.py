@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
 from conveyor import usage
 from conveyor.db import Connection
 from conveyor.steps import LlmUsage
+from conveyor.usage import StepOwner
 
 STEP_COMPLETED = "step_completed"
 
@@ -26,10 +26,11 @@ class CompletedStep:
 
 
 def mark_completed(
-    conn: Connection, run_id: UUID, step: CompletedStep
-) -> tuple[str, dict[str, Any]]:
-    """Record the step as completed with its usage (caller's transaction, fenced by the caller);
-    returns the `step_completed` event to append."""
+    conn: Connection, owner: StepOwner, step: CompletedStep
+) -> list[tuple[str, dict[str, Any]]]:
+    """Record the step as completed and charge its usage (caller's transaction, fenced by the
+    caller); returns the events to append."""
+    run_id = owner.run_id
     row = conn.execute(
         """
         update public.workflow_steps
@@ -42,12 +43,20 @@ def mark_completed(
         (Jsonb(step.output), step.output_url, run_id, step.position),
     ).fetchone()
     assert row is not None, "a claimed run has a row for every step"
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            STEP_COMPLETED,
+            {
+                "step": row["name"],
+                "position": step.position,
+                "attempt": row["attempt"],
+                "duration_ms": row["duration_ms"],
+                "usage": step.llm_usage.as_dict() if step.llm_usage is not None else None,
+            },
+        )
+    ]
     if step.llm_usage is not None:
-        usage.record_step_usage(conn, run_id=run_id, position=step.position, usage=step.llm_usage)
-    return STEP_COMPLETED, {
-        "step": row["name"],
-        "position": step.position,
-        "attempt": row["attempt"],
-        "duration_ms": row["duration_ms"],
-        "usage": step.llm_usage.as_dict() if step.llm_usage is not None else None,
-    }
+        events += usage.record_step_usage(
+            conn, owner, position=step.position, attempt=row["attempt"], usage=step.llm_usage
+        )
+    return events

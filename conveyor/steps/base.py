@@ -50,7 +50,8 @@ class LlmUsage:
     model: str
     prompt_tokens: int
     completion_tokens: int
-    cost_micro_usd: int
+    input_cost_micro_usd: int
+    output_cost_micro_usd: int
     latency_ms: int
     provider_request_id: str | None
     priced: bool
@@ -63,7 +64,9 @@ class LlmUsage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "cost_micro_usd": self.cost_micro_usd,
+            "input_cost_micro_usd": self.input_cost_micro_usd,
+            "output_cost_micro_usd": self.output_cost_micro_usd,
+            "cost_micro_usd": self.input_cost_micro_usd + self.output_cost_micro_usd,
             "latency_ms": self.latency_ms,
             "provider_request_id": self.provider_request_id,
             "priced": self.priced,

@@ -53,13 +53,18 @@ class LlmConfig(StepConfig):
         return [*messages, {"role": "user", "content": self.prompt or ""}]
 
 
-def cost_micro_usd(settings: Settings, model: str, prompt: int, completion: int) -> int | None:
-    """What the call cost, rounded up to a micro-dollar; None for a model without a price."""
+def cost_micro_usd(
+    settings: Settings, model: str, prompt: int, completion: int
+) -> tuple[int, int] | None:
+    """(input, output) cost of the call, each rounded up to a micro-dollar; None for a model
+    without a price in LLM_PRICES (the ledger then prices it from `model_prices`)."""
     price = settings.llm_prices.get(model)
     if price is None:
         return None
-    micro = prompt * price.input_per_million + completion * price.output_per_million
-    return math.ceil(micro / 1_000_000)
+    return (
+        math.ceil(prompt * price.input_per_million / 1_000_000),
+        math.ceil(completion * price.output_per_million / 1_000_000),
+    )
 
 
 def provider_name(base_url: str) -> str:
@@ -115,7 +120,8 @@ def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
             model=answered_model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_micro_usd=cost or 0,
+            input_cost_micro_usd=cost[0] if cost else 0,
+            output_cost_micro_usd=cost[1] if cost else 0,
             latency_ms=latency_ms,
             provider_request_id=str(request_id) if request_id else None,
             priced=cost is not None,

@@ -180,3 +180,9 @@ class InsufficientCredits(ConveyorError):
 
     status = 403
     code = "INSUFFICIENT_CREDITS"
+
+
+class UserNotFound(NotFound):
+    """No user has that id."""
+
+    code = "USER_NOT_FOUND"

@@ -12,7 +12,19 @@ from conveyor.events import EventPublisher
 from conveyor.jwks import JwksCache
 from conveyor.logs import configure_logging
 from conveyor.settings import Settings, get_settings
-from web import admin, agents, auth, errors, health, identity, runs, sessions, workflows
+from web import (
+    admin,
+    agents,
+    auth,
+    credits,
+    errors,
+    health,
+    identity,
+    runs,
+    sessions,
+    usage,
+    workflows,
+)
 from web.enqueue import Enqueuer
 
 
@@ -45,6 +57,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(sessions.bp)
     app.register_blueprint(workflows.bp)
+    app.register_blueprint(usage.bp)
+    app.register_blueprint(credits.bp)
     return app
 
 

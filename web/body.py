@@ -52,3 +52,11 @@ def parse_body(model: type[Model]) -> Model:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc, "request body") from exc
+
+
+def parse_query(model: type[Model]) -> Model:
+    """The query string as `model`, or InvalidInput naming the offending parameters."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidInput.from_validation(exc, "query") from exc

@@ -12,9 +12,8 @@ from conveyor.auth import Principal
 from conveyor.errors import InsufficientCredits
 from conveyor.identity import record_audit
 from web.auth import client_ip, require_admin
-from web.body import parse_body
+from web.body import parse_body, parse_query
 from web.context import get_db, get_principal
-from web.sessions import parse_query
 
 bp = Blueprint("credits", __name__)
 

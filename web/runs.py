@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import ValidationError
 
 from conveyor import artifacts, run_queries, runs
-from conveyor.errors import InvalidInput
 from conveyor.identity import record_audit
 from conveyor.models import RunEventsQuery, RunListQuery
 from web.auth import client_ip, require_admin
+from web.body import parse_query
 from web.context import get_db, get_principal, get_publisher, get_store
 
 bp = Blueprint("runs", __name__)
@@ -28,10 +27,7 @@ def get_run(run_id: str) -> Response:
 def list_runs() -> Response:
     """The caller's runs, newest first: `?status=&workflow_id=&limit=&cursor=`; admins may add
     `user_id=` to list someone else's."""
-    try:
-        query = RunListQuery.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(exc, "query") from exc
+    query = parse_query(RunListQuery)
     principal = get_principal()
     user_id = principal.require_user()
     if query.user_id is not None and query.user_id != user_id:
@@ -57,10 +53,7 @@ def list_runs() -> Response:
 @bp.get("/api/runs/<run_id>/events")
 def list_events(run_id: str) -> Response:
     """The run's event log after `?since=<seq>` (default 0), oldest first, at most `limit`."""
-    try:
-        query = RunEventsQuery.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(exc, "query") from exc
+    query = parse_query(RunEventsQuery)
     events = run_queries.list_events(
         get_db(),
         get_principal().rls_claims(),

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-from flask import Blueprint, Response, jsonify, request
-from pydantic import ValidationError
+from flask import Blueprint, Response, jsonify
 
 from conveyor import sessions
-from conveyor.errors import InvalidInput
-from conveyor.models import Payload
-from web.body import parse_body
+from web.body import parse_body, parse_query
 from web.context import get_db, get_principal
 
 bp = Blueprint("sessions", __name__)
-
-Query = TypeVar("Query", bound=Payload)
-
-
-def parse_query(model: type[Query]) -> Query:
-    """The query string as `model`, or InvalidInput naming the offending parameters."""
-    try:
-        return model.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise InvalidInput.from_validation(exc, "query") from exc
 
 
 @bp.post("/api/agent/sessions")

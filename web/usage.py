@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from conveyor import accounts, ledger
+from web.body import parse_query
 from web.context import get_db, get_principal
-from web.sessions import parse_query
 
 bp = Blueprint("user_usage", __name__)
 

@@ -40,6 +40,7 @@ format: install
 bench: install
 	$(BIN)/python -m bench.enqueue
 	$(BIN)/python -m bench.workflows
+	$(BIN)/python -m bench.usage
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

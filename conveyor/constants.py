@@ -10,6 +10,7 @@ EVENTS_CHANNEL_PREFIX = f"{REDIS_PREFIX}events:"
 # Celery task names are part of the wire contract between web and worker: keep them stable.
 TASK_EXECUTE_RUN = "runs.execute"
 TASK_REQUEUE_STALE_RUNS = "maintenance.requeue_stale_runs"
+TASK_RECORD_USAGE = "usage.record_batch"
 
 QUEUES = ("runs", "usage", "webhooks", "maintenance")
 

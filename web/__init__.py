@@ -23,6 +23,7 @@ from web import (
     runs,
     sessions,
     usage,
+    usage_ingest,
     workflows,
 )
 from web.enqueue import Enqueuer
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(workflows.bp)
     app.register_blueprint(usage.bp)
     app.register_blueprint(credits.bp)
+    app.register_blueprint(usage_ingest.bp)
     return app
 
 

@@ -13,24 +13,19 @@ from conveyor.errors import InvalidContentType, InvalidInput, InvalidJSON
 Model = TypeVar("Model", bound=BaseModel)
 
 
-MAX_DEPTH = 64
-
-
-def check_storable(value: object) -> None:
-    """InvalidInput for what Postgres cannot store as jsonb/text: NUL characters, deep nesting."""
-    pending: list[tuple[object, int]] = [(value, 0)]
+def reject_nul(value: object) -> None:
+    """InvalidInput for a NUL character in any string: Postgres text and jsonb cannot hold one."""
+    pending: list[object] = [value]
     while pending:
-        item, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            raise InvalidInput(f"The body nests deeper than {MAX_DEPTH} levels.")
+        item = pending.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 raise InvalidInput("Strings cannot contain NUL (\\u0000) characters.")
         elif isinstance(item, dict):
-            pending.extend((key, depth + 1) for key in item)
-            pending.extend((child, depth + 1) for child in item.values())
+            pending.extend(item)
+            pending.extend(item.values())
         elif isinstance(item, list):
-            pending.extend((child, depth + 1) for child in item)
+            pending.extend(item)
 
 
 def parse_body(model: type[Model]) -> Model:
@@ -44,10 +39,12 @@ def parse_body(model: type[Model]) -> Model:
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(f"The body is not valid JSON: {exc}.") from exc
     except RecursionError as exc:
-        raise InvalidJSON(f"The body nests deeper than {MAX_DEPTH} levels.") from exc
+        raise InvalidJSON("The body nests too deeply to parse.") from exc
     if not isinstance(raw, dict):
         raise InvalidInput("The body must be a JSON object.")
-    check_storable(raw)
+    # JSON carries a NUL only escaped, so only such bodies need the (costly) walk.
+    if b"\\u0000" in request.get_data(cache=True):
+        reject_nul(raw)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

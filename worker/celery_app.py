@@ -9,7 +9,7 @@ import beat_schedule
 from conveyor.constants import QUEUES
 from conveyor.settings import Settings
 
-TASK_MODULES = ["tasks.runs", "tasks.maintenance"]
+TASK_MODULES = ["tasks.runs", "tasks.maintenance", "tasks.usage"]
 
 
 def create_celery(settings: Settings) -> Celery:

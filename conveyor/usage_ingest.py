@@ -1,0 +1,123 @@
+"""Usage ingestion in batches: the events other backends report through `POST /api/usage`,
+recorded by `public.record_usage_batch` (sql/20261123000600_usage_batch.sql) in one transaction
+per batch with the exactly-once rules of `record_usage`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from conveyor.db import Database
+from conveyor.ledger import UsageRecord
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 1000
+USAGE_WRITE_SCOPE = "usage:write"
+# A deadlock (only possible beside a run admission opening the same user's new month) or a
+# serialization failure aborts the whole batch, which is then simply run again.
+RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+ATTEMPTS = 3
+
+
+class UsageEventIn(UsageRecord):
+    """One AI request reported by another backend, for one user."""
+
+    user_id: UUID
+    # An integer column: a bigger value would fail the whole batch in the worker, after the 202.
+    step_position: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class UsageBatchIn(BaseModel):
+    """`{"events": [...]}` with 1 to 1,000 events, or one event on its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[UsageEventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_event(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "events" not in data:
+            return {"events": [data]}
+        return data
+
+
+_EVENTS = TypeAdapter(list[UsageEventIn])
+
+
+def events_json(events: Sequence[UsageEventIn]) -> str:
+    """The events as one canonical JSON array: what the queue carries and the SQL function reads
+    (validated models only, so the worker need not parse or validate them again)."""
+    return _EVENTS.dump_json(list(events), exclude_none=True).decode()
+
+
+@dataclass(frozen=True)
+class ThresholdCrossed:
+    """A user's usage crossed 80 or 100 percent of a quota with this event (once per period)."""
+
+    user_id: UUID
+    event_id: int
+    percent: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What recording a batch did: events received, newly recorded, repeats (of earlier batches
+    or within this one), credits charged by the new events, and thresholds crossed."""
+
+    received: int
+    recorded: int
+    duplicates: int
+    credits_charged: int
+    thresholds: tuple[ThresholdCrossed, ...]
+
+    def counts(self) -> dict[str, int]:
+        """The figures, for logs and task results."""
+        return {
+            "received": self.received,
+            "recorded": self.recorded,
+            "duplicates": self.duplicates,
+            "credits_charged": self.credits_charged,
+            "thresholds_crossed": len(self.thresholds),
+        }
+
+
+def record_batch(db: Database, events: Sequence[UsageEventIn]) -> BatchResult:
+    """Record events exactly once, in one transaction; running the same batch again (a redelivered
+    message) records and charges nothing more."""
+    if len(events) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} events per batch, got {len(events)}")
+    return record_batch_json(db, events_json(events))
+
+
+def record_batch_json(db: Database, events: str) -> BatchResult:
+    """record_batch for events already in events_json's form."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with db.transaction() as conn:
+                row = conn.execute(
+                    "select * from public.record_usage_batch(%s::jsonb)", (events,)
+                ).fetchone()
+            break
+        except RETRYABLE as exc:
+            if attempt == ATTEMPTS:
+                raise
+            log.warning("usage_batch_retry", attempt=attempt, error=type(exc).__name__)
+    assert row is not None
+    return BatchResult(
+        received=row["received"],
+        recorded=row["recorded"],
+        duplicates=row["duplicates"],
+        credits_charged=int(row["credits_charged"]),
+        thresholds=tuple(
+            ThresholdCrossed(UUID(item["user_id"]), int(item["event_id"]), int(item["percent"]))
+            for item in row["thresholds"]
+        ),
+    )

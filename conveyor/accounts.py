@@ -5,7 +5,6 @@ the amounts clients ask to move. Listings run under RLS (`db.user_transaction`).
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -13,9 +12,10 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from conveyor.db import Database
-from conveyor.errors import InvalidInput, UserNotFound
+from conveyor.errors import UserNotFound
 from conveyor.ledger import MAX_CREDITS
 from conveyor.models import Payload
+from conveyor.pagination import newest_first
 
 
 class CreditAmount(Payload):
@@ -152,22 +152,6 @@ def quota_view(row: dict[str, Any]) -> QuotaView:
     )
 
 
-def encode_cursor(at: datetime, row_id: int) -> str:
-    """An opaque cursor pointing just past (at, id) of a bigint-keyed row."""
-    raw = f"{at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """The (at, id) a cursor points past, or InvalidInput."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        at, _, row_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        return datetime.fromisoformat(at), int(row_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("cursor is not one this API returned; start without it.") from exc
-
-
 def parse_user_id(raw: str) -> UUID:
     """A user id from a URL; anything that is not a UUID cannot name a user."""
     try:
@@ -227,59 +211,40 @@ def list_usage_events(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[UsageEventView], str | None]:
     """A user's usage events under RLS, newest first by (occurred_at, id); no cursor at the end."""
-    after = decode_cursor(cursor) if cursor else None
     with db.user_transaction(claims) as conn:
-        rows = conn.execute(
-            """
-            select id, idempotency_key, provider, model, agent_mode, prompt_tokens,
-                   completion_tokens, input_cost_micro_usd, output_cost_micro_usd, latency_ms,
-                   run_id, step_position, session_id, success, error, credits_charged,
-                   occurred_at, recorded_at
-              from public.usage_events
-             where user_id = %(user)s
-               and (%(after_ts)s::timestamptz is null
-                    or (occurred_at, id) < (%(after_ts)s, %(after_id)s::bigint))
-             order by occurred_at desc, id desc
-             limit %(limit)s
-            """,
-            {
-                "user": user_id,
-                "after_ts": after[0] if after else None,
-                "after_id": after[1] if after else None,
-                "limit": limit + 1,
-            },
-        ).fetchall()
-    page = [UsageEventView.model_validate(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return page, encode_cursor(page[-1].occurred_at, page[-1].id) if more else None
+        rows, next_cursor = newest_first(
+            conn,
+            table="public.usage_events",
+            columns="id, idempotency_key, provider, model, agent_mode, prompt_tokens, "
+            "completion_tokens, input_cost_micro_usd, output_cost_micro_usd, latency_ms, run_id, "
+            "step_position, session_id, success, error, credits_charged, occurred_at, recorded_at",
+            time_column="occurred_at",
+            id_type="bigint",
+            where="user_id = %(user)s",
+            params={"user": user_id},
+            limit=limit,
+            cursor=cursor,
+        )
+    return [UsageEventView.model_validate(row) for row in rows], next_cursor
 
 
 def list_credit_transactions(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[CreditTransactionView], str | None]:
     """A user's credit movements under RLS, newest first by (created_at, id)."""
-    after = decode_cursor(cursor) if cursor else None
     with db.user_transaction(claims) as conn:
-        rows = conn.execute(
-            """
-            select id, amount, balance_after, kind, description, endpoint, reference, created_at
-              from public.credit_transactions
-             where user_id = %(user)s
-               and (%(after_ts)s::timestamptz is null
-                    or (created_at, id) < (%(after_ts)s, %(after_id)s::bigint))
-             order by created_at desc, id desc
-             limit %(limit)s
-            """,
-            {
-                "user": user_id,
-                "after_ts": after[0] if after else None,
-                "after_id": after[1] if after else None,
-                "limit": limit + 1,
-            },
-        ).fetchall()
-    page = [CreditTransactionView.model_validate(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        rows, next_cursor = newest_first(
+            conn,
+            table="public.credit_transactions",
+            columns="id, amount, balance_after, kind, description, endpoint, reference, created_at",
+            time_column="created_at",
+            id_type="bigint",
+            where="user_id = %(user)s",
+            params={"user": user_id},
+            limit=limit,
+            cursor=cursor,
+        )
+    return [CreditTransactionView.model_validate(row) for row in rows], next_cursor
 
 
 def credit_rates(db: Database, claims: dict[str, Any]) -> list[CreditRateView]:

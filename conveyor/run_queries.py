@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from conveyor.db import Database
-from conveyor.errors import InvalidInput, RunNotFound
+from conveyor.errors import RunNotFound
 from conveyor.events import RunEvent
 from conveyor.models import RunSummary, RunView, StepView
+from conveyor.pagination import newest_first
 
 
 def parse_run_id(raw: str) -> UUID:
@@ -93,22 +92,6 @@ class RunPage:
     next_cursor: str | None
 
 
-def encode_cursor(created_at: datetime, row_id: UUID) -> str:
-    """An opaque cursor pointing just past (created_at, id)."""
-    raw = f"{created_at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    """The (created_at, id) a cursor points past, or InvalidInput."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, _, row_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        return datetime.fromisoformat(created), UUID(row_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("cursor is not one this API returned; start without it.") from exc
-
-
 def list_runs(
     db: Database,
     claims: dict[str, Any],
@@ -120,33 +103,22 @@ def list_runs(
     cursor: str | None,
 ) -> RunPage:
     """A user's runs under RLS, newest first, keyset-paginated."""
-    after = decode_cursor(cursor) if cursor else None
     with db.user_transaction(claims) as conn:
-        rows = conn.execute(
-            """
-            select id, kind, workflow_id, status, progress, current_step, session_id, error_code,
-                   created_at, started_at, finished_at
-              from public.workflow_runs
-             where user_id = %(user)s
-               and (%(status)s::text is null or status = %(status)s)
-               and (%(workflow)s::text is null or workflow_id = %(workflow)s)
-               and (%(after_ts)s::timestamptz is null
-                    or (created_at, id) < (%(after_ts)s, %(after_id)s::uuid))
-             order by created_at desc, id desc
-             limit %(limit)s
-            """,
-            {
-                "user": user_id,
-                "status": status,
-                "workflow": workflow_id,
-                "after_ts": after[0] if after else None,
-                "after_id": after[1] if after else None,
-                "limit": limit + 1,
-            },
-        ).fetchall()
-    page = [RunSummary.model_validate(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return RunPage(page, encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+        rows, next_cursor = newest_first(
+            conn,
+            table="public.workflow_runs",
+            columns="id, kind, workflow_id, status, progress, current_step, session_id, "
+            "error_code, created_at, started_at, finished_at",
+            time_column="created_at",
+            id_type="uuid",
+            where="user_id = %(user)s"
+            " and (%(status)s::text is null or status = %(status)s)"
+            " and (%(workflow)s::text is null or workflow_id = %(workflow)s)",
+            params={"user": user_id, "status": status, "workflow": workflow_id},
+            limit=limit,
+            cursor=cursor,
+        )
+    return RunPage([RunSummary.model_validate(row) for row in rows], next_cursor)
 
 
 def stored_output(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from conveyor.db import Connection, Database
 from conveyor.errors import SessionNotFound
 from conveyor.models import Payload
-from conveyor.run_queries import decode_cursor, encode_cursor
+from conveyor.pagination import newest_first
 
 MessageRole = Literal["user", "assistant", "system", "tool"]
 
@@ -123,28 +123,19 @@ def list_sessions(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[SessionView], str | None]:
     """A user's sessions under RLS, newest first, keyset-paginated; no cursor at the end."""
-    after = decode_cursor(cursor) if cursor else None
     with db.user_transaction(claims) as conn:
-        rows = conn.execute(
-            f"""
-            select {SESSION_COLUMNS}
-              from public.agent_sessions
-             where user_id = %(user)s
-               and (%(after_ts)s::timestamptz is null
-                    or (created_at, id) < (%(after_ts)s, %(after_id)s::uuid))
-             order by created_at desc, id desc
-             limit %(limit)s
-            """,  # noqa: S608 - the column list is a constant
-            {
-                "user": user_id,
-                "after_ts": after[0] if after else None,
-                "after_id": after[1] if after else None,
-                "limit": limit + 1,
-            },
-        ).fetchall()
-    page = [SessionView.model_validate(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        rows, next_cursor = newest_first(
+            conn,
+            table="public.agent_sessions",
+            columns=SESSION_COLUMNS,
+            time_column="created_at",
+            id_type="uuid",
+            where="user_id = %(user)s",
+            params={"user": user_id},
+            limit=limit,
+            cursor=cursor,
+        )
+    return [SessionView.model_validate(row) for row in rows], next_cursor
 
 
 def append_message(

@@ -161,36 +161,49 @@ begin
 end
 $$;
 
+-- Move credits (delta > 0 adds, < 0 takes) once per reference, never below zero. The account row
+-- is locked first, so balance_after follows the order of movements. Returns the balance and
+-- whether this call moved anything.
+create function public.conveyor_move_credits(
+  p_user uuid, p_delta bigint, p_kind text, p_description text, p_reference text,
+  p_endpoint text
+) returns table (balance bigint, applied boolean)
+language plpgsql as $$
+declare
+  v_balance bigint;
+begin
+  perform public.conveyor_ensure_account(p_user);
+  select credit_balance into v_balance from public.user_accounts
+   where user_id = p_user for update;
+  if v_balance + p_delta < 0 or (p_reference is not null and exists (
+    select 1 from public.credit_transactions where reference = p_reference
+  )) then
+    return query select v_balance, false;
+    return;
+  end if;
+  update public.user_accounts
+     set credit_balance = credit_balance + p_delta, updated_at = now()
+   where user_id = p_user
+  returning credit_balance into v_balance;
+  insert into public.credit_transactions
+    (user_id, amount, balance_after, kind, description, endpoint, reference)
+  values (p_user, p_delta, v_balance, p_kind, p_description, p_endpoint, p_reference);
+  return query select v_balance, true;
+end
+$$;
+
 -- Add credits once per reference; returns the balance and whether this call applied them.
 create function public.add_credits(
   p_user uuid, p_amount bigint, p_kind text, p_description text default null,
   p_reference text default null, p_endpoint text default null
 ) returns table (balance bigint, applied boolean)
 language plpgsql as $$
-declare
-  v_balance bigint;
 begin
   if p_amount <= 0 then
     raise exception 'amount must be positive' using errcode = '22023';
   end if;
-  perform public.conveyor_ensure_account(p_user);
-  -- Lock the account first: balance_after must follow the order of movements.
-  select credit_balance into v_balance from public.user_accounts
-   where user_id = p_user for update;
-  if p_reference is not null and exists (
-    select 1 from public.credit_transactions where reference = p_reference
-  ) then
-    return query select v_balance, false;
-    return;
-  end if;
-  update public.user_accounts
-     set credit_balance = credit_balance + p_amount, updated_at = now()
-   where user_id = p_user
-  returning credit_balance into v_balance;
-  insert into public.credit_transactions
-    (user_id, amount, balance_after, kind, description, endpoint, reference)
-  values (p_user, p_amount, v_balance, p_kind, p_description, p_endpoint, p_reference);
-  return query select v_balance, true;
+  return query select * from public.conveyor_move_credits(
+    p_user, p_amount, p_kind, p_description, p_reference, p_endpoint);
 end
 $$;
 
@@ -200,33 +213,12 @@ create function public.deduct_credits(
   p_reference text default null, p_endpoint text default null
 ) returns table (balance bigint, applied boolean)
 language plpgsql as $$
-declare
-  v_balance bigint;
 begin
   if p_amount <= 0 then
     raise exception 'amount must be positive' using errcode = '22023';
   end if;
-  perform public.conveyor_ensure_account(p_user);
-  select credit_balance into v_balance from public.user_accounts
-   where user_id = p_user for update;
-  if p_reference is not null and exists (
-    select 1 from public.credit_transactions where reference = p_reference
-  ) then
-    return query select v_balance, false;
-    return;
-  end if;
-  if v_balance < p_amount then
-    return query select v_balance, false;
-    return;
-  end if;
-  update public.user_accounts
-     set credit_balance = credit_balance - p_amount, updated_at = now()
-   where user_id = p_user
-  returning credit_balance into v_balance;
-  insert into public.credit_transactions
-    (user_id, amount, balance_after, kind, description, endpoint, reference)
-  values (p_user, -p_amount, v_balance, p_kind, p_description, p_endpoint, p_reference);
-  return query select v_balance, true;
+  return query select * from public.conveyor_move_credits(
+    p_user, -p_amount, p_kind, p_description, p_reference, p_endpoint);
 end
 $$;
 
@@ -265,6 +257,7 @@ declare
   v_percent smallint;
   v_balance bigint;
   v_charged bigint := 0;
+  v_applied boolean;
 begin
   if v_input is null or v_output is null then
     select * into v_price from public.model_prices where model = p_model;
@@ -314,19 +307,13 @@ begin
   end if;
 
   if p_credits > 0 then
-    select credit_balance into v_balance from public.user_accounts
-     where user_id = p_user for update;
+    select credit_balance into v_balance from public.user_accounts where user_id = p_user;
     -- The call already happened: take what the balance covers, never below zero.
     v_charged := least(v_balance, p_credits);
     if v_charged > 0 then
-      update public.user_accounts
-         set credit_balance = credit_balance - v_charged, updated_at = now()
-       where user_id = p_user
-      returning credit_balance into v_balance;
-      insert into public.credit_transactions
-        (user_id, amount, balance_after, kind, description, endpoint, reference)
-      values (p_user, -v_charged, v_balance, 'usage', 'AI usage: ' || p_model, p_agent_mode,
-              'usage:' || v_event);
+      select m.applied into v_applied from public.conveyor_move_credits(
+        p_user, -v_charged, 'usage', 'AI usage: ' || p_model, 'usage:' || v_event, p_agent_mode) m;
+      v_charged := case when v_applied then v_charged else 0 end;
       update public.usage_events set credits_charged = v_charged where id = v_event;
     end if;
   end if;
@@ -460,16 +447,10 @@ begin
       v_account.credit_balance;
     return;
   end if;
+  v_balance := v_account.credit_balance;
   if v_rate > 0 then
-    update public.user_accounts set credit_balance = user_accounts.credit_balance - v_rate,
-           updated_at = now()
-     where user_id = p_user
-    returning user_accounts.credit_balance into v_balance;
-    insert into public.credit_transactions
-      (user_id, amount, balance_after, kind, description, endpoint, reference)
-    values (p_user, -v_rate, v_balance, 'usage', 'Run ' || p_run, p_job, 'run:' || p_run);
-  else
-    v_balance := v_account.credit_balance;
+    select m.balance into v_balance from public.conveyor_move_credits(
+      p_user, -v_rate, 'usage', 'Run ' || p_run, 'run:' || p_run, p_job) m;
   end if;
   return query select null::text, null::integer, null::timestamptz, v_rate, v_balance;
 end
@@ -537,7 +518,8 @@ revoke all on function public.check_and_consume_quota(uuid, bigint, bigint),
   public.reset_period(uuid, date), public.get_remaining_quota(uuid),
   public.admit_run(uuid, uuid, text), public.get_user_activity_summary(uuid, integer),
   public.conveyor_ensure_account(uuid), public.conveyor_ensure_period(uuid, date),
-  public.conveyor_grant_period_credits(uuid, date)
+  public.conveyor_grant_period_credits(uuid, date),
+  public.conveyor_move_credits(uuid, bigint, text, text, text, text)
   from public;
 grant execute on function public.check_and_consume_quota(uuid, bigint, bigint),
   public.add_credits(uuid, bigint, text, text, text, text),
@@ -547,5 +529,6 @@ grant execute on function public.check_and_consume_quota(uuid, bigint, bigint),
   public.reset_period(uuid, date), public.get_remaining_quota(uuid),
   public.admit_run(uuid, uuid, text), public.get_user_activity_summary(uuid, integer),
   public.conveyor_ensure_account(uuid), public.conveyor_ensure_period(uuid, date),
-  public.conveyor_grant_period_credits(uuid, date)
+  public.conveyor_grant_period_credits(uuid, date),
+  public.conveyor_move_credits(uuid, bigint, text, text, text, text)
   to service_role;

@@ -12,7 +12,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from conveyor.db import Database
-from conveyor.errors import UserNotFound
+from conveyor.errors import UnknownUser
 from conveyor.ledger import MAX_CREDITS
 from conveyor.models import Payload
 from conveyor.pagination import newest_first
@@ -157,11 +157,11 @@ def parse_user_id(raw: str) -> UUID:
     try:
         return UUID(raw)
     except ValueError:
-        raise UserNotFound(f"user {raw!r} does not exist") from None
+        raise UnknownUser(f"user {raw!r} does not exist") from None
 
 
 def require_known_user(db: Database, user_id: UUID) -> None:
-    """UserNotFound unless the user has an account here or exists in Supabase Auth: crediting a
+    """UnknownUser unless the user has an account here or exists in Supabase Auth: crediting a
     mistyped id must not create an account nobody owns."""
     with db.connection() as conn:
         row = conn.execute(
@@ -170,7 +170,7 @@ def require_known_user(db: Database, user_id: UUID) -> None:
             {"u": user_id},
         ).fetchone()
     if row is None or not row["known"]:
-        raise UserNotFound(f"user {user_id} does not exist")
+        raise UnknownUser(f"user {user_id} does not exist")
 
 
 def account(db: Database, user_id: UUID) -> Account:

@@ -182,7 +182,7 @@ class InsufficientCredits(ConveyorError):
     code = "INSUFFICIENT_CREDITS"
 
 
-class UserNotFound(NotFound):
+class UnknownUser(BadRequest):
     """No user has that id."""
 
-    code = "USER_NOT_FOUND"
+    code = "UNKNOWN_USER"

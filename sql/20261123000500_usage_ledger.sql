@@ -404,6 +404,8 @@ declare
   v_balance bigint;
 begin
   perform public.conveyor_ensure_account(p_user);
+  -- Period before account, the order record_usage takes them in: no deadlock between the two.
+  perform public.conveyor_ensure_period(p_user, public.conveyor_period_start(now()));
   select * into v_account from public.user_accounts where user_id = p_user for update;
   select * into v_plan from public.plans where id = v_account.plan_id;
 
@@ -424,7 +426,6 @@ begin
     return;
   end if;
 
-  perform public.conveyor_ensure_period(p_user, public.conveyor_period_start(now()));
   select * into v_period from public.usage_periods
    where user_id = p_user and period_start = public.conveyor_period_start(now());
   if v_period.tokens_used >= v_period.token_quota

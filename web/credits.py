@@ -81,7 +81,7 @@ def admin_add(admin: Principal, target: UUID, amount: int) -> int:
 @bp.post("/api/users/<user_id>/add_credits")
 def add_credits(user_id: str) -> Response:
     """Admins only: `{amount}` → `{message, new_balance}`. The user must already have an account
-    or exist in Supabase Auth (404 USER_NOT_FOUND), so a mistyped id credits nobody."""
+    or exist in Supabase Auth (400 UNKNOWN_USER), so a mistyped id credits nobody."""
     admin = require_admin()
     target = accounts.parse_user_id(user_id)
     body = parse_body(accounts.CreditAmount)

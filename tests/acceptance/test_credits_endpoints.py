@@ -211,16 +211,16 @@ def test_add_credits_of_an_amount_that_is_not_a_positive_integer_is_400_naming_a
     assert balance(client) == FREE_GRANT
 
 
-def test_add_credits_to_an_id_that_is_not_a_uuid_is_404_user_not_found(
+def test_add_credits_to_an_id_that_is_not_a_uuid_is_400_unknown_user(
     make_client: ClientFactory,
 ) -> None:
     """A malformed id cannot name a user."""
     response = admin_client(make_client).post("/api/users/bob/add_credits", json={"amount": 5})
-    assert response.status_code == 404
-    assert response.json()["code"] == "USER_NOT_FOUND"
+    assert response.status_code == 400
+    assert response.json()["code"] == "UNKNOWN_USER"
 
 
-def test_add_credits_to_an_unknown_user_is_404_and_creates_no_account(
+def test_add_credits_to_an_unknown_user_is_400_and_creates_no_account(
     make_client: ClientFactory, db: Database
 ) -> None:
     """A well-formed id nobody has (no account, not in auth.users) credits nobody."""
@@ -228,8 +228,8 @@ def test_add_credits_to_an_unknown_user_is_404_and_creates_no_account(
     response = admin_client(make_client).post(
         f"/api/users/{stranger}/add_credits", json={"amount": 5}
     )
-    assert response.status_code == 404
-    assert response.json()["code"] == "USER_NOT_FOUND"
+    assert response.status_code == 400
+    assert response.json()["code"] == "UNKNOWN_USER"
     with db.connection() as conn:
         found = conn.execute(
             "select 1 from user_accounts where user_id = %s", (stranger,)

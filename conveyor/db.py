@@ -57,6 +57,8 @@ class Database:
         try:
             with self._get_pool().connection() as conn:
                 yield conn
+        except psycopg.errors.TransactionRollback:
+            raise  # deadlock or serialization failure: the caller may retry; the server is fine
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise ServiceUnavailable("The database is unreachable; retry shortly.") from exc
 

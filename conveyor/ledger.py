@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.db import Connection, Database
 from conveyor.errors import (
@@ -21,6 +21,7 @@ from conveyor.errors import (
 MAX_TOKENS = 100_000_000  # per event: bigger is a bug in the caller, not a request
 MAX_MICRO_USD = 10**12
 MAX_CREDITS = 10**12
+CLOCK_SKEW = timedelta(minutes=5)  # a reporting backend's clock may run a little ahead
 
 
 class UsageRecord(BaseModel):
@@ -44,7 +45,24 @@ class UsageRecord(BaseModel):
     success: bool = True
     error: str | None = Field(default=None, max_length=10_000)
     credits: int = Field(default=0, ge=0, le=MAX_CREDITS)
-    occurred_at: datetime | None = None
+    # When the request happened (default: now); with a time zone, this month or the last.
+    occurred_at: AwareDatetime | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _recent(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return value
+        now = datetime.now(UTC)
+        last_month = (now.replace(day=1) - timedelta(days=1)).replace(
+            day=1, hour=0, minute=0, second=0, microsecond=0
+        )
+        if not last_month <= value <= now + CLOCK_SKEW:
+            raise ValueError(
+                "must be between the start of last month and now (usage is charged to the month "
+                "it happened in; older or future usage cannot be)"
+            )
+        return value
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1000
 USAGE_WRITE_SCOPE = "usage:write"
-# A deadlock (only possible beside a run admission opening the same user's new month) or a
-# serialization failure aborts the whole batch, which is then simply run again.
+# A deadlock or a serialization failure (not expected with the lock order the SQL keeps, but
+# Postgres may still choose to abort) fails the whole batch, which is then simply run again.
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 ATTEMPTS = 3
 

@@ -127,14 +127,21 @@ begin
 end
 $$;
 
--- The user's usage period for a month, opened with the plan's limits when missing.
+-- The user's usage period for a month, opened with the plan's limits when missing. Opening the
+-- current month's period grants the plan's monthly credits (once: the grant has a reference), so
+-- credits renew on a user's first activity of a month even without the scheduled reset.
 create function public.conveyor_ensure_period(p_user uuid, p_period date) returns void
-language sql as $$
+language plpgsql as $$
+begin
   insert into public.usage_periods (user_id, period_start, token_quota, cost_quota_micro_usd)
   select p_user, p_period, p.monthly_token_quota, p.monthly_cost_quota_micro_usd
     from public.user_accounts a join public.plans p on p.id = a.plan_id
    where a.user_id = p_user
-  on conflict (user_id, period_start) do nothing
+  on conflict (user_id, period_start) do nothing;
+  if found and p_period = public.conveyor_period_start(now()) then
+    perform public.conveyor_grant_period_credits(p_user, p_period);
+  end if;
+end
 $$;
 
 -- Consume tokens and cost from this month's quota only if both fit: one conditional update, so
@@ -185,9 +192,11 @@ begin
      set credit_balance = credit_balance + p_delta, updated_at = now()
    where user_id = p_user
   returning credit_balance into v_balance;
+  -- clock_timestamp(), not now(): taken after the lock, so time order is balance order.
   insert into public.credit_transactions
-    (user_id, amount, balance_after, kind, description, endpoint, reference)
-  values (p_user, p_delta, v_balance, p_kind, p_description, p_endpoint, p_reference);
+    (user_id, amount, balance_after, kind, description, endpoint, reference, created_at)
+  values (p_user, p_delta, v_balance, p_kind, p_description, p_endpoint, p_reference,
+          clock_timestamp());
   return query select v_balance, true;
 end
 $$;
@@ -307,7 +316,8 @@ begin
   end if;
 
   if p_credits > 0 then
-    select credit_balance into v_balance from public.user_accounts where user_id = p_user;
+    select credit_balance into v_balance from public.user_accounts
+     where user_id = p_user for update;
     -- The call already happened: take what the balance covers, never below zero.
     v_charged := least(v_balance, p_credits);
     if v_charged > 0 then
@@ -533,3 +543,11 @@ grant execute on function public.check_and_consume_quota(uuid, bigint, bigint),
   public.conveyor_grant_period_credits(uuid, date),
   public.conveyor_move_credits(uuid, bigint, text, text, text, text)
   to service_role;
+
+-- Supabase grants new functions and tables to anon and authenticated by default privileges:
+-- take back everything but the reads the RLS policies above allow.
+revoke execute on all functions in schema public from anon, authenticated;
+grant execute on function public.conveyor_is_admin() to authenticated;
+revoke insert, update, delete, truncate on public.plans, public.user_accounts,
+  public.usage_periods, public.usage_events, public.credit_transactions, public.credit_rates,
+  public.model_prices from anon, authenticated;

@@ -6,9 +6,9 @@
 -- Lock order is the one `record_usage` takes, each step sorted by user (then key / period):
 -- event keys, new accounts, usage periods, accounts. Concurrent batches, and a batch beside the
 -- per-event `record_usage`, therefore wait for each other in one direction and do not deadlock.
--- (`admit_run` locks the account before opening a new month's period, the other way round; on a
--- user's first event of a month that can deadlock, and Postgres aborts one side: the caller of
--- this function retries the whole batch, which is safe.)
+-- (`admit_run` also opens the period before locking the account, the same order. Should Postgres
+-- still abort a batch for a deadlock or a serialization failure, the caller retries the whole
+-- batch, which is safe.)
 --
 -- Credits: one `credit_transactions` row per user and batch for the credits its new events were
 -- charged (reference `usage-batch:<first new event id>`); each event keeps its own charge in
@@ -117,6 +117,10 @@ begin
     select array_agg(c.user_id order by c.user_id) into v_created from created c;
     perform public.conveyor_grant_period_credits(c.user_id, public.conveyor_period_start(now()))
        from unnest(v_created) as c(user_id);
+    -- The current month's period opened for users first seen this month grants their monthly
+    -- credits (conveyor_ensure_period does), in user order like every other lock here.
+    perform public.conveyor_ensure_period(u.user_id, public.conveyor_period_start(now()))
+       from (select distinct n.user_id from unnest(v_new) n order by 1) as u(user_id);
 
     -- 3. Usage periods: each (user, month)'s totals added in one upsert, in (user, month) order
     -- (a missing period is opened with the plan's limits). Usage already happened: it is always
@@ -233,9 +237,10 @@ begin
          where e.id = c.id and c.charged <> c.requested
       ), ledger as (
         insert into public.credit_transactions
-          (user_id, amount, balance_after, kind, description, endpoint, reference)
+          (user_id, amount, balance_after, kind, description, endpoint, reference, created_at)
         select t.user_id, -t.total, t.balance - t.total, 'usage',
-               'AI usage: ' || t.events || ' event(s)', t.endpoint, 'usage-batch:' || t.first_id
+               'AI usage: ' || t.events || ' event(s)', t.endpoint, 'usage-batch:' || t.first_id,
+               clock_timestamp()
           from totals t
          order by t.user_id
       )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, timedelta
 
 import psycopg
 
@@ -185,8 +185,22 @@ def test_crossing_80_and_100_percent_is_reported_once_per_period(db: Database) -
 def test_the_monthly_reset_grants_plan_credits_once_per_period(db: Database) -> None:
     user = uuid.uuid4()
     give_plan(db, user, tokens=10, credits_grant=50)
-    december = date(2026, 12, 1)
+    next_month = (date.today().replace(day=1) + timedelta(days=32)).replace(day=1)
 
-    assert ledger.reset_period(db, user, december) is True
-    assert ledger.reset_period(db, user, december) is False
+    assert ledger.reset_period(db, user, next_month) is True
+    assert ledger.reset_period(db, user, next_month) is False
+    with db.connection() as conn:
+        grants = conn.execute(
+            "select count(*) as n from credit_transactions where user_id = %s and kind = 'grant'",
+            (user,),
+        ).fetchone()
+    assert grants == {"n": 1}
+
+
+def test_a_users_first_activity_in_a_month_grants_that_months_credits(db: Database) -> None:
+    """Credits renew with the period even if the scheduled reset did not run."""
+    user = uuid.uuid4()
+    give_plan(db, user, tokens=10, credits_grant=50)
+
+    assert ledger.remaining_quota(db, user)["credit_balance"] == 50
     assert ledger.remaining_quota(db, user)["credit_balance"] == 50

@@ -23,6 +23,11 @@ FREE_PLAN_CREDITS = 100
 THREADS = 6
 
 
+def this_month_start() -> datetime:
+    """Midnight UTC on the first day of this month."""
+    return datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
 def give_plan(db: Database, user: uuid.UUID, *, tokens: int, credits: int) -> None:
     """Put user on a plan of its own with `tokens` a month and `credits` bought."""
     with db.transaction() as conn:
@@ -44,6 +49,8 @@ def random_events(
     """Events spread over users, half priced by the caller and half left to model_prices, some
     last month."""
     now = datetime.now(UTC)
+    # Usage may be reported for last month too: some events land in the previous period.
+    last_month = (this_month_start() - timedelta(days=1)).replace(day=1)
     events = []
     for i in range(count):
         priced = i % 2 == 0
@@ -58,7 +65,7 @@ def random_events(
                 input_cost_micro_usd=random.randint(0, 900) if priced else None,
                 output_cost_micro_usd=random.randint(0, 900) if priced else None,
                 credits=random.randint(0, max_credits),
-                occurred_at=now - timedelta(days=40) if i % 7 == 0 else now,
+                occurred_at=last_month if i % 7 == 0 else now,
             )
         )
     return events
@@ -143,7 +150,7 @@ def event(user: uuid.UUID, key: str, tokens: int, *, credits: int = 0, at: int =
         input_cost_micro_usd=0,
         output_cost_micro_usd=0,
         credits=credits,
-        occurred_at=datetime(2026, 11, 1, tzinfo=UTC) + timedelta(seconds=at),
+        occurred_at=this_month_start() + timedelta(seconds=at),
     )
 
 

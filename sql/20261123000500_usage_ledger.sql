@@ -520,33 +520,11 @@ grant select on public.plans, public.user_accounts, public.usage_periods, public
 grant all on public.plans, public.user_accounts, public.usage_periods, public.usage_events,
   public.credit_transactions, public.credit_rates, public.model_prices to service_role;
 
--- Money moves only through the service role, never through a user's PostgREST call.
-revoke all on function public.check_and_consume_quota(uuid, bigint, bigint),
-  public.add_credits(uuid, bigint, text, text, text, text),
-  public.deduct_credits(uuid, bigint, text, text, text, text),
-  public.record_usage(uuid, text, text, text, integer, integer, bigint, bigint, text, integer,
-                      uuid, integer, uuid, boolean, text, bigint, timestamptz),
-  public.reset_period(uuid, date), public.get_remaining_quota(uuid),
-  public.admit_run(uuid, uuid, text), public.get_user_activity_summary(uuid, integer),
-  public.conveyor_ensure_account(uuid), public.conveyor_ensure_period(uuid, date),
-  public.conveyor_grant_period_credits(uuid, date),
-  public.conveyor_move_credits(uuid, bigint, text, text, text, text)
-  from public;
-grant execute on function public.check_and_consume_quota(uuid, bigint, bigint),
-  public.add_credits(uuid, bigint, text, text, text, text),
-  public.deduct_credits(uuid, bigint, text, text, text, text),
-  public.record_usage(uuid, text, text, text, integer, integer, bigint, bigint, text, integer,
-                      uuid, integer, uuid, boolean, text, bigint, timestamptz),
-  public.reset_period(uuid, date), public.get_remaining_quota(uuid),
-  public.admit_run(uuid, uuid, text), public.get_user_activity_summary(uuid, integer),
-  public.conveyor_ensure_account(uuid), public.conveyor_ensure_period(uuid, date),
-  public.conveyor_grant_period_credits(uuid, date),
-  public.conveyor_move_credits(uuid, bigint, text, text, text, text)
-  to service_role;
-
--- Supabase grants new functions and tables to anon and authenticated by default privileges:
--- take back everything but the reads the RLS policies above allow.
-revoke execute on all functions in schema public from anon, authenticated;
+-- Money moves only through the service role, never through a user's PostgREST call. Supabase
+-- grants new functions and tables to anon and authenticated by default privileges: take back
+-- everything but the reads the RLS policies above allow (and the admin check they use).
+revoke execute on all functions in schema public from public, anon, authenticated;
+grant execute on all functions in schema public to service_role;
 grant execute on function public.conveyor_is_admin() to authenticated;
 revoke insert, update, delete, truncate on public.plans, public.user_accounts,
   public.usage_periods, public.usage_events, public.credit_transactions, public.credit_rates,

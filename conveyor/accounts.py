@@ -25,13 +25,6 @@ class CreditAmount(Payload):
     amount: int = Field(strict=True, gt=0, le=MAX_CREDITS)
 
 
-class PageQuery(Payload):
-    """`?limit=&cursor=` of a newest-first listing."""
-
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=200)
-
-
 class UsageSummaryQuery(Payload):
     """`GET /api/user/usage-summary` query parameters."""
 

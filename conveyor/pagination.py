@@ -8,11 +8,20 @@ from typing import Any, Literal
 from uuid import UUID
 
 from psycopg import sql
+from pydantic import Field
 
 from conveyor.db import Connection
 from conveyor.errors import InvalidInput
+from conveyor.models import Payload
 
 IdType = Literal["uuid", "bigint"]
+
+
+class PageQuery(Payload):
+    """`?limit=&cursor=` of a newest-first listing."""
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
 
 
 def encode_cursor(at: datetime, row_id: object) -> str:

@@ -42,13 +42,6 @@ class MessageCreate(Payload):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class SessionListQuery(Payload):
-    """`GET /api/agent/sessions` query parameters."""
-
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=200)
-
-
 class MessageListQuery(Payload):
     """`GET /api/agent/sessions/<id>/messages` query parameters: messages after `since`."""
 

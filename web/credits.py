@@ -12,8 +12,9 @@ from conveyor.auth import Principal
 from conveyor.errors import InsufficientCredits
 from conveyor.identity import record_audit
 from web.auth import client_ip, require_admin
-from web.body import parse_body, parse_query
+from web.body import parse_body
 from web.context import get_db, get_principal
+from web.pages import own_page
 
 bp = Blueprint("credits", __name__)
 
@@ -29,18 +30,7 @@ def balance() -> Response:
 @bp.get("/api/credits/transactions")
 def transactions() -> Response:
     """The caller's credit movements, newest first: `?limit=&cursor=`."""
-    query = parse_query(accounts.PageQuery)
-    principal = get_principal()
-    page, next_cursor = accounts.list_credit_transactions(
-        get_db(),
-        principal.rls_claims(),
-        user_id=principal.require_user(),
-        limit=query.limit,
-        cursor=query.cursor,
-    )
-    return jsonify(
-        {"transactions": [t.model_dump(mode="json") for t in page], "next_cursor": next_cursor}
-    )
+    return own_page("transactions", accounts.list_credit_transactions)
 
 
 @bp.get("/api/credits/transactions/summary")

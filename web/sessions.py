@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 from conveyor import sessions
 from web.body import parse_body, parse_query
 from web.context import get_db, get_principal
+from web.pages import own_page
 
 bp = Blueprint("sessions", __name__)
 
@@ -22,18 +23,7 @@ def create_session() -> tuple[Response, int]:
 @bp.get("/api/agent/sessions")
 def list_sessions() -> Response:
     """The caller's sessions, newest first: `?limit=&cursor=`."""
-    query = parse_query(sessions.SessionListQuery)
-    principal = get_principal()
-    page, next_cursor = sessions.list_sessions(
-        get_db(),
-        principal.rls_claims(),
-        user_id=principal.require_user(),
-        limit=query.limit,
-        cursor=query.cursor,
-    )
-    return jsonify(
-        {"sessions": [s.model_dump(mode="json") for s in page], "next_cursor": next_cursor}
-    )
+    return own_page("sessions", sessions.list_sessions)
 
 
 @bp.get("/api/agent/sessions/<session_id>")

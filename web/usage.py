@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 from conveyor import accounts, ledger
 from web.body import parse_query
 from web.context import get_db, get_principal
+from web.pages import own_page
 
 bp = Blueprint("user_usage", __name__)
 
@@ -30,15 +31,4 @@ def usage_summary() -> Response:
 @bp.get("/api/usage/events")
 def usage_events() -> Response:
     """The caller's usage events, newest first: `?limit=&cursor=`."""
-    query = parse_query(accounts.PageQuery)
-    principal = get_principal()
-    events, next_cursor = accounts.list_usage_events(
-        get_db(),
-        principal.rls_claims(),
-        user_id=principal.require_user(),
-        limit=query.limit,
-        cursor=query.cursor,
-    )
-    return jsonify(
-        {"events": [e.model_dump(mode="json") for e in events], "next_cursor": next_cursor}
-    )
+    return own_page("events", accounts.list_usage_events)

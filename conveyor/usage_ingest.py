@@ -1,6 +1,7 @@
 """Usage ingestion in batches: the events other backends report through `POST /api/usage`,
-recorded by `public.record_usage_batch` (sql/20261123000600_usage_batch.sql) in one transaction
-per batch with the exactly-once rules of `record_usage`."""
+recorded by `public.record_usage_batch` (sql/20261123000600_usage_batch.sql, revised by
+sql/20261123000650_usage_batch_json.sql) in one transaction per batch with the exactly-once rules
+of `record_usage`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from conveyor.db import Database
 from conveyor.ledger import UsageRecord
+from conveyor.notifications import Notification, notify_quota
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +79,8 @@ class BatchResult:
     duplicates: int
     credits_charged: int
     thresholds: tuple[ThresholdCrossed, ...]
+    # Created with the batch for its thresholds; publish them after commit.
+    notifications: tuple[Notification, ...] = ()
 
     def counts(self) -> dict[str, int]:
         """The figures, for logs and task results."""
@@ -103,8 +107,14 @@ def record_batch_json(db: Database, events: str) -> BatchResult:
         try:
             with db.transaction() as conn:
                 row = conn.execute(
-                    "select * from public.record_usage_batch(%s::jsonb)", (events,)
+                    "select * from public.record_usage_batch(%s::json)", (events,)
                 ).fetchone()
+                assert row is not None
+                # In the batch's transaction: a threshold is reported once, so is its notice.
+                created = [
+                    notify_quota(conn, UUID(item["user_id"]), int(item["percent"]))
+                    for item in row["thresholds"]
+                ]
             break
         except RETRYABLE as exc:
             if attempt == ATTEMPTS:
@@ -120,4 +130,5 @@ def record_batch_json(db: Database, events: str) -> BatchResult:
             ThresholdCrossed(UUID(item["user_id"]), int(item["event_id"]), int(item["percent"]))
             for item in row["thresholds"]
         ),
+        notifications=tuple(note for note in created if note is not None),
     )

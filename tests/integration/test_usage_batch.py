@@ -303,7 +303,7 @@ def test_missing_costs_are_priced_from_the_model_price_table(
 def test_only_the_service_role_may_record_batches(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         allowed = conn.execute(
-            "select has_function_privilege(r, 'public.record_usage_batch(jsonb)', 'execute') "
+            "select has_function_privilege(r, 'public.record_usage_batch(json)', 'execute') "
             "from unnest(array['service_role', 'authenticated', 'anon']) r"
         ).fetchall()
     assert [row[0] for row in allowed] == [True, False, False]

@@ -104,6 +104,17 @@ class EventPublisher:
             # Subscribers catch up from run_events with `since`, so a dropped publish loses nothing.
             log.warning("event_publish_failed", error=str(exc), count=len(events))
 
+    def publish_messages(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Publish (topic, envelope) pairs that are not run events (notifications, analytics
+        signals); best effort like publish."""
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for topic, envelope in messages:
+                    pipe.publish(topic_channel(topic), json.dumps(envelope, default=str))
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("event_publish_failed", error=str(exc), count=len(messages))
+
     @contextmanager
     def subscription(self, topic: str) -> Iterator[redis.client.PubSub | None]:
         """A subscription to a topic's events, or None while Redis is unreachable."""

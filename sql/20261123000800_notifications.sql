@@ -1,0 +1,56 @@
+-- Notifications: what a user is told (run finished, quota reached, payment failed, credits low),
+-- numbered per user so a websocket client can resume with `since`, read under RLS.
+
+-- One counter row per user: taking it in the notifying transaction orders a user's notifications
+-- by commit, so a client that has seen seq n has seen everything numbered below n.
+create table public.notification_counters (
+  user_id uuid primary key,
+  last_seq bigint not null default 0 check (last_seq >= 0)
+);
+
+create table public.notifications (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null,
+  seq bigint not null check (seq > 0),
+  notification_type text not null check (notification_type ~ '^[a-z][a-z0-9_]{0,63}$'),
+  severity text not null check (severity in ('info', 'success', 'warning', 'error')),
+  title text not null check (char_length(title) between 1 and 200),
+  message text not null check (char_length(message) <= 2000),
+  action_url text check (char_length(action_url) <= 2000),
+  metadata jsonb not null default '{}'::jsonb,
+  -- What the notification is about (`run:<id>:completed`, `quota:2026-11:80`, a Stripe event id):
+  -- a producer that runs again (a redelivered task, a retried webhook) notifies once.
+  dedupe_key text check (char_length(dedupe_key) between 1 and 255),
+  read_at timestamptz,
+  created_at timestamptz not null default now(),
+  constraint notifications_user_seq unique (user_id, seq),
+  constraint notifications_user_dedupe unique (user_id, dedupe_key)
+);
+
+create index notifications_user_created
+  on public.notifications (user_id, created_at desc, id desc);
+create index notifications_user_unread
+  on public.notifications (user_id, created_at desc, id desc) where read_at is null;
+
+alter table public.notifications enable row level security;
+alter table public.notification_counters enable row level security;
+
+-- Read: the addressee, or an admin (support, the `user:<id>` websocket topic); mark read: only
+-- the addressee.
+create policy notifications_owner_or_admin_select on public.notifications
+  for select to authenticated using (user_id = auth.uid() or public.conveyor_is_admin());
+create policy notifications_owner_mark_read on public.notifications
+  for update to authenticated using (user_id = auth.uid()) with check (user_id = auth.uid());
+
+grant select on public.notifications to authenticated;
+-- Marking as read is the one write a user makes, through the policy above.
+grant update (read_at) on public.notifications to authenticated;
+grant all on public.notifications, public.notification_counters to service_role;
+revoke insert, delete, truncate on public.notifications from anon, authenticated;
+revoke all on public.notification_counters from anon, authenticated;
+
+-- Analytics over all users (admins) scan by time (usage_events by occurred_at is indexed by
+-- 20261123001000_maintenance.sql, for retention).
+create index workflow_runs_created on public.workflow_runs (created_at);
+create index credit_transactions_created on public.credit_transactions (created_at)
+  where kind = 'purchase';

@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-all lint format bench clean
+.PHONY: install browser run test test-all lint format bench bench-ws bench-webhooks bench-maintenance clean
 
 install: $(STAMP)
 
@@ -20,12 +20,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/conveyor run
 
+## Debian's chromium and chromium-driver for tests/browser, installed only when missing (root).
+browser:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	  chromium chromium-driver; }
+
 ## The quick suite (everything but tests marked slow) against real services.
-test: install
+test: install browser
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 ## Every test, slow ones included.
-test-all: install
+test-all: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -41,6 +47,21 @@ bench: install
 	$(BIN)/python -m bench.enqueue
 	$(BIN)/python -m bench.workflows
 	$(BIN)/python -m bench.usage
+	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.maintenance
+	$(BIN)/python -m bench.ws
+
+## 1,000 websockets: publish→receive latency p50/p99 and lost messages (bench/ws.py).
+bench-ws: install
+	$(BIN)/python -m bench.ws
+
+## Stripe webhooks accepted/s at the endpoint and processed/s by one worker (bench/webhooks.py).
+bench-webhooks: install
+	$(BIN)/python -m bench.webhooks
+
+## Retention deletes of 1,000,000 rows in batches beside concurrent inserts (bench/maintenance.py).
+bench-maintenance: install
+	$(BIN)/python -m bench.maintenance
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -6,11 +6,11 @@ half priced by the caller and half from model_prices) through each path:
   raw COPY     one COPY of the rows, costs already computed, into a scratch table shaped like
                usage_events (`like ... including all`: same columns, defaults, indexes);
   batch SQL    conveyor.usage_ingest.record_batch from this process, one transaction per 1,000;
-  end to end   4 client threads POST the batches to the Flask app (werkzeug, threaded, its own
-               process on 127.0.0.1) which validates and queues them; a Celery worker on the
-               `usage` queue (prefork, 2 processes, as `celery worker` runs on 2 cores; solo with
-               --concurrency 1) records them; timed from the first POST until every event is
-               committed;
+  end to end   4 client threads POST the batches to the app (gunicorn, 2 gthread workers, on
+               127.0.0.1, see bench/services.py) which validates and queues them; a Celery
+               worker on the `usage` queue (prefork, 2 processes, as `celery worker` runs on 2
+               cores; solo with --concurrency 1) records them; timed from the first POST until
+               every event is committed;
   per event    ledger.record_usage, one transaction per event (min(N, 2,000) events).
 Everything shares this machine's cores. Prints per-round figures, then medians over rounds.
 Usage: python -m bench.usage [--events 20000] [--rounds 3] [--clients 4] [--concurrency 2]
@@ -20,28 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import requests
 
-from bench.harness import BENCH_SECRET, Bench, bench_environment, rate, timed, wait_until
+from bench.harness import Bench, bench_environment, rate, timed, wait_until
+from bench.services import app_processes
 from conveyor import ledger
 from conveyor.auth import mint_service_token
-from conveyor.services import free_port
 from conveyor.usage_ingest import MAX_BATCH, UsageEventIn, record_batch
 
 MAX_EVENTS = 100_000  # every drain must finish within the harness's DRAIN_TIMEOUT_SECONDS
@@ -55,7 +48,6 @@ COPY_COLUMNS = (
     "completion_tokens", "input_cost_micro_usd", "output_cost_micro_usd", "latency_ms",
     "credits_charged", "occurred_at",
 )  # fmt: skip
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -64,18 +56,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (1: solo)")
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the web process
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve)
-        return
     n = max(MAX_BATCH, min(args.events, MAX_EVENTS)) // MAX_BATCH * MAX_BATCH
     rounds = max(1, min(args.rounds, MAX_ROUNDS))
     clients = max(1, min(args.clients, 16))
     concurrency = max(1, min(args.concurrency, 8))
     per_event_n = min(n, PER_EVENT_MAX)
 
-    with bench_environment() as bench, usage_services(bench, concurrency) as base_url:
+    with (
+        bench_environment() as bench,
+        app_processes(
+            bench, queues="usage", concurrency=concurrency, env={"API_JWT_SECRET": API_SECRET}
+        ) as app,
+    ):
+        base_url = app.base_url
         users = [uuid.uuid4() for _ in range(USERS)]
         for user in users:
             ledger.add_credits(bench.db, user, 10**12, kind="purchase", reference=f"bench:{user}")
@@ -251,73 +245,6 @@ def events_above(bench: Bench, floor: int) -> int:
         "select count(*) from usage_events where id > %s", (floor,)
     ).fetchone()
     return int(row[0]) if row else 0
-
-
-@contextmanager
-def usage_services(bench: Bench, concurrency: int) -> Iterator[str]:
-    """The web app on a loopback port and a worker on the `usage` queue, each in its own process;
-    yields the web app's base URL."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        DATABASE_URL=bench.db.url,
-        REDIS_URL=bench.redis_url,
-        SUPABASE_JWT_SECRET=BENCH_SECRET,
-        API_JWT_SECRET=API_SECRET,
-        CONVEYOR_DATA_DIR=tempfile.mkdtemp(prefix="conveyor-bench-usage-"),
-        LOG_LEVEL="WARNING",
-    )
-    web = subprocess.Popen(
-        [sys.executable, "-m", "bench.usage", "--serve", str(port)],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", *pool_args(concurrency),
-         "--queues", "usage", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: web_ready(base_url, web))
-        yield base_url
-    finally:
-        for process in (web, worker):
-            process.send_signal(signal.SIGTERM)
-        for process in (web, worker):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def pool_args(concurrency: int) -> list[str]:
-    """One process (solo pool, like the other benches) or a prefork pool, as production runs."""
-    if concurrency == 1:
-        return ["--pool", "solo"]
-    return ["--pool", "prefork", "--concurrency", str(concurrency)]
-
-
-def web_ready(base_url: str, web: subprocess.Popen[bytes]) -> bool:
-    if web.poll() is not None:
-        raise SystemExit("bench: the web process exited")
-    try:
-        return requests.get(f"{base_url}/api/health", timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
-def serve(port: int) -> None:
-    """The web process: the app on a threaded werkzeug server."""
-    from werkzeug.serving import make_server
-
-    from web import create_app
-
-    app = create_app()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -70,7 +72,8 @@ def backing_services(settings: Settings) -> Iterator[ServiceURLs]:
 
 
 def child_environment(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
-    """The environment web, worker and beat run with: the resolved URLs and the JWT secret."""
+    """The environment web, worker and beat run with: the resolved URLs, the JWT secrets and a
+    fresh folder where every process writes its Prometheus samples (GET /metrics sums them)."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=urls.database_url,
@@ -78,8 +81,27 @@ def child_environment(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
         SUPABASE_JWT_SECRET=settings.jwt_secret(),
         API_JWT_SECRET=settings.api_secret(),
         CONVEYOR_DATA_DIR=str(settings.data_dir.resolve()),
+        PROMETHEUS_MULTIPROC_DIR=str(fresh_metrics_dir(settings.data_dir.resolve() / "metrics")),
     )
     return env
+
+
+def fresh_metrics_dir(path: Path) -> Path:
+    """An empty folder for this run's metric files (samples of earlier runs' dead processes
+    would otherwise be summed in)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def gunicorn_command(python: str, *, host: str, port: int, workers: int, threads: int) -> str:
+    """The web process: gunicorn gthread. Each open websocket holds a thread for its lifetime,
+    so threads (and worker connections) are sized for the sockets one worker may receive."""
+    return (
+        f"{python} -m gunicorn 'web:create_app()' --bind {host}:{port} "
+        f"--workers {workers} --worker-class gthread --threads {threads} "
+        f"--worker-connections {threads + 100} --graceful-timeout 20"
+    )
 
 
 @click.group()
@@ -91,8 +113,13 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Web port (default: WEB_PORT or 8000).")
 @click.option("--host", default=None, help="Web bind address (default: WEB_HOST or 127.0.0.1).")
 @click.option("--web-workers", type=int, default=2, show_default=True)
+@click.option(
+    "--web-threads", type=int, default=None, help="Threads per web worker (default: WEB_THREADS)."
+)
 @click.option("--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
-def run(port: int | None, host: str | None, web_workers: int, concurrency: int) -> None:
+def run(
+    port: int | None, host: str | None, web_workers: int, web_threads: int | None, concurrency: int
+) -> None:
     """Start embedded services if needed, migrate, then run web, worker and beat until Ctrl-C."""
     from honcho.manager import Manager
 
@@ -107,8 +134,13 @@ def run(port: int | None, host: str | None, web_workers: int, concurrency: int) 
         manager = Manager()
         manager.add_process(
             "web",
-            f"{python} -m gunicorn 'web:create_app()' --bind {host}:{port} "
-            f"--workers {web_workers} --worker-class gthread --threads 16 --graceful-timeout 20",
+            gunicorn_command(
+                python,
+                host=host,
+                port=port,
+                workers=web_workers,
+                threads=web_threads or settings.web_threads,
+            ),
             env=env,
         )
         manager.add_process(
@@ -185,3 +217,10 @@ def token(
             ttl_seconds=ttl or DEV_TOKEN_TTL_SECONDS,
         )
     )
+
+
+from conveyor.maintenance_cli import maintenance_group  # noqa: E402 - needs `database` above
+from conveyor.submit_cli import submit  # noqa: E402
+
+main.add_command(maintenance_group, "maintenance")
+main.add_command(submit)

@@ -11,6 +11,11 @@ EVENTS_CHANNEL_PREFIX = f"{REDIS_PREFIX}events:"
 TASK_EXECUTE_RUN = "runs.execute"
 TASK_REQUEUE_STALE_RUNS = "maintenance.requeue_stale_runs"
 TASK_RECORD_USAGE = "usage.record_batch"
+TASK_PROCESS_STRIPE_EVENT = "webhooks.process_stripe_event"
+TASK_RECONCILE_STRIPE_EVENTS = "maintenance.reconcile_stripe_events"
+TASK_DAILY_MAINTENANCE = "maintenance.daily"
+TASK_MONTHLY_QUOTA_RESET = "maintenance.monthly_quota_reset"
+TASK_USAGE_ROLLUP = "maintenance.usage_rollup"
 
 QUEUES = ("runs", "usage", "webhooks", "maintenance")
 

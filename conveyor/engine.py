@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from conveyor import artifacts, checkpoints, steps, templates
+from conveyor import artifacts, checkpoints, metrics, steps, templates
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events import EventPublisher
@@ -148,16 +148,24 @@ class Engine:
             settings=self.settings,
             deadline=min(time.monotonic() + spec.timeout_seconds, watch.run_deadline),
         )
+        started = time.monotonic()
+        outcome = "failed"
         try:
-            if kind.inline:
-                return kind.run(ctx, config)
-            return watch.supervise(lambda: kind.run(ctx, config), ctx)
+            result = (
+                kind.run(ctx, config)
+                if kind.inline
+                else watch.supervise(lambda: kind.run(ctx, config), ctx)
+            )
+            outcome = "completed"
+            return result
         except (StepFailure, RunInterrupted, ServiceUnavailable):
             raise
         except Exception as exc:
             # A step's own exception: worth another attempt under its retry policy.
             log.warning("step_raised", step=spec.name, error=repr(exc))
             raise StepFailure(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        finally:
+            metrics.STEP_DURATION.labels(spec.kind, outcome).observe(time.monotonic() - started)
 
     def _checkpoint(
         self, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]

@@ -186,3 +186,35 @@ class UnknownUser(BadRequest):
     """No user has that id."""
 
     code = "UNKNOWN_USER"
+
+
+class InvalidSignature(BadRequest):
+    """The Stripe-Signature header does not match this body for any configured webhook secret."""
+
+    code = "INVALID_SIGNATURE"
+
+
+class UnknownPrice(BadRequest):
+    """That price is not one Conveyor sells; STRIPE_PRICES lists the ones it does."""
+
+    code = "UNKNOWN_PRICE"
+
+
+class StripeEventNotFound(NotFound):
+    """No Stripe event with that id was received."""
+
+    code = "STRIPE_EVENT_NOT_FOUND"
+
+
+class PaymentProviderError(ConveyorError):
+    """Stripe refused or failed the request."""
+
+    status = 502
+    code = "PAYMENT_PROVIDER_ERROR"
+
+
+class PaymentsNotConfigured(ConveyorError):
+    """Payments are not configured on this server: set STRIPE_SECRET_KEY and STRIPE_PRICES."""
+
+    status = 503
+    code = "PAYMENTS_NOT_CONFIGURED"

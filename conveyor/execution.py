@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from uuid import UUID
 
 import structlog
 
-from conveyor import artifacts, runs, workflows
+from conveyor import artifacts, metrics, runs, workflows
 from conveyor.db import Database
 from conveyor.engine import Engine
 from conveyor.errors import ConveyorError, ServiceUnavailable
@@ -43,8 +44,11 @@ def execute_run(
         log.info("run_not_claimable", run_id=str(run_id))
         return Result.SKIPPED
     claim, started = claimed
+    claimed_at = time.monotonic()
     publisher.publish(started)
-    structlog.contextvars.bind_contextvars(run_id=str(run_id), attempt=claim.attempt)
+    structlog.contextvars.bind_contextvars(
+        run_id=str(run_id), attempt=claim.attempt, user_id=str(claim.user_id)
+    )
 
     try:
         engine = Engine(
@@ -78,5 +82,8 @@ def execute_run(
     if finished is None:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
+    status = finished[-1].data["status"]
+    metrics.RUNS_FINISHED.labels(claim.workflow_id, status).inc()
+    metrics.RUN_DURATION.labels(claim.workflow_id).observe(time.monotonic() - claimed_at)
     publisher.publish(*finished)
-    return Result(finished[-1].data["status"])
+    return Result(status)

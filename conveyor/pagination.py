@@ -14,7 +14,7 @@ from conveyor.db import Connection
 from conveyor.errors import InvalidInput
 from conveyor.models import Payload
 
-IdType = Literal["uuid", "bigint"]
+IdType = Literal["uuid", "bigint", "text"]
 
 
 class PageQuery(Payload):
@@ -30,12 +30,15 @@ def encode_cursor(at: datetime, row_id: object) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, id_type: IdType = "uuid") -> tuple[datetime, UUID | int]:
+def decode_cursor(cursor: str, id_type: IdType = "uuid") -> tuple[datetime, UUID | int | str]:
     """The (at, id) a cursor points past, or InvalidInput."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         at, _, row_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        return datetime.fromisoformat(at), UUID(row_id) if id_type == "uuid" else int(row_id)
+        parsed: UUID | int | str = (
+            UUID(row_id) if id_type == "uuid" else int(row_id) if id_type == "bigint" else row_id
+        )
+        return datetime.fromisoformat(at), parsed
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not one this API returned; start without it.") from exc
 

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor import ledger, sessions
+from conveyor import ledger, notifications, sessions
 from conveyor.db import Connection, Database
 from conveyor.errors import IdempotencyKeyReused, RunFinished, SessionNotFound
 from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
@@ -274,6 +274,9 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEve
                     conn, claim.session_id, role="assistant", content=outcome.reply, run_id=claim.id
                 )
         events.append((STATUS_UPDATE, status_data(row)))
+        # Websocket subscribers of the user's notifications are nudged by this final status event
+        # (conveyor/realtime.py), so finish_run publishes nothing more.
+        notifications.notify_run_finished(conn, row)
         return append_events(conn, claim.id, events)
 
 

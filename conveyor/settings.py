@@ -24,6 +24,24 @@ class ModelPrice(BaseModel):
     output_per_million: int = Field(ge=0)
 
 
+class StripePrice(BaseModel):
+    """What a Stripe price sells: a plan (a subscription) or a pack of credits (one payment)."""
+
+    plan: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    credits: int | None = Field(default=None, gt=0, le=10**12)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StripePrice:
+        if (self.plan is None) == (self.credits is None):
+            raise ValueError('a Stripe price sells either {"plan": ...} or {"credits": ...}')
+        return self
+
+    @property
+    def mode(self) -> Literal["subscription", "payment"]:
+        """The checkout mode that sells this price."""
+        return "subscription" if self.plan is not None else "payment"
+
+
 # List prices of common models; override or extend with LLM_PRICES (JSON) for yours.
 DEFAULT_LLM_PRICES = {
     "gpt-4o-mini": ModelPrice(input_per_million=150_000, output_per_million=600_000),
@@ -65,14 +83,31 @@ class Settings(BaseSettings):
     backend_token_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
     stripe_secret_key: SecretStr | None = None
+    # Comma-separated while rotating: a webhook signed with any of them is accepted.
     stripe_webhook_secret: SecretStr | None = None
-    stripe_price_id: str | None = None
-    stripe_api_base: str | None = None
+    stripe_webhook_tolerance_seconds: int = Field(300, ge=1, le=3600)
+    # The catalogue (JSON): price id -> {"plan": "<plan id>"} or {"credits": <pack size>}.
+    # Checkout accepts only these prices.
+    stripe_prices: dict[str, StripePrice] = Field(default_factory=dict)
+    stripe_price_id: str | None = None  # what checkout sells when the request names no price
+    stripe_mode: Literal["subscription", "payment"] = "subscription"
+    stripe_success_url: str | None = None
+    stripe_cancel_url: str | None = None
+    stripe_api_base: str | None = None  # a local server speaking Stripe's API, in tests
+    # The reconciler also lists the last days of events from Stripe's API and stores any that
+    # never arrived (needs STRIPE_SECRET_KEY).
+    stripe_reconcile_from_api: bool = True
+    stripe_event_max_attempts: int = Field(10, ge=1, le=100)
 
     timezone: str = Field("UTC", validation_alias=AliasChoices("CONVEYOR_TIMEZONE", "TIMEZONE"))
     run_events_retention_days: int = Field(30, ge=1)
     usage_events_retention_days: int = Field(400, ge=1)
     audit_logs_retention_days: int = Field(90, ge=1)
+    # Retention deletes remove this many rows per transaction.
+    maintenance_batch_size: int = Field(5000, ge=100, le=100_000)
+    # A daily or monthly job missed while everything was down still runs for its period when the
+    # system is back within this many days (interval jobs never catch up).
+    maintenance_catch_up_days: int = Field(7, ge=0, le=31)
 
     # A queued run older than this is published again by the reaper (the runs table is the outbox).
     requeue_after_seconds: int = Field(60, ge=1)
@@ -99,6 +134,23 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_LLM_PRICES))
 
+    # Realtime
+    # The server pings each websocket this often; no pong by the next ping closes it.
+    ws_ping_seconds: float = Field(25.0, gt=0, le=300)
+    # Messages one socket may have waiting (status updates coalesce first); past it, close 1013.
+    ws_queue_size: int = Field(256, ge=4, le=100_000)
+    # A socket still stuck writing this long after it overflowed is cut off without a close frame.
+    ws_send_grace_seconds: float = Field(5.0, gt=0, le=120)
+    ws_max_message_bytes: int = Field(65_536, ge=1024, le=16_777_216)
+    # permessage-deflate compresses per message per socket (~4x the server CPU in bench/ws.py) and
+    # rules out sharing one frame between sockets; off, the server declines clients' offers.
+    ws_compression: bool = False
+    # gunicorn threads per web worker (`conveyor run`): each open websocket holds one.
+    web_threads: int = Field(1100, ge=4, le=10_000)
+
+    # When set, GET /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: SecretStr | None = None
+
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
@@ -119,6 +171,23 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC") from exc
         return value
+
+    @model_validator(mode="after")
+    def _default_price_in_catalogue(self) -> Settings:
+        if self.stripe_price_id is None:
+            return self
+        price = self.stripe_prices.get(self.stripe_price_id)
+        if price is None:
+            raise ValueError(
+                f"STRIPE_PRICE_ID {self.stripe_price_id!r} is not in STRIPE_PRICES; add it there "
+                'with what it sells, e.g. {"price_...": {"plan": "basic"}}'
+            )
+        if price.mode != self.stripe_mode:
+            raise ValueError(
+                f"STRIPE_PRICE_ID {self.stripe_price_id!r} is sold with STRIPE_MODE={price.mode}, "
+                f"not {self.stripe_mode}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_in_within_the_lease(self) -> Settings:
@@ -162,6 +231,13 @@ class Settings(BaseSettings):
         if self.environment == "production":
             raise RuntimeError(f"{name} is not set")
         return dev_secret(self.data_dir, dev_file)
+
+    def stripe_webhook_secrets(self) -> list[str]:
+        """The webhook signing secrets to try, newest first as configured."""
+        if self.stripe_webhook_secret is None:
+            return []
+        raw = self.stripe_webhook_secret.get_secret_value()
+        return [part.strip() for part in raw.split(",") if part.strip()]
 
     def jwks_url(self) -> str | None:
         """Where Supabase publishes its signing keys, if known."""

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor import ledger
+from conveyor import ledger, metrics, notifications
 from conveyor.db import Connection
 from conveyor.steps import LlmUsage
 
@@ -54,9 +54,18 @@ def record_step_usage(
             session_id=owner.session_id,
         ),
     )
+    if not recorded.duplicate:
+        metrics.record_tokens(
+            usage.model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.input_cost_micro_usd + usage.output_cost_micro_usd,
+            "run",
+        )
     if recorded.threshold_crossed == 0:
         return []
-    # The realtime issue turns this into a user notification; the run's log carries it meanwhile.
+    # The run event published after commit nudges the user's websocket subscribers to read it.
+    notifications.notify_quota(conn, owner.user_id, recorded.threshold_crossed)
     return [
         (
             QUOTA_THRESHOLD_CROSSED,

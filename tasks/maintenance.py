@@ -1,16 +1,26 @@
-"""Periodic upkeep."""
+"""Periodic upkeep. Fired by the scheduler with `job` and `period`, each runs once per period
+(worker.base.PeriodicTask); the bodies are conveyor.maintenance's."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from conveyor.constants import TASK_EXECUTE_RUN, TASK_REQUEUE_STALE_RUNS
+from conveyor import maintenance
+from conveyor.constants import (
+    TASK_DAILY_MAINTENANCE,
+    TASK_EXECUTE_RUN,
+    TASK_MONTHLY_QUOTA_RESET,
+    TASK_REQUEUE_STALE_RUNS,
+    TASK_USAGE_ROLLUP,
+)
 from conveyor.runs import finalize_abandoned_cancellations, runs_to_republish
-from worker.base import ConveyorTask
+from worker.base import PeriodicTask
 
 
-@shared_task(bind=True, base=ConveyorTask, name=TASK_REQUEUE_STALE_RUNS)
-def requeue_stale_runs(self: ConveyorTask, older_than_seconds: int | None = None) -> int:
+@shared_task(bind=True, base=PeriodicTask, name=TASK_REQUEUE_STALE_RUNS)
+def requeue_stale_runs(
+    self: PeriodicTask, older_than_seconds: int | None = None, period: str | None = None
+) -> int:
     """Publish again the runs that look lost (queued too long, or an expired lease)."""
     res = self.resources
     threshold = (
@@ -21,3 +31,24 @@ def requeue_stale_runs(self: ConveyorTask, older_than_seconds: int | None = None
     for run_id in run_ids:
         self.app.send_task(TASK_EXECUTE_RUN, args=[str(run_id)])
     return len(run_ids)
+
+
+@shared_task(bind=True, base=PeriodicTask, name=TASK_DAILY_MAINTENANCE)
+def daily_maintenance(self: PeriodicTask, period: str | None = None) -> dict[str, int]:
+    """Retention purges, usage roll-up, orphaned artifacts (period: the local date)."""
+    res = self.resources
+    return maintenance.daily_maintenance(res.db, res.settings, period or "")
+
+
+@shared_task(bind=True, base=PeriodicTask, name=TASK_MONTHLY_QUOTA_RESET)
+def monthly_quota_reset(self: PeriodicTask, period: str) -> dict[str, int]:
+    """Open every account's usage period for the month (`2026-11`), grant monthly credits."""
+    res = self.resources
+    return maintenance.monthly_quota_reset(res.db, res.settings, period)
+
+
+@shared_task(bind=True, base=PeriodicTask, name=TASK_USAGE_ROLLUP)
+def usage_rollup(self: PeriodicTask, period: str | None = None) -> dict[str, int]:
+    """usage_daily for today and yesterday."""
+    res = self.resources
+    return maintenance.usage_rollup(res.db, res.settings, "")

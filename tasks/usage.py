@@ -6,6 +6,7 @@ import structlog
 from celery import shared_task
 
 from conveyor.constants import TASK_RECORD_USAGE
+from conveyor.notifications import publish_notifications
 from conveyor.usage import QUOTA_THRESHOLD_CROSSED
 from conveyor.usage_ingest import record_batch_json
 from worker.base import ConveyorTask
@@ -20,8 +21,8 @@ def record_usage_batch(self: ConveyorTask, events: str) -> dict[str, int]:
     mid-batch leaves it to be redelivered, and running it again records and charges nothing twice
     (the idempotency keys)."""
     result = record_batch_json(self.resources.db, events)
+    publish_notifications(self.resources.publisher, result.notifications)
     for crossed in result.thresholds:
-        # The realtime issue turns this into a user notification.
         log.info(
             QUOTA_THRESHOLD_CROSSED,
             user_id=str(crossed.user_id),

@@ -25,7 +25,9 @@ from conveyor.db import Database
 from conveyor.migrate import migrate
 from conveyor.services import EmbeddedRedis
 from conveyor.settings import Settings
+from tests import fake_stripe as fake_stripe_module
 from tests.fake_llm import FakeLlm
+from tests.fake_stripe import FakeStripe
 from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
 from worker.celery_app import create_celery
 
@@ -126,11 +128,22 @@ def settings(
     request: pytest.FixtureRequest,
 ) -> Settings:
     """Settings pointing at this test's database and the session's Redis. A test module may set
-    SETTINGS (overrides) and USES_FAKE_LLM = True (model calls go to the `fake_llm` server)."""
+    SETTINGS (overrides), USES_FAKE_LLM = True (model calls go to the `fake_llm` server) and
+    USES_FAKE_STRIPE = True (Stripe API calls go to the `fake_stripe` server)."""
     overrides = dict(getattr(request.module, "SETTINGS", {}))
     if getattr(request.module, "USES_FAKE_LLM", False):
         overrides["llm_base_url"] = request.getfixturevalue("fake_llm").base_url
+    if getattr(request.module, "USES_FAKE_STRIPE", False):
+        overrides["stripe_api_base"] = request.getfixturevalue("fake_stripe").url
+        overrides.setdefault("stripe_secret_key", fake_stripe_module.SECRET_KEY)
     return make_settings(database_url, redis_url, tmp_path / "data", **overrides)
+
+
+@pytest.fixture
+def fake_stripe() -> Iterator[FakeStripe]:
+    """A server speaking Stripe's API on loopback, scripted by the test."""
+    with FakeStripe() as server:
+        yield server
 
 
 @pytest.fixture

@@ -15,16 +15,21 @@ from conveyor.settings import Settings, get_settings
 from web import (
     admin,
     agents,
+    analytics,
     auth,
     credits,
     errors,
     health,
     identity,
+    notifications,
+    observability,
+    payments,
     runs,
     sessions,
     usage,
     usage_ingest,
     workflows,
+    ws,
 )
 from web.enqueue import Enqueuer
 
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor.verifier"] = build_verifier(settings)
     app.extensions["conveyor.store"] = store_for(settings)
 
+    observability.init_app(app, settings.redis_url)
     errors.init_app(app)
     auth.init_app(app)
     app.register_blueprint(health.bp)
@@ -61,6 +67,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(usage.bp)
     app.register_blueprint(credits.bp)
     app.register_blueprint(usage_ingest.bp)
+    app.register_blueprint(payments.bp)
+    app.register_blueprint(notifications.bp)
+    app.register_blueprint(analytics.bp)
+    ws.init_app(app, settings)
     return app
 
 

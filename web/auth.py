@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import structlog
 from flask import Flask, current_app, g, request
 
 from conveyor.auth import Principal, TokenVerifier, bearer_token
@@ -28,6 +29,9 @@ def authenticate() -> None:
     if view is None or getattr(view, "conveyor_public", False):
         return  # unknown routes fall through to the JSON 404
     g.principal = verify_request_token()
+    structlog.contextvars.bind_contextvars(
+        user_id=str(g.principal.user_id) if g.principal.user_id else g.principal.subject
+    )
 
 
 def verify_request_token() -> Principal:

@@ -57,3 +57,14 @@ def parse_query(model: type[Model]) -> Model:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
         raise InvalidInput.from_validation(exc, "query") from exc
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header (1 to 255 characters), if any."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidInput(f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters.")
+    return key

@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from flask import request
-
-from conveyor import runs, sessions
+from conveyor import metrics, runs, sessions
 from conveyor.constants import TASK_EXECUTE_RUN
-from conveyor.errors import Forbidden, InvalidInput
+from conveyor.errors import Forbidden
 from conveyor.runs import NewRun
 from conveyor.workflows import Workflow
+from web.body import idempotency_key
 from web.context import get_db, get_enqueuer, get_principal, get_publisher
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def submit_run(
@@ -31,9 +28,7 @@ def submit_run(
     if user_id is not None and user_id != caller:
         raise Forbidden("You can only start runs as yourself; omit user_id.")
     definition.validate_input(inputs)
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidInput(f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters.")
+    key = idempotency_key()
     db = get_db()
     if session_id is not None:
         sessions.require_session_owner(db, caller, session_id)
@@ -50,6 +45,7 @@ def submit_run(
         admit=True,
     )
     if run.created:
+        metrics.RUNS_SUBMITTED.labels(definition.name).inc()
         assert run.event is not None
         get_publisher().publish(run.event)
         get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(run.id))

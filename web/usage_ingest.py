@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from conveyor import metrics
 from conveyor.constants import TASK_RECORD_USAGE
 from conveyor.errors import Forbidden, ServiceUnavailable
 from conveyor.usage_ingest import USAGE_WRITE_SCOPE, UsageBatchIn, events_json
@@ -37,5 +38,13 @@ def ingest_usage() -> tuple[Response, int]:
             "The usage queue is unreachable and nothing was accepted; send the same events "
             "again shortly (their idempotency keys make the retry safe).",
             retry_after=RETRY_AFTER_SECONDS,
+        )
+    for event in batch.events:
+        metrics.record_tokens(
+            event.model,
+            event.prompt_tokens,
+            event.completion_tokens,
+            (event.input_cost_micro_usd or 0) + (event.output_cost_micro_usd or 0),
+            "api",
         )
     return jsonify({"accepted": len(batch.events)}), 202

@@ -13,6 +13,7 @@ from conveyor.catalog import load_catalog
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events import EventPublisher
+from conveyor.maintenance_runs import run_once
 from conveyor.settings import Settings
 
 
@@ -67,3 +68,31 @@ class ConveyorTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         finally:
             structlog.contextvars.clear_contextvars()
+
+
+class PeriodicTask(ConveyorTask):
+    """Base for tasks the scheduler fires with `job=` and `period=`: the body (which takes
+    `period`) runs only if this call claims (job, period) in maintenance_runs, so exactly once
+    per period; a refused claim is recorded as skipped. Without `job` (tests, by hand) it runs."""
+
+    def __call__(self, *args: Any, job: str | None = None, **kwargs: Any) -> Any:
+        period = kwargs.get("period")
+        if job is None or period is None:
+            return super().__call__(*args, **kwargs)
+        outcome = run_once(
+            self.resources.db,
+            job,
+            period,
+            lambda: as_counts(super(PeriodicTask, self).__call__(*args, **kwargs)),
+            claimed_by=self.request.hostname,
+        )
+        return outcome.model_dump()
+
+
+def as_counts(result: Any) -> dict[str, int]:
+    """A task's return value as the counts maintenance_runs records."""
+    if isinstance(result, dict):
+        return {str(k): int(v) for k, v in result.items() if isinstance(v, int | bool)}
+    if isinstance(result, int):
+        return {"count": result}
+    return {}

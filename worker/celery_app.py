@@ -5,11 +5,16 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-import beat_schedule
 from conveyor.constants import QUEUES
 from conveyor.settings import Settings
 
-TASK_MODULES = ["tasks.runs", "tasks.maintenance", "tasks.usage"]
+TASK_MODULES = [
+    "tasks.runs",
+    "tasks.maintenance",
+    "tasks.usage",
+    "tasks.webhooks",
+    "tasks.analytics",
+]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -58,8 +63,8 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         timezone=settings.timezone,
         enable_utc=True,
-        beat_schedule=beat_schedule.SCHEDULE,
-        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+        # beat_schedule.JOBS, fired by one scheduler at a time, once per period.
+        beat_scheduler="worker.scheduler:ConveyorScheduler",
     )
     celery.conveyor_settings = settings
     return celery

@@ -107,8 +107,8 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
         try:
             if requests.get(f"{base_url}/api/health", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or its workers are still starting
         time.sleep(0.25)
     raise AssertionError(f"conveyor run not healthy after {STARTUP_SECONDS} s")
 

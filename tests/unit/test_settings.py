@@ -56,3 +56,24 @@ def test_configured_secret_wins_over_the_development_one(tmp_path: Path) -> None
 def test_check_ins_slower_than_a_third_of_the_lease_are_refused() -> None:
     with pytest.raises(ValidationError, match="CANCEL_CHECK_SECONDS"):
         Settings(_env_file=None, run_lease_seconds=10, cancel_check_seconds=5)  # type: ignore[call-arg]
+
+
+def test_the_stripe_catalogue_is_read_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_PRICES", '{"price_a": {"plan": "basic"}, "price_b": {"credits": 5}}')
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_new, whsec_old")
+    loaded = settings()
+    assert loaded.stripe_prices["price_a"].mode == "subscription"
+    assert loaded.stripe_prices["price_b"].mode == "payment"
+    assert loaded.stripe_webhook_secrets() == ["whsec_new", "whsec_old"]
+
+
+def test_a_stripe_price_sells_a_plan_or_credits_not_both() -> None:
+    with pytest.raises(ValidationError, match="either"):
+        settings(stripe_prices={"price_x": {"plan": "basic", "credits": 10}})
+
+
+def test_the_default_stripe_price_must_be_in_the_catalogue_and_match_the_mode() -> None:
+    with pytest.raises(ValidationError, match="not in STRIPE_PRICES"):
+        settings(stripe_price_id="price_missing")
+    with pytest.raises(ValidationError, match="STRIPE_MODE=payment"):
+        settings(stripe_price_id="price_pack", stripe_prices={"price_pack": {"credits": 10}})

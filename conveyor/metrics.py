@@ -1,0 +1,110 @@
+"""Prometheus metrics of every process, scraped at `/metrics`.
+
+With PROMETHEUS_MULTIPROC_DIR set (`conveyor run` sets it for web and worker), each process,
+gunicorn workers and Celery pool children included, writes its samples to files there and a scrape
+adds them up; without it (tests, a single process) the default registry is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+RUNS_SUBMITTED = Counter(
+    "conveyor_runs_submitted", "Runs accepted at submit (not repeats of an Idempotency-Key).",
+    ["workflow"],
+)  # fmt: skip
+RUNS_FINISHED = Counter(
+    "conveyor_runs_finished", "Runs that reached a final status.", ["workflow", "status"]
+)
+RUN_DURATION = Histogram(
+    "conveyor_run_duration_seconds", "Time from a worker's claim to the run's final status.",
+    ["workflow"], buckets=DURATION_BUCKETS,
+)  # fmt: skip
+STEP_DURATION = Histogram(
+    "conveyor_step_duration_seconds", "Time one step attempt took, by step kind and outcome.",
+    ["kind", "outcome"], buckets=DURATION_BUCKETS,
+)  # fmt: skip
+USAGE_TOKENS = Counter(
+    "conveyor_usage_tokens",
+    "AI tokens: recorded by runs' llm steps (source=run) or accepted at POST /api/usage "
+    "(source=api, before duplicates are dropped).",
+    ["model", "kind", "source"],
+)
+USAGE_COST = Counter(
+    "conveyor_usage_cost_micro_usd", "AI cost in micro-USD, as conveyor_usage_tokens.",
+    ["model", "source"],
+)  # fmt: skip
+WEBHOOK_EVENTS = Counter(
+    "conveyor_webhook_events",
+    "Stripe events: at the endpoint (stored, duplicate, invalid_signature, invalid) and as "
+    "processed (processed, skipped, ignored, failed).",
+    ["type", "result"],
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "conveyor_websocket_connections", "Open websockets, by channel.", ["channel"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
+HTTP_REQUESTS = Counter(
+    "conveyor_http_requests", "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)  # fmt: skip
+HTTP_DURATION = Histogram(
+    "conveyor_http_request_duration_seconds", "HTTP request time by route template.",
+    ["route"], buckets=HTTP_BUCKETS,
+)  # fmt: skip
+
+
+class QueueDepths(Collector):
+    """`conveyor_queue_depth{queue}` read when scraped (messages waiting in Redis)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """One gauge sample per queue."""
+        family = GaugeMetricFamily(
+            "conveyor_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]
+        )
+        for queue, depth in self._read().items():
+            family.add_metric([queue], depth)
+        yield family
+
+
+def exposition(queue_depths: Callable[[], Mapping[str, int]] | None = None) -> tuple[bytes, str]:
+    """The text a scrape returns, and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    if queue_depths is not None:
+        extra = CollectorRegistry()
+        extra.register(QueueDepths(queue_depths))
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST
+
+
+def record_tokens(model: str, prompt: int, completion: int, cost: int, source: str) -> None:
+    """Count one usage record's tokens and cost."""
+    USAGE_TOKENS.labels(model, "prompt", source).inc(prompt)
+    USAGE_TOKENS.labels(model, "completion", source).inc(completion)
+    USAGE_COST.labels(model, source).inc(cost)

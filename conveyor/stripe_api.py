@@ -1,0 +1,60 @@
+"""Calls to Stripe's API: the client built from settings, and Stripe's errors in our terms."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import stripe
+
+from conveyor.errors import IdempotencyKeyReused, PaymentProviderError, PaymentsNotConfigured
+from conveyor.settings import Settings
+
+# Network failures and 409/429/5xx are retried by stripe-python with the same idempotency key.
+NETWORK_RETRIES = 2
+# The reconciler looks this far back in Stripe's event list (Stripe keeps 30 days).
+RECONCILE_LOOKBACK_SECONDS = 3 * 24 * 3600
+RECONCILE_MAX_EVENTS = 1000
+
+
+def client_for(settings: Settings) -> stripe.StripeClient:
+    """A Stripe client for STRIPE_SECRET_KEY (and STRIPE_API_BASE, a local server in tests)."""
+    if settings.stripe_secret_key is None:
+        raise PaymentsNotConfigured()
+    api_base = settings.stripe_api_base.rstrip("/") if settings.stripe_api_base else None
+    return stripe.StripeClient(
+        settings.stripe_secret_key.get_secret_value(),
+        base_addresses={"api": api_base} if api_base else {},
+        max_network_retries=NETWORK_RETRIES,
+    )
+
+
+@contextmanager
+def provider_errors() -> Iterator[None]:
+    """Stripe's refusals and outages as PaymentProviderError (502) with Stripe's message; an
+    idempotency key reused for another request as IdempotencyKeyReused (409)."""
+    try:
+        yield
+    except stripe.IdempotencyError as exc:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used for a different checkout; use a new key."
+        ) from exc
+    except stripe.StripeError as exc:
+        message = exc.user_message or str(exc) or type(exc).__name__
+        raise PaymentProviderError(
+            f"Stripe: {message}", stripe_code=exc.code, stripe_status=exc.http_status
+        ) from exc
+
+
+def recent_events(client: stripe.StripeClient, types: list[str]) -> Iterator[dict[str, Any]]:
+    """Stripe's events of these types from the last days, newest first, as plain dicts (at most
+    RECONCILE_MAX_EVENTS)."""
+    since = int(time.time()) - RECONCILE_LOOKBACK_SECONDS
+    with provider_errors():
+        page = client.v1.events.list({"created": {"gte": since}, "types": types, "limit": 100})
+        for count, event in enumerate(page.auto_paging_iter()):
+            if count >= RECONCILE_MAX_EVENTS:
+                return
+            yield event.to_dict()

@@ -1,0 +1,45 @@
+"""`/api/analytics`: KPIs against the previous period and trends; admins see everyone's figures,
+users their own."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from flask import Blueprint, Response, jsonify
+
+from conveyor import analytics
+from conveyor.identity import has_admin_role
+from web.body import parse_query
+from web.context import get_db, get_principal
+
+bp = Blueprint("analytics", __name__)
+
+
+def scope() -> tuple[UUID | None, str]:
+    """(user to restrict to, or None for everyone; the scope's name) for the caller."""
+    principal = get_principal()
+    user_id = principal.require_user()
+    if principal.is_admin or has_admin_role(get_db(), user_id):
+        return None, "all"
+    return user_id, "own"
+
+
+@bp.get("/api/analytics/overview")
+def overview() -> Response:
+    """`?days=` (1..365, default 30): runs, success rate, tokens, cost, revenue and active users,
+    each `{value, previous, change}` (change in percent, null when there was nothing before)."""
+    query = parse_query(analytics.OverviewQuery)
+    user_id, name = scope()
+    figures = analytics.overview(
+        get_db(), get_principal().rls_claims(), days=query.days, user_id=user_id
+    )
+    return jsonify({"scope": name, **figures})
+
+
+@bp.get("/api/analytics/trends")
+def trends() -> Response:
+    """`?metric=&start=&end=&aggregation=daily|hourly`: `{series: [{date, value}]}` in UTC."""
+    query = parse_query(analytics.TrendsQuery)
+    user_id, name = scope()
+    figures = analytics.trends(get_db(), get_principal().rls_claims(), query, user_id=user_id)
+    return jsonify({"scope": name, **figures})

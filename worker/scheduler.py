@@ -1,0 +1,74 @@
+"""The beat scheduler: `celery beat -S worker.scheduler:ConveyorScheduler` (set as the app's
+default). Every beat process ticks, but only the one holding the Postgres scheduler lock sends;
+the others stand by and take over when its connection (its process) dies. What is due comes from
+beat_schedule.JOBS via conveyor.schedule.Dispatcher, not from Celery's own schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from celery.beat import Scheduler
+
+import beat_schedule
+from conveyor.db import Database
+from conveyor.errors import ServiceUnavailable
+from conveyor.schedule import Clock, Dispatcher, Due, utc_now
+from conveyor.scheduler_lock import SchedulerLock
+from conveyor.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+TICK_SECONDS = 1.0  # the active scheduler looks this often (sending is cheap: a few SELECTs)
+STANDBY_SECONDS = 5.0  # a standby tries the lock this often: the longest a takeover waits
+
+
+class ConveyorScheduler(Scheduler):  # type: ignore[misc]
+    """Celery beat's scheduler, replaced by lock + dispatcher. `clock` is injectable (tests)."""
+
+    def __init__(self, app: Any, *args: Any, clock: Clock = utc_now, **kwargs: Any) -> None:
+        settings: Settings = app.conveyor_settings
+        assert settings.database_url is not None
+        self.lock = SchedulerLock(settings.database_url)
+        self.db = Database(settings.database_url, max_size=2)
+        self.dispatcher = Dispatcher(
+            db=self.db,
+            jobs=list(beat_schedule.JOBS),
+            tz=ZoneInfo(settings.timezone),
+            send=self.send_due,
+            catch_up=timedelta(days=settings.maintenance_catch_up_days),
+            clock=clock,
+        )
+        kwargs.setdefault("max_interval", STANDBY_SECONDS)
+        super().__init__(app, *args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        """The schedule is beat_schedule.JOBS; Celery's own entries stay empty."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Send what is due if this process holds the lock; returns seconds until the next tick."""
+        if not self.lock.try_acquire():
+            return STANDBY_SECONDS
+        try:
+            self.dispatcher.tick()
+        except ServiceUnavailable as exc:
+            log.warning("scheduler_tick_failed", error=exc.message)
+        return TICK_SECONDS
+
+    def send_due(self, due: Due) -> None:
+        """Publish the job's task for its period (the worker claims the period before running)."""
+        self.app.send_task(
+            due.job.task,
+            kwargs={"job": due.job.name, "period": due.period_key},
+            queue=due.job.queue,
+            expires=due.job.expires_seconds,
+        )
+        log.info("scheduler_sent", job=due.job.name, period=due.period_key)
+
+    def close(self) -> None:
+        """Release the lock (a standby takes over within STANDBY_SECONDS) and the pool."""
+        self.lock.release()
+        self.db.close()
+        super().close()

@@ -220,7 +220,9 @@ def token(
 
 
 from conveyor.maintenance_cli import maintenance_group  # noqa: E402 - needs `database` above
+from conveyor.status_cli import status  # noqa: E402
 from conveyor.submit_cli import submit  # noqa: E402
 
 main.add_command(maintenance_group, "maintenance")
 main.add_command(submit)
+main.add_command(status)

@@ -18,11 +18,13 @@ from web import (
     analytics,
     auth,
     credits,
+    dashboard,
     errors,
     health,
     identity,
     notifications,
     observability,
+    ops,
     payments,
     runs,
     sessions,
@@ -70,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(payments.bp)
     app.register_blueprint(notifications.bp)
     app.register_blueprint(analytics.bp)
+    ops.init_app(app, settings.redis_url)
+    dashboard.init_app(app)
     ws.init_app(app, settings)
     return app
 

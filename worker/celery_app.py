@@ -7,6 +7,7 @@ from kombu import Exchange, Queue
 
 from conveyor.constants import QUEUES
 from conveyor.settings import Settings
+from worker.heartbeat import Heartbeat
 
 TASK_MODULES = [
     "tasks.runs",
@@ -66,5 +67,6 @@ def create_celery(settings: Settings) -> Celery:
         # beat_schedule.JOBS, fired by one scheduler at a time, once per period.
         beat_scheduler="worker.scheduler:ConveyorScheduler",
     )
+    celery.steps["worker"].add(Heartbeat)  # `conveyor:workers:<hostname>`, see heartbeat.py
     celery.conveyor_settings = settings
     return celery

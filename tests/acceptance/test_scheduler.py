@@ -24,6 +24,7 @@ from conveyor.cli import main as cli
 from conveyor.db import Database
 from conveyor.settings import Settings, get_settings
 from tests.support import ApiClient, token_for
+from worker.celery_app import create_celery
 from worker.scheduler import ConveyorScheduler
 
 JOB_COUNT = 6
@@ -265,3 +266,31 @@ def wait_for(probe: Callable[[], Any], timeout: float = 30) -> Any:
             return found
         time.sleep(0.2)
     raise AssertionError(f"nothing after {timeout} s")
+
+
+@pytest.mark.parametrize(
+    ("before_midnight", "at_midnight", "period"),
+    [
+        # 1 November 2026: New York is still on daylight time at midnight (EDT, UTC-4).
+        ("2026-11-01T03:59:59+00:00", "2026-11-01T04:00:00+00:00", "2026-11"),
+        # 1 December 2026: standard time (EST, UTC-5), an hour later in UTC.
+        ("2026-12-01T04:59:59+00:00", "2026-12-01T05:00:00+00:00", "2026-12"),
+    ],
+)
+def test_the_monthly_reset_fires_at_local_midnight_in_the_configured_timezone(
+    settings: Settings, before_midnight: str, at_midnight: str, period: str
+) -> None:
+    new_york = settings.model_copy(update={"timezone": "America/New_York"})
+    clock = Clock(datetime.fromisoformat(before_midnight))
+    scheduler = ConveyorScheduler(app=create_celery(new_york), clock=clock)
+    try:
+        assert scheduler.lock.try_acquire()
+        monthly = "monthly_quota_reset"
+        assert [d.period_key for d in scheduler.dispatcher.tick() if d.job.name == monthly] == []
+
+        clock.now = datetime.fromisoformat(at_midnight)
+        sent = [d.period_key for d in scheduler.dispatcher.tick() if d.job.name == monthly]
+    finally:
+        scheduler.close()
+
+    assert sent == [period]

@@ -10,8 +10,9 @@ import websocket
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from conveyor.auth import mint_service_token
 from conveyor.settings import Settings
-from tests.support import ApiClient, LiveServer, token_for, wait_for_run
+from tests.support import API_SECRET, ApiClient, LiveServer, token_for, wait_for_run
 
 
 def scrape(
@@ -121,3 +122,30 @@ def test_open_websockets_are_counted_by_channel(
         socket.close()
 
     assert during == before + 1
+
+
+def test_usage_reported_by_backends_is_counted_per_model(
+    live_server: LiveServer, anonymous: ApiClient
+) -> None:
+    service = ApiClient(
+        live_server.url, mint_service_token("billing", ["usage:write"], secret=API_SECRET)
+    )
+    event = {"user_id": str(uuid.uuid4()), "provider": "openai", "model": "metrics-model",
+             "prompt_tokens": 7, "completion_tokens": 3, "input_cost_micro_usd": 5,
+             "output_cost_micro_usd": 6}  # fmt: skip
+    before = scrape(anonymous)
+
+    response = service.post(
+        "/api/usage",
+        json={"events": [{**event, "idempotency_key": f"k{i}"} for i in range(4)]},
+    )
+    after = scrape(anonymous)
+
+    assert response.status_code == 202
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    prompt = {"model": "metrics-model", "kind": "prompt", "source": "api"}
+    assert delta("conveyor_usage_tokens_total", **prompt) == 28
+    assert delta("conveyor_usage_cost_micro_usd_total", model="metrics-model", source="api") == 44

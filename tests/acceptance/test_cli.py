@@ -103,7 +103,9 @@ def test_token_service_mints_a_scoped_service_token(tmp_path: Path) -> None:
 def wait_until_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
-        assert process.poll() is None, "conveyor run exited during startup"
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"conveyor run exited during startup:\n{output[-4000:]}")
         try:
             if requests.get(f"{base_url}/api/health", timeout=2).status_code == 200:
                 return

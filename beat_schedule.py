@@ -13,6 +13,7 @@ from conveyor.constants import (
     TASK_MONTHLY_QUOTA_RESET,
     TASK_RECONCILE_STRIPE_EVENTS,
     TASK_REQUEUE_STALE_RUNS,
+    TASK_REQUEUE_WEBHOOK_DELIVERIES,
     TASK_USAGE_ROLLUP,
 )
 from conveyor.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
@@ -27,6 +28,14 @@ JOBS: tuple[Job, ...] = (
         # A missed tick is worthless once the next one is due.
         expires_seconds=25,
         description="republish runs left queued or with an expired lease",
+    ),
+    Job(
+        name="requeue_webhook_deliveries",
+        task=TASK_REQUEUE_WEBHOOK_DELIVERIES,
+        queue="maintenance",
+        cadence=Every(30),
+        expires_seconds=25,
+        description="queue outbound webhook deliveries that are due, lost or abandoned",
     ),
     Job(
         name="reconcile_stripe_events",

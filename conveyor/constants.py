@@ -16,6 +16,8 @@ TASK_RECONCILE_STRIPE_EVENTS = "maintenance.reconcile_stripe_events"
 TASK_DAILY_MAINTENANCE = "maintenance.daily"
 TASK_MONTHLY_QUOTA_RESET = "maintenance.monthly_quota_reset"
 TASK_USAGE_ROLLUP = "maintenance.usage_rollup"
+TASK_DELIVER_WEBHOOK = "webhooks.deliver"
+TASK_REQUEUE_WEBHOOK_DELIVERIES = "maintenance.requeue_webhook_deliveries"
 
 QUEUES = ("runs", "usage", "webhooks", "maintenance")
 

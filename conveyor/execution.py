@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from uuid import UUID
 
@@ -37,8 +38,10 @@ def execute_run(
     run_id: UUID,
     *,
     store: artifacts.ArtifactStore | None = None,
+    wake_deliveries: Callable[[Sequence[UUID]], None] | None = None,
 ) -> Result:
-    """Run run_id once; a duplicate delivery of the same run is a no-op (SKIPPED)."""
+    """Run run_id once; a duplicate delivery of the same run is a no-op (SKIPPED). The webhook
+    deliveries its end created are handed to wake_deliveries after commit."""
     claimed = runs.claim_run(db, run_id, lease_seconds=settings.run_lease_seconds)
     if claimed is None:
         log.info("run_not_claimable", run_id=str(run_id))
@@ -78,7 +81,8 @@ def execute_run(
             error=f"internal error: {type(exc).__name__}: {exc}", error_code="INTERNAL_ERROR"
         )
 
-    finished = runs.finish_run(db, claim, outcome)
+    deliveries: list[UUID] = []
+    finished = runs.finish_run(db, claim, outcome, deliveries=deliveries)
     if finished is None:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
@@ -86,4 +90,6 @@ def execute_run(
     metrics.RUNS_FINISHED.labels(claim.workflow_id, status).inc()
     metrics.RUN_DURATION.labels(claim.workflow_id).observe(time.monotonic() - claimed_at)
     publisher.publish(*finished)
+    if deliveries and wake_deliveries is not None:
+        wake_deliveries(deliveries)
     return Result(status)

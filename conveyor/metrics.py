@@ -52,6 +52,12 @@ USAGE_COST = Counter(
     "conveyor_usage_cost_micro_usd", "AI cost in micro-USD, as conveyor_usage_tokens.",
     ["model", "source"],
 )  # fmt: skip
+OUTBOUND_WEBHOOKS = Counter(
+    "conveyor_outbound_webhook_attempts",
+    "Outbound webhook delivery messages by outcome (succeeded, retrying, gave_up, "
+    "endpoint_disabled, skipped).",
+    ["outcome"],
+)
 WEBHOOK_EVENTS = Counter(
     "conveyor_webhook_events",
     "Stripe events: at the endpoint (stored, duplicate, invalid_signature, invalid) and as "

@@ -26,6 +26,8 @@ class InvokeRequest(Payload):
     user_id: UUID | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     session_id: UUID | None = None
+    # run.* events of this run are also POSTed here (docs/webhooks.md).
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2000)
 
 
 class WorkflowExecuteRequest(Payload):
@@ -39,6 +41,8 @@ class WorkflowExecuteRequest(Payload):
     run_async: bool = Field(default=False, alias="async")
     metadata: dict[str, Any] = Field(default_factory=dict)
     session_id: UUID | None = None
+    # run.* events of this run are also POSTed here (docs/webhooks.md).
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2000)
 
 
 class RunLinks(BaseModel):

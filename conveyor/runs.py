@@ -12,7 +12,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor import ledger, notifications, sessions
+from conveyor import ledger, notifications, outbound, sessions
 from conveyor.db import Connection, Database
 from conveyor.errors import IdempotencyKeyReused, RunFinished, SessionNotFound
 from conveyor.events import STATUS_UPDATE, RunEvent, append_event, append_events
@@ -91,6 +91,7 @@ def create_run(
     idempotency_key: str | None = None,
     session_id: UUID | None = None,
     admit: bool = False,
+    webhook_url: str | None = None,
 ) -> NewRun:
     """Insert a queued run with its (name, kind) steps pending; with an idempotency key this user
     already used, return that run instead. With `admit`, the plan's limits are checked and the
@@ -99,8 +100,9 @@ def create_run(
         row = conn.execute(
             """
             insert into public.workflow_runs
-              (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id)
-            values (%s, %s, %s, %s, %s, %s, %s)
+              (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id,
+               webhook_url)
+            values (%s, %s, %s, %s, %s, %s, %s, %s)
             on conflict (user_id, idempotency_key) do nothing
             returning *
             """,
@@ -112,6 +114,7 @@ def create_run(
                 Jsonb(metadata),
                 idempotency_key,
                 session_id,
+                webhook_url,
             ),
         ).fetchone()
         if row is None:
@@ -220,10 +223,17 @@ class Outcome:
     last_step: CompletedStep | None = None
 
 
-def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEvent] | None:
+def finish_run(
+    db: Database,
+    claim: ClaimedRun,
+    outcome: Outcome,
+    *,
+    deliveries: list[UUID] | None = None,
+) -> list[RunEvent] | None:
     """Record how a claimed run ended (cancelled if a cancel was requested meanwhile) and close its
     unfinished steps; returns the events, the final status last. None: the lease was lost and a
-    successor owns the run."""
+    successor owns the run. The run's webhook deliveries are appended to `deliveries`, to queue
+    after commit."""
     status = "failed" if outcome.error is not None else "completed"
     with db.transaction() as conn:
         row = conn.execute(
@@ -277,6 +287,10 @@ def finish_run(db: Database, claim: ClaimedRun, outcome: Outcome) -> list[RunEve
         # Websocket subscribers of the user's notifications are nudged by this final status event
         # (conveyor/realtime.py), so finish_run publishes nothing more.
         notifications.notify_run_finished(conn, row)
+        # The outbox: the run.* webhook event commits with the status it reports.
+        created = outbound.record_run_finished(conn, row)
+        if deliveries is not None:
+            deliveries.extend(created)
         return append_events(conn, claim.id, events)
 
 
@@ -359,6 +373,8 @@ def cancel_run(
             raise RunFinished(f"run {run_id} has already finished; there is nothing to cancel")
         if row["status"] == "cancelled":
             close_unfinished_steps(conn, run_id, run_status="cancelled")
+            # Sent by the re-queue job's next tick (beat, every 30 s): cancel answers at once.
+            outbound.record_run_finished(conn, row, queued=False)
         event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
     return get_run(db, claims, run_id), event, row["user_id"]
 
@@ -379,5 +395,6 @@ def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
         ).fetchall()
         for row in rows:
             close_unfinished_steps(conn, row["id"], run_status="cancelled")
+            outbound.record_run_finished(conn, row, queued=False)
             events.append(append_event(conn, row["id"], STATUS_UPDATE, status_data(row)))
     return events

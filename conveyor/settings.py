@@ -148,6 +148,23 @@ class Settings(BaseSettings):
     # gunicorn threads per web worker (`conveyor run`): each open websocket holds one.
     web_threads: int = Field(1100, ge=4, le=10_000)
 
+    # Outbound webhooks (docs/webhooks.md). Private targets (loopback, RFC 1918, link-local) are
+    # refused unless allowed: development and tests only.
+    allow_private_webhooks: bool = Field(
+        False,
+        validation_alias=AliasChoices("CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", "ALLOW_PRIVATE_WEBHOOKS"),
+    )
+    # A delivery is retried with exponential backoff and jitter (base, 2x base, ... at most max)
+    # until this many hours after its event, then given up.
+    webhook_retry_hours: float = Field(24.0, gt=0, le=24 * 7)
+    webhook_retry_base_seconds: float = Field(30.0, gt=0, le=3600)
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, le=24 * 3600)
+    webhook_connect_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    webhook_read_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    # This many failed attempts in a row disable an endpoint (and tell its owner).
+    webhook_disable_after_failures: int = Field(20, ge=1, le=10_000)
+    webhook_max_endpoints: int = Field(10, ge=1, le=1000)
+
     # When set, GET /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: SecretStr | None = None
 

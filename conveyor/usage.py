@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor import ledger, metrics, notifications
+from conveyor import ledger, metrics, notifications, outbound
 from conveyor.db import Connection
 from conveyor.steps import LlmUsage
 
@@ -66,6 +66,7 @@ def record_step_usage(
         return []
     # The run event published after commit nudges the user's websocket subscribers to read it.
     notifications.notify_quota(conn, owner.user_id, recorded.threshold_crossed)
+    outbound.record_quota_threshold(conn, owner.user_id, recorded.threshold_crossed)
     return [
         (
             QUOTA_THRESHOLD_CROSSED,

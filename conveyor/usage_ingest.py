@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from conveyor.db import Database
 from conveyor.ledger import UsageRecord
 from conveyor.notifications import Notification, notify_quota
+from conveyor.outbound import record_quota_threshold
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,8 @@ def record_batch_json(db: Database, events: str) -> BatchResult:
                     notify_quota(conn, UUID(item["user_id"]), int(item["percent"]))
                     for item in row["thresholds"]
                 ]
+                for item in row["thresholds"]:
+                    record_quota_threshold(conn, UUID(item["user_id"]), int(item["percent"]))
             break
         except RETRYABLE as exc:
             if attempt == ATTEMPTS:

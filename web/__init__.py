@@ -30,6 +30,7 @@ from web import (
     sessions,
     usage,
     usage_ingest,
+    webhook_endpoints,
     workflows,
     ws,
 )
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(payments.bp)
     app.register_blueprint(notifications.bp)
     app.register_blueprint(analytics.bp)
+    app.register_blueprint(webhook_endpoints.bp)
     ops.init_app(app, settings.redis_url)
     dashboard.init_app(app)
     ws.init_app(app, settings)

@@ -39,6 +39,7 @@ def invoke() -> tuple[Response, int]:
         user_id=body.user_id,
         metadata=body.metadata,
         session_id=body.session_id,
+        webhook_url=body.webhook_url,
     )
     response = InvokeResponse(
         request_id=run.id,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from conveyor import metrics, runs, sessions
+from conveyor import metrics, runs, sessions, webhook_endpoints
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.errors import Forbidden
 from conveyor.runs import NewRun
+from conveyor.url_safety import check_webhook_url
 from conveyor.workflows import Workflow
 from web.body import idempotency_key
-from web.context import get_db, get_enqueuer, get_principal, get_publisher
+from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
 
 
 def submit_run(
@@ -21,6 +22,7 @@ def submit_run(
     user_id: UUID | None,
     metadata: dict[str, Any],
     session_id: UUID | None,
+    webhook_url: str | None = None,
 ) -> NewRun:
     """Validate, store the run (the outbox) and publish it after commit; a repeated
     Idempotency-Key returns the first run."""
@@ -32,6 +34,10 @@ def submit_run(
     db = get_db()
     if session_id is not None:
         sessions.require_session_owner(db, caller, session_id)
+    if webhook_url is not None:
+        check_webhook_url(webhook_url, allow_private=get_settings().allow_private_webhooks)
+        # Created now so the owner can fetch it before the first delivery is signed.
+        webhook_endpoints.signing_secret(db, caller)
     run = runs.create_run(
         db,
         user_id=caller,
@@ -43,6 +49,7 @@ def submit_run(
         idempotency_key=key,
         session_id=session_id,
         admit=True,
+        webhook_url=webhook_url,
     )
     if run.created:
         metrics.RUNS_SUBMITTED.labels(definition.name).inc()

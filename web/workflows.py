@@ -35,6 +35,7 @@ def execute() -> tuple[Response, int]:
         user_id=body.user_id,
         metadata=body.metadata,
         session_id=body.session_id,
+        webhook_url=body.webhook_url,
     )
     status = run.status
     if not body.run_async and status not in FINAL_STATUSES:

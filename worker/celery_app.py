@@ -14,6 +14,7 @@ TASK_MODULES = [
     "tasks.maintenance",
     "tasks.usage",
     "tasks.webhooks",
+    "tasks.outbound",
     "tasks.analytics",
 ]
 

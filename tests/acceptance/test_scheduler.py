@@ -27,7 +27,7 @@ from tests.support import ApiClient, token_for
 from worker.celery_app import create_celery
 from worker.scheduler import ConveyorScheduler
 
-JOB_COUNT = 6
+JOB_COUNT = 7
 
 
 class Clock:
@@ -107,7 +107,7 @@ def test_when_the_active_scheduler_dies_the_standby_takes_over(
     clock.now += timedelta(seconds=30)  # the interval jobs' next slot
     standby.tick()
 
-    found = wait_for_runs(db, JOB_COUNT + 1)  # only the 30 s job has a new period
+    found = wait_for_runs(db, JOB_COUNT + 2)  # only the two 30 s jobs have a new period
     stale_runs = [r for r in found if r["job"] == "requeue_stale_runs"]
     assert [r["period_key"] for r in stale_runs] == ["2026-11-03T10:00:00Z", "2026-11-03T10:00:30Z"]
 

@@ -12,7 +12,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 from stripe.params import CustomerCreateParams
 from stripe.params.checkout import SessionCreateParams
 
-from conveyor.billing import META_CREDITS, META_PLAN, META_PRICE, META_USER
+from conveyor.billing_context import META_CREDITS, META_PLAN, META_PRICE, META_USER
 from conveyor.db import Database
 from conveyor.errors import InvalidInput, UnknownPrice
 from conveyor.models import Payload

@@ -93,19 +93,25 @@ def read_heartbeats(client: redis.Redis) -> list[WorkerHeartbeat]:
     return sorted(beats, key=lambda beat: beat.hostname)
 
 
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each queue, in one round trip (RedisError when Redis is away)."""
+    with client.pipeline(transaction=False) as pipe:
+        for queue in QUEUES:
+            pipe.llen(queue)
+        depths = pipe.execute()
+    return {queue: int(depth) for queue, depth in zip(QUEUES, depths, strict=True)}
+
+
 def queue_report(client: redis.Redis) -> QueueReport:
     """Depth of every queue, unacked messages and live workers; ServiceUnavailable without Redis."""
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for queue in QUEUES:
-                pipe.llen(queue)
-            pipe.hlen(UNACKED_KEY)
-            *depths, unacked = pipe.execute()
+        depths = queue_depths(client)
+        unacked = client.hlen(UNACKED_KEY)
         workers = read_heartbeats(client)
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"Redis is unreachable ({exc}); queues cannot be read.") from exc
     return QueueReport(
-        queues=[QueueDepth(name=q, depth=int(d)) for q, d in zip(QUEUES, depths, strict=True)],
+        queues=[QueueDepth(name=q, depth=d) for q, d in depths.items()],
         unacked=int(unacked),
         workers=workers,
         checked_at=datetime.now(UTC),

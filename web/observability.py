@@ -11,8 +11,7 @@ import redis
 import structlog
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from conveyor import metrics
-from conveyor.constants import QUEUES
+from conveyor import metrics, ops
 from conveyor.errors import Unauthorized
 from web.context import get_settings
 
@@ -66,15 +65,10 @@ def scrape() -> Response:
 
 def queue_depths() -> dict[str, int]:
     """Messages waiting in each queue (empty when Redis is unreachable: a scrape never fails)."""
-    client: redis.Redis = current_app.extensions["conveyor.metrics_redis"]
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for queue in QUEUES:
-                pipe.llen(queue)
-            depths = pipe.execute()
+        return ops.queue_depths(current_app.extensions["conveyor.metrics_redis"])
     except redis.RedisError:
         return {}
-    return {queue: int(depth) for queue, depth in zip(QUEUES, depths, strict=True)}
 
 
 def init_app(app: Flask, redis_url: str) -> None:

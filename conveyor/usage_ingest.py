@@ -1,5 +1,6 @@
-"""Usage ingestion in batches: the events other backends report through `POST /api/usage`,
-recorded by `public.record_usage_batch` (sql/20261123000600_usage_batch.sql, revised by
+"""Usage ingestion in batches: the events other backends report through `POST /api/usage`, stored
+in `usage_batches` (the outbox, sql/20261123001200_usage_batches.sql) and recorded by
+`public.record_usage_batch` (sql/20261123000600_usage_batch.sql, revised by
 sql/20261123000650_usage_batch_json.sql) in one transaction per batch with the exactly-once rules
 of `record_usage`."""
 
@@ -104,13 +105,62 @@ def record_batch(db: Database, events: Sequence[UsageEventIn]) -> BatchResult:
 
 def record_batch_json(db: Database, events: str) -> BatchResult:
     """record_batch for events already in events_json's form."""
+    result = _record(db, "select * from public.record_usage_batch(%s::json)", (events,))
+    assert result is not None
+    return result
+
+
+def store_batch(db: Database, events: str, count: int) -> UUID:
+    """Keep an accepted batch (events_json's form) until a worker records it: the outbox row
+    whose id the queue message carries."""
+    with db.transaction() as conn:
+        row = conn.execute(
+            "insert into public.usage_batches (events, event_count) values (%s::json, %s) "
+            "returning id",
+            (events, count),
+        ).fetchone()
+    assert row is not None
+    return UUID(str(row["id"]))
+
+
+def batches_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500) -> list[UUID]:
+    """Stored batches not recorded this long after their last publish (lost messages, or Redis
+    down at accept time), marked published again."""
+    with db.transaction() as conn:
+        rows = conn.execute(
+            """
+            update public.usage_batches set enqueued_at = now()
+             where id in (
+               select id from public.usage_batches
+                where enqueued_at < now() - make_interval(secs => %s)
+                order by enqueued_at
+                limit %s
+                for update skip locked)
+            returning id
+            """,
+            (older_than_seconds, limit),
+        ).fetchall()
+    return [UUID(str(row["id"])) for row in rows]
+
+
+def record_stored_batch(db: Database, batch_id: UUID) -> BatchResult | None:
+    """Record a stored batch and delete its row in one transaction; None when it was recorded
+    already (a redelivered or republished message)."""
+    return _record(
+        db,
+        "with stored as (delete from public.usage_batches where id = %s returning events) "
+        "select r.* from stored cross join lateral public.record_usage_batch(stored.events) r",
+        (batch_id,),
+    )
+
+
+def _record(db: Database, query: str, params: tuple[object, ...]) -> BatchResult | None:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with db.transaction() as conn:
-                row = conn.execute(
-                    "select * from public.record_usage_batch(%s::json)", (events,)
-                ).fetchone()
-                assert row is not None
+                row = conn.execute(query, params).fetchone()
+                if row is None:
+                    return None
                 # In the batch's transaction: a threshold is reported once, so is its notice.
                 created = [
                     notify_quota(conn, UUID(item["user_id"]), int(item["percent"]))

@@ -1,28 +1,30 @@
 """`POST /api/usage`: other backends report AI usage, one event or a batch of up to 1,000.
 
-The request is validated and handed to the `usage` queue; the worker records the batch in one
-transaction (conveyor.usage_ingest.record_batch_json). 202 means the batch is in Redis. When Redis
-cannot take it the answer is 503 with Retry-After and nothing is kept: the caller sends the same
-batch again, and the idempotency keys make that safe even if part of it was queued after all.
+The request is validated, stored in `usage_batches` (the outbox) and its id handed to the `usage`
+queue; the worker records the batch in one transaction and deletes the row with it
+(conveyor.usage_ingest.record_stored_batch). 202 means the batch is in Postgres: if Redis is down
+or drops the message, the requeue_usage_batches job publishes it again. When Postgres cannot take
+it the answer is 503 with Retry-After; the caller sends the same batch again, and the idempotency
+keys make that safe.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from conveyor import metrics
 from conveyor.constants import TASK_RECORD_USAGE
-from conveyor.errors import Forbidden, ServiceUnavailable
-from conveyor.usage_ingest import USAGE_WRITE_SCOPE, UsageBatchIn, events_json
+from conveyor.errors import Forbidden
+from conveyor.usage_ingest import USAGE_WRITE_SCOPE, UsageBatchIn, events_json, store_batch
 from web.body import parse_body
-from web.context import get_enqueuer, get_principal
+from web.context import get_db, get_enqueuer, get_principal, get_settings
+from web.openapi import contract
 
 bp = Blueprint("usage_ingest", __name__)
 
-RETRY_AFTER_SECONDS = 5
-
 
 @bp.post("/api/usage")
+@contract({202: "application/json"}, body=UsageBatchIn, auth="service", scope=USAGE_WRITE_SCOPE)
 def ingest_usage() -> tuple[Response, int]:
     """Validate the events and queue them for recording; 202 `{accepted: n}`."""
     principal = get_principal()
@@ -32,13 +34,12 @@ def ingest_usage() -> tuple[Response, int]:
             f"{USAGE_WRITE_SCOPE!r}, not a user's token."
         )
     principal.require_scope(USAGE_WRITE_SCOPE)
+    # A full batch outgrows MAX_BODY_BYTES; only callers with the scope get the larger limit.
+    request.max_content_length = get_settings().usage_max_body_bytes
     batch = parse_body(UsageBatchIn)
-    if not get_enqueuer().enqueue(TASK_RECORD_USAGE, events_json(batch.events)):
-        raise ServiceUnavailable(
-            "The usage queue is unreachable and nothing was accepted; send the same events "
-            "again shortly (their idempotency keys make the retry safe).",
-            retry_after=RETRY_AFTER_SECONDS,
-        )
+    batch_id = store_batch(get_db(), events_json(batch.events), len(batch.events))
+    # A failed publish loses nothing: the stored batch is republished by the requeue job.
+    get_enqueuer().enqueue(TASK_RECORD_USAGE, str(batch_id))
     count_accepted(batch)
     return jsonify({"accepted": len(batch.events)}), 202
 

@@ -13,6 +13,8 @@ from conveyor.constants import (
     TASK_MONTHLY_QUOTA_RESET,
     TASK_RECONCILE_STRIPE_EVENTS,
     TASK_REQUEUE_STALE_RUNS,
+    TASK_REQUEUE_STRIPE_EVENTS,
+    TASK_REQUEUE_USAGE_BATCHES,
     TASK_REQUEUE_WEBHOOK_DELIVERIES,
     TASK_USAGE_ROLLUP,
 )
@@ -30,12 +32,28 @@ JOBS: tuple[Job, ...] = (
         description="republish runs left queued or with an expired lease",
     ),
     Job(
+        name="requeue_usage_batches",
+        task=TASK_REQUEUE_USAGE_BATCHES,
+        queue="maintenance",
+        cadence=Every(30),
+        expires_seconds=25,
+        description="republish accepted usage batches no worker recorded in time",
+    ),
+    Job(
         name="requeue_webhook_deliveries",
         task=TASK_REQUEUE_WEBHOOK_DELIVERIES,
         queue="maintenance",
         cadence=Every(30),
         expires_seconds=25,
         description="queue outbound webhook deliveries that are due, lost or abandoned",
+    ),
+    Job(
+        name="requeue_stripe_events",
+        task=TASK_REQUEUE_STRIPE_EVENTS,
+        queue="maintenance",
+        cadence=Every(30),
+        expires_seconds=25,
+        description="queue stored Stripe events that are due (retries, lost messages)",
     ),
     Job(
         name="reconcile_stripe_events",

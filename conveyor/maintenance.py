@@ -32,7 +32,13 @@ LAPSED_STATUSES = ("canceled", "unpaid", "incomplete_expired")
 # Runs of jobs that fire every few seconds or minutes are kept this long; others much longer.
 SHORT_JOB_RUNS_RETENTION = timedelta(days=2)
 LONG_JOB_RUNS_RETENTION = timedelta(days=400)
-SHORT_JOBS = ("requeue_stale_runs", "reconcile_stripe_events", "push_analytics")
+SHORT_JOBS = (
+    "requeue_stale_runs",
+    "requeue_usage_batches",
+    "requeue_stripe_events",
+    "reconcile_stripe_events",
+    "push_analytics",
+)
 
 JobBody = Callable[[Database, Settings, str], dict[str, int]]
 

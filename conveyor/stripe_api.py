@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 import stripe
@@ -28,7 +30,17 @@ def client_for(settings: Settings) -> stripe.StripeClient:
         settings.stripe_secret_key.get_secret_value(),
         base_addresses={"api": api_base} if api_base else {},
         max_network_retries=NETWORK_RETRIES,
+        http_client=http_client(settings.stripe_timeout_seconds, os.getpid()),
     )
+
+
+@lru_cache(maxsize=4)
+def http_client(timeout: float, pid: int) -> stripe.HTTPClient:
+    """One pooled HTTP client per process (pid: never one inherited across a fork) with a
+    timeout: stripe-python's default waits 80 s, or for ever when it falls back to urllib.
+    requests rather than httpx: stripe-python's httpx client sends bodies in a way httpx
+    deprecates."""
+    return stripe.RequestsClient(timeout=timeout)
 
 
 @contextmanager

@@ -219,23 +219,36 @@ def mark_failed(db: Database, event_id: str, error: str) -> None:
         )
 
 
-def due_events(db: Database, *, max_attempts: int, limit: int = 500) -> list[str]:
-    """Events the reconciler should queue again: failed ones whose backoff is over, and received
-    ones that waited too long (their message was lost), oldest Stripe time first."""
+def due_events(
+    db: Database,
+    *,
+    max_attempts: int,
+    stuck_after_seconds: int = STUCK_AFTER_SECONDS,
+    limit: int = 500,
+) -> list[str]:
+    """Events to queue again: failed ones whose backoff is over, and received ones that waited too
+    long (their message was lost), oldest Stripe time first. Each is not due again for another
+    stuck_after_seconds, so a queue that is merely behind does not collect copies every pass."""
     with db.transaction() as conn:
         rows = conn.execute(
             """
-            select id from public.stripe_events
-             where status in ('received', 'failed')
-               and next_attempt_at <= now()
-               and attempts < %(max)s
-               and (status = 'failed' or received_at < now() - make_interval(secs => %(stuck)s))
-             order by created, id
-             limit %(limit)s
+            update public.stripe_events
+               set next_attempt_at = now() + make_interval(secs => %(stuck)s)
+             where id in (
+               select id from public.stripe_events
+                where status in ('received', 'failed')
+                  and next_attempt_at <= now()
+                  and attempts < %(max)s
+                  and (status = 'failed'
+                       or received_at < now() - make_interval(secs => %(stuck)s))
+                order by created, id
+                limit %(limit)s
+                for update skip locked)
+            returning id, created
             """,
-            {"max": max_attempts, "stuck": STUCK_AFTER_SECONDS, "limit": limit},
+            {"max": max_attempts, "stuck": stuck_after_seconds, "limit": limit},
         ).fetchall()
-    return [row["id"] for row in rows]
+    return [row["id"] for row in sorted(rows, key=lambda row: (row["created"], row["id"]))]
 
 
 def stored_ids(db: Database, ids: Sequence[str]) -> set[str]:

@@ -47,10 +47,28 @@ def reconcile(
             # Stripe unreachable is no reason to stop retrying what is already stored.
             api_error = exc.message
             log.warning("stripe_reconcile_api_failed", error=exc.message)
-    due = inbox.due_events(db, max_attempts=settings.stripe_event_max_attempts)
+    due = due_events(db, settings)
     for event_id in [*recovered, *(e for e in due if e not in recovered)]:
         enqueue(event_id)
     return ReconcileReport(fetched, len(recovered), len(due), api_error)
+
+
+def requeue_due(db: Database, settings: Settings, enqueue: Callable[[str], object]) -> int:
+    """The local half of a pass, run every 30 s: queue the stored events that are due (a retry
+    whose backoff is over, or one whose message was lost, e.g. stored while Redis was down)."""
+    due = due_events(db, settings)
+    for event_id in due:
+        enqueue(event_id)
+    return len(due)
+
+
+def due_events(db: Database, settings: Settings) -> list[str]:
+    """Stored events to queue again, under the settings' attempt limit and stuck delay."""
+    return inbox.due_events(
+        db,
+        max_attempts=settings.stripe_event_max_attempts,
+        stuck_after_seconds=settings.stripe_event_stuck_seconds,
+    )
 
 
 def recover_missed(db: Database, settings: Settings) -> tuple[int, list[str]]:

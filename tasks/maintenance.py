@@ -13,7 +13,7 @@ from conveyor.constants import (
     TASK_REQUEUE_STALE_RUNS,
     TASK_USAGE_ROLLUP,
 )
-from conveyor.runs import finalize_abandoned_cancellations, runs_to_republish
+from conveyor.reaper import finalize_abandoned_cancellations, runs_to_republish
 from worker.base import PeriodicTask
 
 

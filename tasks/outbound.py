@@ -12,6 +12,7 @@ from conveyor import metrics, outbound, webhook_delivery
 from conveyor.constants import TASK_DELIVER_WEBHOOK, TASK_REQUEUE_WEBHOOK_DELIVERIES
 from conveyor.notifications import publish_notifications
 from worker.base import ConveyorTask, PeriodicTask
+from worker.celery_app import send_or_log
 
 log = structlog.get_logger(__name__)
 # A delivery whose message should have been handled this long ago is queued again.
@@ -23,11 +24,9 @@ def queue_deliveries(
 ) -> None:
     """Wake a worker for each delivery (after the commit that created them). A broker outage is
     only logged: the rows are the outbox, and the re-queue job sends them once it is back."""
-    try:
-        for delivery_id in delivery_ids:
-            app.send_task(TASK_DELIVER_WEBHOOK, args=[str(delivery_id)], countdown=countdown)
-    except Exception as exc:  # kombu raises a zoo of types for one outage
-        log.warning("webhook_enqueue_failed", error=f"{type(exc).__name__}: {exc}")
+    for delivery_id in delivery_ids:
+        if not send_or_log(app, TASK_DELIVER_WEBHOOK, str(delivery_id), countdown=countdown):
+            return  # the broker is down: the rest would fail the same way
 
 
 @shared_task(bind=True, base=ConveyorTask, name=TASK_DELIVER_WEBHOOK)

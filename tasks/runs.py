@@ -7,20 +7,30 @@ from uuid import UUID
 from celery import shared_task
 
 from conveyor.constants import TASK_EXECUTE_RUN
-from conveyor.execution import execute_run
+from conveyor.execution import Result, execute_run
 from tasks.outbound import queue_deliveries
 from worker.base import ConveyorTask
+from worker.celery_app import send_or_log
 
 
 @shared_task(bind=True, base=ConveyorTask, name=TASK_EXECUTE_RUN)
 def execute(self: ConveyorTask, run_id: str) -> str:
     """Execute a run; redelivered or duplicate messages for the same run are no-ops."""
     res = self.resources
-    return execute_run(
+    result = execute_run(
         res.db,
         res.publisher,
         res.settings,
         UUID(run_id),
         store=res.store,
         wake_deliveries=lambda ids: queue_deliveries(self.app, ids),
-    ).value
+    )
+    if result is Result.HANDED_BACK:
+        republish(self, run_id)
+    return result.value
+
+
+def republish(task: ConveyorTask, run_id: str) -> None:
+    """Queue a handed-back run at once, so another worker resumes it now rather than when the
+    reaper finds it (which it still will if Redis refuses this)."""
+    send_or_log(task.app, TASK_EXECUTE_RUN, run_id)

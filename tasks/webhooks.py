@@ -6,9 +6,13 @@ import structlog
 from celery import shared_task
 
 from conveyor import billing, metrics
-from conveyor.constants import TASK_PROCESS_STRIPE_EVENT, TASK_RECONCILE_STRIPE_EVENTS
+from conveyor.constants import (
+    TASK_PROCESS_STRIPE_EVENT,
+    TASK_RECONCILE_STRIPE_EVENTS,
+    TASK_REQUEUE_STRIPE_EVENTS,
+)
 from conveyor.notifications import publish_notifications
-from conveyor.stripe_reconcile import reconcile
+from conveyor.stripe_reconcile import reconcile, requeue_due
 from worker.base import ConveyorTask, PeriodicTask
 
 log = structlog.get_logger(__name__)
@@ -35,3 +39,13 @@ def reconcile_stripe_events(self: PeriodicTask, period: str | None = None) -> di
     )
     log.info("stripe_reconcile", **report.counts(), api_error=report.api_error)
     return report.counts()
+
+
+@shared_task(bind=True, base=PeriodicTask, name=TASK_REQUEUE_STRIPE_EVENTS)
+def requeue_stripe_events(self: PeriodicTask, period: str | None = None) -> int:
+    """Every 30 s: queue stored events that are due, without asking Stripe's API."""
+    return requeue_due(
+        self.resources.db,
+        self.resources.settings,
+        lambda event_id: self.app.send_task(TASK_PROCESS_STRIPE_EVENT, args=[event_id]),
+    )

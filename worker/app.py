@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conveyor.logs import configure_logging
 from conveyor.settings import get_settings
+from worker import draining  # noqa: F401 - SIGTERM hands running runs back
 from worker.celery_app import create_celery
 
 settings = get_settings()

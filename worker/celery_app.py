@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
 from celery import Celery
 from kombu import Exchange, Queue
 
 from conveyor.constants import QUEUES
 from conveyor.settings import Settings
+from worker import broker
 from worker.heartbeat import Heartbeat
+
+log = structlog.get_logger(__name__)
 
 TASK_MODULES = [
     "tasks.runs",
@@ -21,10 +27,11 @@ TASK_MODULES = [
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on the settings' Redis; web uses it only to publish, by task name."""
-    broker = settings.redis_url
-    if broker is None:
+    broker_url = settings.redis_url
+    if broker_url is None:
         raise RuntimeError("REDIS_URL is not set: set it, or start everything with `conveyor run`")
-    celery = Celery("conveyor", broker=broker, include=TASK_MODULES)
+    broker.install()  # a worker survives a Redis restart (see worker/broker.py)
+    celery = Celery("conveyor", broker=broker_url, include=TASK_MODULES)
     celery.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -44,14 +51,19 @@ def create_celery(settings: Settings) -> Celery:
         task_default_queue="runs",
         task_default_exchange="runs",
         task_default_routing_key="runs",
-        task_routes={
-            f"{name}.*": {"queue": name, "exchange": name, "routing_key": name} for name in QUEUES
-        },
+        # Routed by queue alone, Celery publishes through the anonymous exchange straight to the
+        # queue's list; naming the exchange costs kombu a binding lookup (SMEMBERS) per publish.
+        task_routes={f"{name}.*": {"queue": name} for name in QUEUES},
         # Redis redelivers an unacked message after this; longer than any run's lease.
         broker_transport_options={
-            "visibility_timeout": max(3600, settings.run_lease_seconds * 2),
+            "visibility_timeout": max(
+                settings.broker_visibility_timeout_seconds, settings.run_lease_seconds * 2
+            ),
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # Look for messages past their visibility timeout every 10 s (kombu's default scans
+            # only every tenth look, ~100 s): a killed worker's batch comes back sooner.
+            "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
         # Submit answers fast when Redis is down: the run is stored, the reaper republishes it.
@@ -71,3 +83,14 @@ def create_celery(settings: Settings) -> Celery:
     celery.steps["worker"].add(Heartbeat)  # `conveyor:workers:<hostname>`, see heartbeat.py
     celery.conveyor_settings = settings
     return celery
+
+
+def send_or_log(app: Celery, task_name: str, *args: Any, countdown: float | None = None) -> bool:
+    """Publish task_name(*args); False, logged, when the broker refuses. For callers whose row in
+    Postgres is the outbox, so a requeue job sends the task later."""
+    try:
+        app.send_task(task_name, args=list(args), countdown=countdown)
+    except Exception as exc:  # kombu raises a zoo of types for one outage
+        log.warning("enqueue_failed", task=task_name, error=f"{type(exc).__name__}: {exc}")
+        return False
+    return True

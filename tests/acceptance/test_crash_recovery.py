@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -21,9 +18,15 @@ from conveyor.events import EventPublisher
 from conveyor.execution import Result, execute_run
 from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
-from tests.support import API_SECRET, JWT_SECRET, ApiClient, wait_for_run
+from tests.support import (
+    ApiClient,
+    celery_process,
+    wait_for_run,
+    wait_until,
+    worker_args,
+    worker_env,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 5
 USES_FAKE_LLM = True
 # Short leases so a dead worker's run is taken over within seconds.
@@ -33,55 +36,11 @@ SETTINGS = {"run_lease_seconds": LEASE_SECONDS, "cancel_check_seconds": 0.1}
 @pytest.fixture
 def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker in its own process, as in production, consuming the runs queue."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": str(settings.database_url),
-        "REDIS_URL": str(settings.redis_url),
-        "SUPABASE_JWT_SECRET": JWT_SECRET,
-        "API_JWT_SECRET": API_SECRET,
-        "LLM_BASE_URL": settings.llm_base_url,
-        "RUN_LEASE_SECONDS": str(LEASE_SECONDS),
-        "CANCEL_CHECK_SECONDS": "0.1",
-        "CONVEYOR_WORKFLOW_MODULES": "tests.workflows_for_tests",
-        "CONVEYOR_DATA_DIR": str(settings.data_dir),
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            "runs",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = celery_process(*worker_args("runs"), env=worker_env(settings))
     yield process
     if process.poll() is None:
         process.kill()
     process.wait(timeout=10)
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    """Poll condition() until it is true, or fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def test_a_worker_killed_mid_workflow_is_replaced_and_every_step_completes_once(

@@ -17,7 +17,7 @@ import tests.agents_for_tests  # noqa: F401 - registers the `explode` agent
 from conveyor.constants import TASK_REQUEUE_WEBHOOK_DELIVERIES
 from conveyor.db import Database
 from conveyor.usage_ingest import UsageEventIn, record_batch
-from tests.support import ApiClient, wait_for_run
+from tests.support import ApiClient, wait_for_run, wait_until
 from tests.webhook_receiver import Receiver, self_signed_tls, verify
 
 # Loopback receivers need private targets allowed; retries come within a second here.
@@ -58,17 +58,6 @@ def deliveries(client: ApiClient, endpoint_id: str) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.text
     found: list[dict[str, Any]] = response.json()["deliveries"]
     return found
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll condition() until it returns something truthy, or fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def settled(client: ApiClient, endpoint_id: str, count: int = 1) -> list[dict[str, Any]]:

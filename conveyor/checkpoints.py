@@ -146,3 +146,30 @@ def check_in(
     if row is None:
         return None
     return Liveness(cancel_requested=row["cancel_requested_at"] is not None)
+
+
+def hand_back(db: Database, claim: ClaimedRun, *, uncount_attempt: bool) -> RunEvent | None:
+    """Give a run back to the queue (this worker is stopping): queued, no lease, the running step
+    pending again and, if uncount_attempt, its interrupted attempt not counted. None: the run is
+    no longer ours, or a cancel was asked for (finish_run records that)."""
+    with db.transaction() as conn:
+        run = conn.execute(
+            """
+            update public.workflow_runs
+               set status = 'queued', lease_expires_at = null, enqueued_at = now(),
+                   updated_at = now()
+             where id = %s and attempt = %s and status = 'running'
+               and cancel_requested_at is null
+            returning *
+            """,
+            (claim.id, claim.attempt),
+        ).fetchone()
+        if run is None:
+            return None
+        conn.execute(
+            "update public.workflow_steps set status = 'pending', "
+            "attempt = attempt - case when %s then 1 else 0 end "
+            "where run_id = %s and status = 'running'",
+            (uncount_attempt, claim.id),
+        )
+        return append_event(conn, claim.id, STATUS_UPDATE, status_data(run))

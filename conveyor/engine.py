@@ -47,6 +47,7 @@ class Engine:
             lease_seconds=self.settings.run_lease_seconds,
             check_every=self.settings.cancel_check_seconds,
             run_deadline=time.monotonic() + self.workflow.timeout_seconds - elapsed,
+            drain_seconds=self.settings.worker_drain_seconds,
         )
         stored = {state.name: state for state in self.claim.steps}
         if [state.name for state in self.claim.steps] != [

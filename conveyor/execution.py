@@ -9,14 +9,14 @@ from uuid import UUID
 
 import structlog
 
-from conveyor import artifacts, metrics, runs, workflows
+from conveyor import artifacts, checkpoints, metrics, runs, workflows
 from conveyor.db import Database
 from conveyor.engine import Engine
 from conveyor.errors import ConveyorError, ServiceUnavailable
 from conveyor.events import EventPublisher
 from conveyor.runs import Outcome
 from conveyor.settings import Settings
-from conveyor.supervision import LeaseLost, RunCancelled
+from conveyor.supervision import HandedBack, LeaseLost, RunCancelled
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +29,10 @@ class Result(StrEnum):
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # not claimable: already running elsewhere, finished, or unknown
     LEASE_LOST = "lease_lost"
+    HANDED_BACK = "handed_back"  # queued again: this worker is shutting down; publish it again
+    # Queued again, but left to the reaper: the step would not stop, and republished at once
+    # the run could start that step beside the thread still running it until this process exits.
+    QUEUED_FOR_REAPER = "queued_for_reaper"
 
 
 def execute_run(
@@ -74,6 +78,16 @@ def execute_run(
     except LeaseLost:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
+    except HandedBack as exc:
+        # A step that would not stop keeps its attempt counted: it may still be running.
+        queued = checkpoints.hand_back(
+            db, claim, uncount_attempt=exc.attempt_started and exc.step_stopped
+        )
+        if queued is not None:
+            log.info("run_handed_back", step_stopped=exc.step_stopped)
+            publisher.publish(queued)
+            return Result.HANDED_BACK if exc.step_stopped else Result.QUEUED_FOR_REAPER
+        outcome = Outcome()  # a cancel came in meanwhile: finish_run records it
     except Exception as exc:
         # A bug must end the run visibly, not leave it `running` to be re-executed forever.
         log.exception("engine_failed")

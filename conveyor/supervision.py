@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from conveyor import checkpoints
+from conveyor import checkpoints, shutdown
 from conveyor.db import Database
 from conveyor.runs import ClaimedRun
 from conveyor.steps import StepContext, StepFailure, StepResult, StepStopped
@@ -41,6 +41,17 @@ class RunTimedOut(RunInterrupted):
     """The run exceeded its overall timeout."""
 
 
+class HandedBack(RunInterrupted):
+    """This worker is shutting down: give the run back to the queue. attempt_started: the
+    current step's attempt was counted (and is given back with the run). step_stopped: False
+    when the step's thread did not stop in time, so the run must not be handed back yet."""
+
+    def __init__(self, *, attempt_started: bool = True, step_stopped: bool = True) -> None:
+        super().__init__()
+        self.attempt_started = attempt_started
+        self.step_stopped = step_stopped
+
+
 @dataclass
 class Watch:
     """Checks in for a claimed run at a bounded rate and raises when it has to stop."""
@@ -50,6 +61,8 @@ class Watch:
     lease_seconds: int
     check_every: float
     run_deadline: float  # time.monotonic()
+    # Once the worker drains, the run may go on (and finish) for this long, then it is handed back.
+    drain_seconds: float = 0.0
     _next_check: float = field(default=0.0, init=False)
     _next_renew: float = field(default=0.0, init=False)
 
@@ -60,12 +73,18 @@ class Watch:
         self._next_renew = now + self.lease_seconds / 3
 
     def poll(self) -> None:
-        """Check in when due; raise RunCancelled, LeaseLost or RunTimedOut if the run must stop."""
+        """Check in when due; raise RunCancelled, LeaseLost, RunTimedOut or HandedBack if the run
+        must stop."""
         now = time.monotonic()
         if now >= self.run_deadline:
             raise RunTimedOut()
-        if now < self._next_check:
-            return
+        if now >= self._next_check:
+            self._check_in(now)
+        draining_since = shutdown.DRAIN.since()
+        if draining_since is not None and now - draining_since >= self.drain_seconds:
+            raise HandedBack()
+
+    def _check_in(self, now: float) -> None:
         renew = now >= self._next_renew
         liveness = checkpoints.check_in(
             self.db, self.claim, renew_lease_seconds=self.lease_seconds if renew else None
@@ -82,7 +101,11 @@ class Watch:
         """Wait (between retries) while still checking in."""
         until = time.monotonic() + seconds
         while (left := until - time.monotonic()) > 0:
-            self.poll()
+            try:
+                self.poll()
+            except HandedBack as exc:
+                # The failed attempt is recorded and the next one not yet counted.
+                raise HandedBack(attempt_started=False) from exc
             time.sleep(min(left, self.check_every))
 
     def supervise(self, attempt: Callable[[], StepResult], ctx: StepContext) -> StepResult:
@@ -104,6 +127,9 @@ class Watch:
         ):
             try:
                 self.poll()
+            except HandedBack as exc:
+                stopped = self._stop(ctx, done)
+                raise HandedBack(attempt_started=exc.attempt_started, step_stopped=stopped) from exc
             except Exception:  # interrupted, or Postgres unreachable: the attempt ends either way
                 self._stop(ctx, done)
                 raise

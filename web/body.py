@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from conveyor.errors import InvalidContentType, InvalidInput, InvalidJSON
 
@@ -28,6 +29,17 @@ def reject_nul(value: object) -> None:
             pending.extend(item)
 
 
+def read_body() -> bytes:
+    """The raw body, or 413 when it is over the request's limit, also when sent chunked."""
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    # A chunked body has no Content-Length for werkzeug to check, and its stream stops quietly
+    # at the limit; a body that filled it is taken as over it (one byte stricter than declared).
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise RequestEntityTooLarge()
+    return data
+
+
 def parse_body(model: type[Model]) -> Model:
     """The body as `model`, or InvalidContentType / InvalidJSON / InvalidInput naming the fields."""
     if request.mimetype != "application/json":
@@ -35,7 +47,7 @@ def parse_body(model: type[Model]) -> Model:
             f"Content-Type must be application/json, not {request.mimetype or 'missing'}."
         )
     try:
-        raw = json.loads(request.get_data(cache=True) or b"null")
+        raw = json.loads(read_body() or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(f"The body is not valid JSON: {exc}.") from exc
     except RecursionError as exc:

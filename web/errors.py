@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 
 import psycopg
+import redis
 import structlog
 from flask import Flask, Response, jsonify
+from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
+
+# A 503 says when to try again; dependencies restart in seconds.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 2
 
 
 def http_code(exc: HTTPException) -> str:
@@ -24,9 +29,19 @@ def handle_conveyor_error(exc: ConveyorError) -> tuple[Response, int]:
     if exc.status >= 500:
         log.error("request_failed", code=exc.code, error=exc.message)
     response = jsonify(exc.to_dict())
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, exc.retry_after))
+    retry_after = exc.retry_after
+    if retry_after is None and exc.status == 503:
+        retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, retry_after))
     return response, exc.status
+
+
+def handle_dependency_down(exc: Exception) -> tuple[Response, int]:
+    """Postgres or Redis unreachable where a route called it directly: a 503 to retry, not a
+    500 (Database already turns its own connection errors into ServiceUnavailable)."""
+    log.warning("dependency_unavailable", error_type=type(exc).__name__, error=str(exc))
+    return handle_conveyor_error(ServiceUnavailable())
 
 
 def handle_http_exception(exc: HTTPException) -> tuple[Response, int]:
@@ -57,4 +72,11 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ConveyorError, handle_conveyor_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(psycopg.DataError, handle_unstorable)
+    for unreachable in (
+        psycopg.OperationalError,
+        PoolTimeout,
+        redis.ConnectionError,
+        redis.TimeoutError,
+    ):
+        app.register_error_handler(unreachable, handle_dependency_down)
     app.register_error_handler(Exception, handle_unexpected)

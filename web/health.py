@@ -10,6 +10,8 @@ from conveyor.errors import ServiceUnavailable
 from conveyor.models import HealthView
 from web.auth import public
 from web.context import get_db, get_publisher
+from web.errors import UNAVAILABLE_RETRY_AFTER_SECONDS
+from web.openapi import contract
 
 bp = Blueprint("health", __name__)
 
@@ -18,6 +20,7 @@ State = Literal["ok", "down"]
 
 @bp.get("/api/health")
 @public
+@contract({200: HealthView}, auth=None)
 def health() -> tuple[Response, int]:
     """200 when both dependencies answer; 503 naming the ones that do not."""
     postgres: State = "ok"
@@ -39,4 +42,6 @@ def health() -> tuple[Response, int]:
         "code": "SERVICE_UNAVAILABLE",
         **view.model_dump(),
     }
-    return jsonify(body), 503
+    response = jsonify(body)
+    response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
+    return response, 503

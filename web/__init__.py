@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from conveyor.artifacts import store_for
 from conveyor.auth import TokenVerifier
@@ -16,12 +17,14 @@ from web import (
     admin,
     agents,
     analytics,
+    api_docs,
     auth,
     credits,
     dashboard,
     errors,
     health,
     identity,
+    limits,
     notifications,
     observability,
     ops,
@@ -49,6 +52,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     load_catalog(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    if settings.trusted_proxy_hops:
+        # request.remote_addr (and so client_ip() and the rate limit) becomes the client's address.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["conveyor.settings"] = settings
     app.extensions["conveyor.db"] = Database(settings.database_url)
@@ -60,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     observability.init_app(app, settings.redis_url)
     errors.init_app(app)
     auth.init_app(app)
+    limits.init_app(app, settings)  # after auth: it skips callers the auth hook verified
     app.register_blueprint(health.bp)
     app.register_blueprint(agents.bp)
     app.register_blueprint(runs.bp)
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     ops.init_app(app, settings.redis_url)
     dashboard.init_app(app)
     ws.init_app(app, settings)
+    api_docs.init_app(app)
     return app
 
 

@@ -5,33 +5,40 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
+from pydantic import Field
 
 from conveyor import maintenance_runs
-from conveyor.errors import InvalidInput
 from conveyor.identity import audit_entries
+from conveyor.models import Payload
 from web.auth import require_admin
+from web.body import parse_query
 from web.context import get_db, get_settings
+from web.openapi import contract
 
 bp = Blueprint("admin", __name__)
 
 
+class AuditLogQuery(Payload):
+    """`?limit=&before=<id>` of the audit log listing."""
+
+    limit: int = Field(default=50, ge=1, le=200)
+    # Entry ids are bigints.
+    before: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+
 @bp.get("/api/admin/audit-logs")
+@contract({200: "application/json"}, query=AuditLogQuery, auth="admin")
 def audit_logs() -> Response:
     """Newest audit entries first: `?limit=` (1..200, default 50) and `?before=<id>` to page."""
     require_admin()
-    try:
-        limit = int(request.args.get("limit", "50"))
-        before = int(request.args["before"]) if "before" in request.args else None
-    except ValueError as exc:
-        raise InvalidInput("limit and before must be integers.") from exc
-    if not 1 <= limit <= 200:
-        raise InvalidInput("limit must be between 1 and 200.")
-    entries = audit_entries(get_db(), limit=limit, before_id=before)
+    query = parse_query(AuditLogQuery)
+    entries = audit_entries(get_db(), limit=query.limit, before_id=query.before)
     return jsonify({"entries": entries})
 
 
 @bp.get("/api/admin/maintenance")
+@contract({200: "application/json"}, auth="admin")
 def maintenance_jobs() -> Response:
     """Admins: each periodic job with its schedule, next fire time and last runs."""
     import beat_schedule

@@ -7,12 +7,14 @@ from flask import Blueprint, Response, jsonify
 from conveyor import workflows
 from conveyor.models import InvokeRequest, InvokeResponse, RunLinks
 from web.body import parse_body
+from web.openapi import contract
 from web.submit import submit_run
 
 bp = Blueprint("agents", __name__)
 
 
 @bp.get("/api/agents")
+@contract({200: "application/json"})
 def list_agents() -> Response:
     """Every agent type with its input schema."""
     return jsonify(
@@ -30,6 +32,11 @@ def list_agents() -> Response:
 
 
 @bp.post("/api/agents/invoke")
+@contract(
+    {200: InvokeResponse, 202: InvokeResponse},
+    body=InvokeRequest,
+    headers={"Idempotency-Key": "Retrying with the same key returns the first result."},
+)
 def invoke() -> tuple[Response, int]:
     """Store a run for one agent, publish it after commit, answer 202 with where to follow it."""
     body = parse_body(InvokeRequest)

@@ -11,6 +11,7 @@ from conveyor import analytics
 from conveyor.identity import has_admin_role
 from web.body import parse_query
 from web.context import get_db, get_principal
+from web.openapi import contract
 
 bp = Blueprint("analytics", __name__)
 
@@ -25,6 +26,7 @@ def scope() -> tuple[UUID | None, str]:
 
 
 @bp.get("/api/analytics/overview")
+@contract({200: "application/json"}, query=analytics.OverviewQuery)
 def overview() -> Response:
     """`?days=` (1..365, default 30): runs, success rate, tokens, cost, revenue and active users,
     each `{value, previous, change}` (change in percent, null when there was nothing before)."""
@@ -37,6 +39,7 @@ def overview() -> Response:
 
 
 @bp.get("/api/analytics/trends")
+@contract({200: "application/json"}, query=analytics.TrendsQuery)
 def trends() -> Response:
     """`?metric=&start=&end=&aggregation=daily|hourly`: `{series: [{date, value}]}` in UTC."""
     query = parse_query(analytics.TrendsQuery)

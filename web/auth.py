@@ -55,7 +55,8 @@ def require_admin() -> Principal:
 
 
 def client_ip() -> str | None:
-    """The caller's address as the server saw it (behind a proxy, install werkzeug's ProxyFix)."""
+    """The caller's address: the socket's peer, or behind proxies (TRUSTED_PROXY_HOPS) the client
+    they name in X-Forwarded-For."""
     return request.remote_addr
 
 

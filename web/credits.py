@@ -11,15 +11,18 @@ from conveyor import accounts, ledger
 from conveyor.auth import Principal
 from conveyor.errors import InsufficientCredits
 from conveyor.identity import record_audit
+from conveyor.pagination import PageQuery
 from web.auth import client_ip, require_admin
 from web.body import parse_body
 from web.context import get_db, get_principal
+from web.openapi import contract, listing
 from web.pages import own_page
 
 bp = Blueprint("credits", __name__)
 
 
 @bp.get("/api/credits")
+@contract({200: "application/json"})
 def balance() -> Response:
     """`{credits, subscription_tier}`; a first-time user gets an account with the free plan's
     monthly credits."""
@@ -28,12 +31,14 @@ def balance() -> Response:
 
 
 @bp.get("/api/credits/transactions")
+@contract({200: listing("transactions", accounts.CreditTransactionView)}, query=PageQuery)
 def transactions() -> Response:
     """The caller's credit movements, newest first: `?limit=&cursor=`."""
     return own_page("transactions", accounts.list_credit_transactions)
 
 
 @bp.get("/api/credits/transactions/summary")
+@contract({200: accounts.CreditSummary})
 def transactions_summary() -> Response:
     """`{total_added, total_used, current_balance}` over all of the caller's movements."""
     summary = accounts.credit_summary(get_db(), get_principal().require_user())
@@ -41,6 +46,7 @@ def transactions_summary() -> Response:
 
 
 @bp.get("/api/credits/rates")
+@contract({200: "application/json"})
 def rates() -> Response:
     """What one request of each job costs in credits."""
     principal = get_principal()
@@ -69,6 +75,7 @@ def admin_add(admin: Principal, target: UUID, amount: int) -> int:
 
 
 @bp.post("/api/users/<user_id>/add_credits")
+@contract({200: "application/json"}, body=accounts.CreditAmount, auth="admin")
 def add_credits(user_id: str) -> Response:
     """Admins only: `{amount}` → `{message, new_balance}`. The user must already have an account
     or exist in Supabase Auth (400 UNKNOWN_USER), so a mistyped id credits nobody."""
@@ -83,6 +90,7 @@ def add_credits(user_id: str) -> Response:
 
 
 @bp.get("/api/tokens")
+@contract({200: "application/json"})
 def tokens() -> Response:
     """`{tokens}`: the caller's credit balance, as `GET /api/credits` reports it."""
     found = accounts.account(get_db(), get_principal().require_user())
@@ -90,6 +98,7 @@ def tokens() -> Response:
 
 
 @bp.post("/api/tokens/add")
+@contract({200: "application/json"}, body=accounts.CreditAmount, auth="admin")
 def add_tokens() -> Response:
     """Admins only: `{amount}` → `{message, tokens}`, added to the caller's own balance.
 
@@ -104,6 +113,7 @@ def add_tokens() -> Response:
 
 
 @bp.post("/api/tokens/deduct")
+@contract({200: "application/json"}, body=accounts.CreditAmount)
 def deduct_tokens() -> Response:
     """`{amount}` → `{message, tokens}`: take credits from the caller's own balance, never below
     zero (403 INSUFFICIENT_CREDITS, nothing taken)."""

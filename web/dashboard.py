@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, send_from_directory
 
+from web.openapi import contract
+
 bp = Blueprint(
     "dashboard",
     __name__,
@@ -23,6 +25,7 @@ CONTENT_SECURITY_POLICY = (
 
 
 @bp.get("/")
+@contract({200: "text/html"}, auth=None)
 def index() -> Response:
     """The dashboard page."""
     return send_from_directory(str(bp.static_folder), "index.html", max_age=0)

@@ -10,12 +10,14 @@ from conveyor.identity import personal_tenant, record_audit
 from conveyor.models import ExchangeResponse
 from web.auth import client_ip, public, verify_request_token
 from web.context import get_db, get_settings
+from web.openapi import contract
 
 bp = Blueprint("identity", __name__)
 
 
 @bp.post("/api/auth/exchange-token")
 @public  # verified here rather than in the hook, so failed attempts are audited too
+@contract({200: ExchangeResponse})
 def exchange_token() -> tuple[Response, int]:
     """A Supabase user's token in, `{backend_token, user_id, tenant_id}` out (7 days by default)."""
     db = get_db()

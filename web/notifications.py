@@ -10,6 +10,7 @@ from conveyor import notifications
 from conveyor.pagination import PageQuery
 from web.body import parse_query
 from web.context import get_db, get_principal
+from web.openapi import contract
 
 bp = Blueprint("notifications", __name__)
 
@@ -21,6 +22,7 @@ class NotificationsQuery(PageQuery):
 
 
 @bp.get("/api/notifications")
+@contract({200: "application/json"}, query=NotificationsQuery)
 def list_notifications() -> Response:
     """`{notifications, unread_count, next_cursor}`; `?unread=true` lists unread ones only."""
     query = parse_query(NotificationsQuery)
@@ -45,6 +47,7 @@ def list_notifications() -> Response:
 
 
 @bp.post("/api/notifications/<notification_id>/read")
+@contract({200: "application/json"})
 def mark_read(notification_id: str) -> Response:
     """Mark one notification read; someone else's (or a malformed id) answers 404."""
     principal = get_principal()
@@ -60,6 +63,7 @@ def mark_read(notification_id: str) -> Response:
 
 
 @bp.post("/api/notifications/read-all")
+@contract({200: "application/json"})
 def mark_all_read() -> Response:
     """Mark every unread notification of the caller read: `{marked}`."""
     principal = get_principal()

@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from conveyor import metrics, ops
 from conveyor.errors import Unauthorized
 from web.context import get_settings
+from web.openapi import contract
 
 bp = Blueprint("observability", __name__)
 
@@ -51,6 +52,7 @@ def forget_request(_: BaseException | None) -> None:
 
 
 @bp.get("/metrics")
+@contract({200: "text/plain"}, auth="metrics")
 def scrape() -> Response:
     """Prometheus exposition of every process's metrics plus queue depths; with METRICS_TOKEN set,
     only for `Authorization: Bearer <METRICS_TOKEN>`."""

@@ -10,6 +10,7 @@ from conveyor.models import Payload
 from web.auth import require_admin
 from web.body import parse_query
 from web.context import get_db
+from web.openapi import contract, listing
 
 bp = Blueprint("ops", __name__)
 
@@ -19,6 +20,7 @@ class NoParams(Payload):
 
 
 @bp.get("/api/admin/queues")
+@contract({200: ops.QueueReport}, auth="admin")
 def queues() -> Response:
     """Admins: messages waiting per queue, unacked messages, and workers with a live heartbeat."""
     require_admin()
@@ -27,6 +29,7 @@ def queues() -> Response:
 
 
 @bp.get("/api/admin/runs")
+@contract({200: listing("runs", ops.AdminRunSummary)}, query=ops.AdminRunsQuery, auth="admin")
 def runs() -> Response:
     """Admins: everyone's runs, newest first: `?status=&workflow_id=&user_id=&limit=&cursor=`."""
     require_admin()
@@ -36,6 +39,7 @@ def runs() -> Response:
 
 
 @bp.get("/api/admin/run-stats")
+@contract({200: ops.RunStats}, query=ops.RunStatsQuery, auth="admin")
 def run_stats() -> Response:
     """Admins: runs by status created in the last `?hours=` (1..2160, default 24), and every
     unfinished run."""
@@ -45,6 +49,7 @@ def run_stats() -> Response:
 
 
 @bp.get("/api/admin/quota-usage")
+@contract({200: ops.QuotaUsage}, query=NoParams, auth="admin")
 def quota_usage() -> Response:
     """Admins: per plan, users and tokens/cost used against quota this month (UTC)."""
     require_admin()

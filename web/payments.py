@@ -10,15 +10,17 @@ from pydantic import Field
 
 from conveyor import metrics
 from conveyor import stripe_events as inbox
-from conveyor.checkout import CheckoutRequest, create_checkout_session
+from conveyor.checkout import CheckoutRequest, CheckoutSession, create_checkout_session
 from conveyor.constants import TASK_PROCESS_STRIPE_EVENT
 from conveyor.errors import InvalidSignature
 from conveyor.models import Payload
 from conveyor.pagination import PageQuery
 from conveyor.stripe_api import client_for
+from conveyor.stripe_events import StripeEventView
 from web.auth import public, require_admin
-from web.body import idempotency_key, parse_body, parse_query
+from web.body import idempotency_key, parse_body, parse_query, read_body
 from web.context import get_db, get_enqueuer, get_principal, get_settings
+from web.openapi import contract, listing
 
 bp = Blueprint("payments", __name__)
 
@@ -37,6 +39,11 @@ class NoBody(Payload):
 
 
 @bp.post("/api/payments/create-checkout-session")
+@contract(
+    {201: CheckoutSession},
+    body=CheckoutRequest,
+    headers={"Idempotency-Key": "Retrying with the same key returns the first result."},
+)
 def create_checkout() -> tuple[Response, int]:
     """`{price_id?, mode?, success_url?, cancel_url?, customer_email?, metadata?, quantity?}` →
     201 `{id, url}`. An Idempotency-Key returns the same session for the same request."""
@@ -59,12 +66,19 @@ def create_checkout() -> tuple[Response, int]:
 
 @bp.post("/api/payments/webhook")
 @public
+@contract(
+    {200: "application/json"},
+    auth=None,
+    headers={
+        SIGNATURE_HEADER: "Stripe's signature of the raw body; a missing or wrong one is 400."
+    },
+)
 def stripe_webhook() -> Response:
     """Verify the signature on the raw body, store the event once, queue it, answer 200. A repeat
     delivery is answered 200 too and changes nothing. If the queue is down the event is still
     stored: the reconciler processes it, so Stripe need not retry."""
     settings = get_settings()
-    payload = request.get_data(cache=False)
+    payload = read_body()
     try:
         inbox.verify_signature(
             payload,
@@ -93,6 +107,7 @@ def stripe_webhook() -> Response:
 
 
 @bp.get("/api/admin/stripe-events")
+@contract({200: listing("events", StripeEventView)}, query=StripeEventsQuery, auth="admin")
 def list_stripe_events() -> Response:
     """Admins: stored Stripe events, newest received first: `?status=&limit=&cursor=`."""
     require_admin()
@@ -106,6 +121,7 @@ def list_stripe_events() -> Response:
 
 
 @bp.post("/api/admin/stripe-events/<event_id>/replay")
+@contract({202: "application/json"}, auth="admin")
 def replay_stripe_event(event_id: str) -> tuple[Response, int]:
     """Admins: process an event again now (after fixing what made it fail). Applying an event
     twice changes nothing twice. 202 `{event, queued}`."""

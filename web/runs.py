@@ -6,15 +6,17 @@ from flask import Blueprint, Response, jsonify, request
 
 from conveyor import artifacts, run_queries, runs
 from conveyor.identity import record_audit
-from conveyor.models import RunEventsQuery, RunListQuery
+from conveyor.models import RunEventsQuery, RunListQuery, RunSummary, RunView
 from web.auth import client_ip, require_admin
 from web.body import parse_query
 from web.context import get_db, get_principal, get_publisher, get_store
+from web.openapi import contract, listing
 
 bp = Blueprint("runs", __name__)
 
 
 @bp.get("/api/runs/<run_id>")
+@contract({200: RunView})
 def get_run(run_id: str) -> Response:
     """A run with its steps; someone else's run answers 404 like a missing one."""
     view = run_queries.get_run(
@@ -24,6 +26,7 @@ def get_run(run_id: str) -> Response:
 
 
 @bp.get("/api/runs")
+@contract({200: listing("runs", RunSummary)}, query=RunListQuery)
 def list_runs() -> Response:
     """The caller's runs, newest first: `?status=&workflow_id=&limit=&cursor=`; admins may add
     `user_id=` to list someone else's."""
@@ -51,6 +54,7 @@ def list_runs() -> Response:
 
 
 @bp.get("/api/runs/<run_id>/events")
+@contract({200: "application/json"}, query=RunEventsQuery)
 def list_events(run_id: str) -> Response:
     """The run's event log after `?since=<seq>` (default 0), oldest first, at most `limit`."""
     query = parse_query(RunEventsQuery)
@@ -68,6 +72,7 @@ def list_events(run_id: str) -> Response:
 
 @bp.get("/api/runs/<run_id>/output")
 @bp.get("/api/runs/<run_id>/steps/<step>/output")
+@contract({200: "application/json"})
 def get_output(run_id: str, step: str | None = None) -> Response:
     """The full output of a run or a step, fetched from storage when it was too large to inline."""
     output, url = run_queries.stored_output(
@@ -77,6 +82,7 @@ def get_output(run_id: str, step: str | None = None) -> Response:
 
 
 @bp.post("/api/runs/<run_id>/cancel")
+@contract({200: RunView})
 def cancel_run(run_id: str) -> Response:
     """Cancel a queued run at once, or ask a running one to stop at its next checkpoint."""
     principal = get_principal()

@@ -9,10 +9,18 @@ from flask import Blueprint, Response, jsonify
 
 from conveyor import outbound, webhook_endpoints
 from conveyor.constants import TASK_DELIVER_WEBHOOK
+from conveyor.outbound import DeliveryView
 from conveyor.pagination import PageQuery
-from conveyor.webhook_endpoints import EndpointCreate, WebhookEndpointNotFound
+from conveyor.webhook_endpoints import (
+    CreatedEndpoint,
+    EndpointCreate,
+    EndpointView,
+    RotatedSecret,
+    WebhookEndpointNotFound,
+)
 from web.body import parse_body, parse_query
 from web.context import get_db, get_enqueuer, get_principal, get_settings
+from web.openapi import contract, listing
 from web.pages import own_page
 
 bp = Blueprint("webhook_endpoints", __name__)
@@ -27,6 +35,7 @@ def endpoint_id_of(raw: str) -> UUID:
 
 
 @bp.post("/api/webhook-endpoints")
+@contract({201: CreatedEndpoint}, body=EndpointCreate)
 def create_endpoint() -> tuple[Response, int]:
     """Register an endpoint: 201 with its signing secret, shown this once."""
     body = parse_body(EndpointCreate)
@@ -42,12 +51,14 @@ def create_endpoint() -> tuple[Response, int]:
 
 
 @bp.get("/api/webhook-endpoints")
+@contract({200: listing("webhook_endpoints", EndpointView)}, query=PageQuery)
 def list_endpoints() -> Response:
     """`{webhook_endpoints, next_cursor}`: the caller's endpoints, newest first, no secrets."""
     return own_page("webhook_endpoints", webhook_endpoints.list_endpoints)
 
 
 @bp.delete("/api/webhook-endpoints/<endpoint_id>")
+@contract({204: None})
 def delete_endpoint(endpoint_id: str) -> tuple[str, int]:
     """Delete an endpoint and its delivery history: 204."""
     target = endpoint_id_of(endpoint_id)
@@ -56,6 +67,7 @@ def delete_endpoint(endpoint_id: str) -> tuple[str, int]:
 
 
 @bp.post("/api/webhook-endpoints/<endpoint_id>/rotate-secret")
+@contract({200: RotatedSecret})
 def rotate_secret(endpoint_id: str) -> Response:
     """A new secret, shown this once; the previous one also signs for 24 hours."""
     target = endpoint_id_of(endpoint_id)
@@ -64,6 +76,7 @@ def rotate_secret(endpoint_id: str) -> Response:
 
 
 @bp.get("/api/webhook-endpoints/<endpoint_id>/deliveries")
+@contract({200: listing("deliveries", DeliveryView)}, query=PageQuery)
 def list_deliveries(endpoint_id: str) -> Response:
     """`{deliveries, next_cursor}`: the endpoint's deliveries, newest first, with attempts."""
     target = endpoint_id_of(endpoint_id)
@@ -84,6 +97,7 @@ def list_deliveries(endpoint_id: str) -> Response:
 
 
 @bp.post("/api/deliveries/<delivery_id>/redeliver")
+@contract({202: DeliveryView})
 def redeliver(delivery_id: str) -> tuple[Response, int]:
     """Send a delivery's event again (same event id) as a new delivery: 202."""
     try:
@@ -98,6 +112,7 @@ def redeliver(delivery_id: str) -> tuple[Response, int]:
 
 
 @bp.get("/api/webhook-signing-secret")
+@contract({200: "application/json"})
 def signing_secret() -> Response:
     """`{secret}`: what signs deliveries to runs' own `webhook_url` (created on first use)."""
     secret = webhook_endpoints.signing_secret(get_db(), get_principal().require_user())

@@ -13,18 +13,25 @@ from conveyor.models import (
 )
 from web.body import parse_body
 from web.context import get_db, get_principal, get_publisher, get_settings
+from web.openapi import contract
 from web.submit import submit_run
 
 bp = Blueprint("workflows", __name__)
 
 
 @bp.get("/api/workflows")
+@contract({200: "application/json"})
 def list_workflows() -> Response:
     """Every workflow with its input schema and steps."""
     return jsonify({"workflows": [w.describe() for w in workflows.all_of("workflow")]})
 
 
 @bp.post("/api/agents/workflows/execute")
+@contract(
+    {200: WorkflowExecuteResponse, 202: WorkflowExecuteResponse},
+    body=WorkflowExecuteRequest,
+    headers={"Idempotency-Key": "Retrying with the same key returns the first result."},
+)
 def execute() -> tuple[Response, int]:
     """Start a workflow run. `async: true` answers 202 at once; otherwise wait (bounded) and
     answer 200 with the outputs when it finished in time, else 202 with where to follow it."""

@@ -25,6 +25,7 @@ from conveyor.realtime_protocol import (
 )
 from conveyor.settings import Settings
 from web.auth import public
+from web.openapi import contract
 from web.ws_session import MAX_CLOSE_REASON, SocketSession
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,7 @@ def serve(ws: Any, channel: Channel) -> None:
 
 @sock.route("/api/ws/workflows", bp=bp)
 @public
+@contract({101: None})
 def workflows(ws: Any) -> None:
     """Run status: `workflow_run:<id>` (one run) or `user:<id>` (a user's runs)."""
     serve(ws, "workflows")
@@ -86,6 +88,7 @@ def workflows(ws: Any) -> None:
 
 @sock.route("/api/ws/notifications", bp=bp)
 @public
+@contract({101: None})
 def notifications_socket(ws: Any) -> None:
     """A user's notifications: `user:<id>`."""
     serve(ws, "notifications")
@@ -93,6 +96,7 @@ def notifications_socket(ws: Any) -> None:
 
 @sock.route("/api/ws/analytics", bp=bp)
 @public
+@contract({101: None})
 def analytics_socket(ws: Any) -> None:
     """KPIs and trends: `lead_trends`, `usage_trends`, `run_stats`, `revenue`."""
     serve(ws, "analytics")

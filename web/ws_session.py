@@ -23,6 +23,7 @@ from conveyor.errors import ConveyorError, RunNotFound
 from conveyor.identity import has_admin_role
 from conveyor.realtime import ANALYTICS_KEY, Delivery, Hub, Kind, Outbox
 from conveyor.realtime_protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
     Channel,
@@ -47,7 +48,6 @@ RECENT_NOTIFICATIONS = 20
 # A socket's thread wakes at least this often even when nothing happens (token expiry checks).
 IDLE_WAKE_SECONDS = 30.0
 MAX_CLOSE_REASON = 120  # the protocol allows 123 bytes
-CLOSE_GOING_AWAY = 1001
 
 
 @dataclass(eq=False)  # hashed by identity: the hub keeps sessions in sets
@@ -66,6 +66,8 @@ class SocketSession:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     # The rest of a frame the hub could only partly write; it goes out before anything else.
     pending: bytes = b""
+    # Set by the hub when the server stops; the socket's own thread sends the close frame.
+    leaving: str | None = None
     _admin: bool | None = None
 
     @property
@@ -127,6 +129,9 @@ class SocketSession:
 
     def step(self, expires_at: object, *, ping_due: bool) -> bool:
         """One turn of the socket's thread, holding the write lock; False once it closed."""
+        if self.leaving is not None:
+            self.close(CLOSE_GOING_AWAY, self.leaving)
+            return False
         if self.pending:  # the rest of a frame the hub began goes out before anything else
             self.ws.sock.sendall(self.pending)
             self.pending = b""

@@ -101,8 +101,9 @@ class TokenVerifier:
     def verify(self, token: str) -> Principal:
         """A Principal for a valid token; TokenExpired or InvalidToken saying what is wrong."""
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            # Header and claims from one parse; the signature is checked below with the right key.
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
+            header, unverified = parsed["header"], parsed["payload"]
         except jwt.PyJWTError as exc:
             raise InvalidToken("The token is not a well-formed JWT.") from exc
         alg = header.get("alg")

@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from conveyor.errors import ServiceUnavailable
 
 Connection = psycopg.Connection[DictRow]
+Cursor = psycopg.Cursor[DictRow]
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -72,8 +73,13 @@ class Database:
     def user_transaction(self, claims: dict[str, Any]) -> Iterator[Connection]:
         """A transaction that runs as Supabase's `authenticated` role, so RLS policies apply."""
         with self.connection() as conn, conn.transaction():
-            conn.execute("set local role authenticated")
-            conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+            # One round trip for both, as PostgREST does: set_config('role', ..., true) is
+            # `set local role`.
+            conn.execute(
+                "select set_config('role', 'authenticated', true), "
+                "set_config('request.jwt.claims', %s, true)",
+                (json.dumps(claims),),
+            )
             yield conn
 
     def ping(self) -> None:

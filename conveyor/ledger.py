@@ -10,7 +10,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from conveyor.db import Connection, Database
+from conveyor.db import Connection, Cursor, Database
 from conveyor.errors import (
     ConcurrencyLimited,
     InsufficientCredits,
@@ -119,9 +119,17 @@ def record_usage(conn: Connection, user_id: UUID, record: UsageRecord) -> Record
 def admit_run(conn: Connection, user_id: UUID, run_id: UUID, job: str) -> int:
     """Check the plan's limits and take the job's credits in the submit's transaction; raise the
     error the client should see when the run may not start. Returns the credits charged."""
-    row = conn.execute(
-        "select * from public.admit_run(%s, %s, %s)", (user_id, run_id, job)
-    ).fetchone()
+    return admission_verdict(start_admission(conn, user_id, run_id, job))
+
+
+def start_admission(conn: Connection, user_id: UUID, run_id: UUID, job: str) -> Cursor:
+    """Send the admission check; read it with admission_verdict (a pipeline may sit between)."""
+    return conn.execute("select * from public.admit_run(%s, %s, %s)", (user_id, run_id, job))
+
+
+def admission_verdict(cursor: Cursor) -> int:
+    """The credits the admitted run was charged, or the refusal the client should see."""
+    row = cursor.fetchone()
     assert row is not None
     code = row["code"]
     if code is None:

@@ -12,6 +12,8 @@ import psycopg
 from conveyor.errors import ConveyorError
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# An unreachable server fails `conveyor migrate` (and start-up) instead of hanging it.
+CONNECT_TIMEOUT_SECONDS = 5
 # Supabase CLI naming: <14-digit timestamp>_<name>.sql
 MIGRATION_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every process that migrates.
@@ -59,7 +61,9 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations and return the versions applied (empty when up to date)."""
     applied_now: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(
+        database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+    ) as conn:
         # Web, worker and beat may all start at once; one of them migrates, the others wait.
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
@@ -100,7 +104,7 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
 
 def pending(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Versions not yet applied to the database."""
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
         exists = conn.execute("select to_regclass('public.conveyor_migrations')").fetchone()
         done: set[str] = set()
         if exists and exists[0]:

@@ -152,3 +152,11 @@ class ExchangeResponse(BaseModel):
     user_id: UUID
     tenant_id: UUID
     expires_in: int
+
+
+class ErrorView(BaseModel):
+    """Every error response: what went wrong, a stable code, and sometimes details."""
+
+    error: str
+    code: str
+    details: dict[str, Any] | None = None

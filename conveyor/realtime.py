@@ -130,6 +130,8 @@ class Listener(Protocol):
     """A socket as the hub sees it."""
 
     outbox: Outbox
+    # Set (with the outbox's wakeup) when the server stops: the socket closes itself with 1001.
+    leaving: str | None
 
     def offer(self, item: Delivery) -> bool:
         """Write item at once if the socket is idle, without blocking; False: queue it."""
@@ -182,6 +184,12 @@ class Hub:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def close_all(self, reason: str) -> None:
+        """Ask every socket of this process to close with 1001: the server is stopping."""
+        for listener in self._listeners:
+            listener.leaving = reason
+            listener.outbox.wakeup.set()
 
     def socket_count(self) -> int:
         """How many sockets this process serves."""

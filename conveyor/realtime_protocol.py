@@ -18,6 +18,7 @@ from conveyor.runs import status_data
 Channel = Literal["workflows", "notifications", "analytics"]
 ANALYTICS_TOPICS = frozenset({"lead_trends", "usage_trends", "run_stats", "revenue"})
 
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOKEN_EXPIRED = 4001

@@ -33,11 +33,10 @@ def require_visible(db: Database, claims: dict[str, Any], run_id: UUID) -> None:
 
 def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
     """A run and its steps as the caller may see them under RLS; someone else's run is not found."""
-    with db.user_transaction(claims) as conn:
-        row = conn.execute("select * from public.workflow_runs where id = %s", (run_id,)).fetchone()
-        if row is None:
-            raise RunNotFound(f"run {run_id} does not exist")
-        steps = conn.execute(
+    with db.user_transaction(claims) as conn, conn.pipeline():
+        # Both reads in one round trip; a missing run simply has no visible steps either.
+        run = conn.execute("select * from public.workflow_runs where id = %s", (run_id,))
+        step_rows = conn.execute(
             """
             select position, name, kind, status, attempt, started_at, finished_at,
                    (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms,
@@ -45,7 +44,11 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
               from public.workflow_steps where run_id = %s order by position
             """,
             (run_id,),
-        ).fetchall()
+        )
+        row = run.fetchone()
+        if row is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        steps = step_rows.fetchall()
     return RunView(
         id=row["id"],
         kind=row["kind"],

@@ -1,4 +1,5 @@
-"""The run state machine: create, claim (lease + fencing attempt), finish, cancel, find lost."""
+"""The run state machine: create, claim (lease + fencing attempt), finish, cancel. The reaper's
+queries for lost runs are in conveyor/reaper.py."""
 
 from __future__ import annotations
 
@@ -97,12 +98,13 @@ def create_run(
     already used, return that run instead. With `admit`, the plan's limits are checked and the
     job's credits taken in the same transaction (RateLimited, QuotaExceeded, ... roll it back)."""
     with db.transaction() as conn:
+        # The run starts at event seq 1: its first event is inserted below, not appended.
         row = conn.execute(
             """
             insert into public.workflow_runs
               (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id,
-               webhook_url)
-            values (%s, %s, %s, %s, %s, %s, %s, %s)
+               webhook_url, last_event_seq)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, 1)
             on conflict (user_id, idempotency_key) do nothing
             returning *
             """,
@@ -118,35 +120,61 @@ def create_run(
             ),
         ).fetchone()
         if row is None:
-            existing = conn.execute(
-                "select id, status, kind, workflow_id, input from public.workflow_runs "
-                "where user_id = %s and idempotency_key = %s",
-                (user_id, idempotency_key),
-            ).fetchone()
-            assert existing is not None, "conflict without a row: the key must exist"
-            if (existing["kind"], existing["workflow_id"], existing["input"]) != (
-                kind,
-                workflow_id,
-                input,
-            ):
-                raise IdempotencyKeyReused(
-                    f"Idempotency-Key {idempotency_key!r} was already used for run "
-                    f"{existing['id']} with a different request; use a new key for a new run."
-                )
-            return NewRun(existing["id"], existing["status"], created=False, event=None)
-        if admit:
-            ledger.admit_run(conn, user_id, row["id"], f"{kind}:{workflow_id}")
-        # One multi-row insert: the steps cost no extra round trip per step at submit.
-        conn.execute(
-            """
-            insert into public.workflow_steps (run_id, position, name, kind)
-            select %s, ordinality - 1, step ->> 0, step ->> 1
-              from jsonb_array_elements(%s::jsonb) with ordinality as s(step, ordinality)
-            """,
-            (row["id"], json.dumps([list(step) for step in steps])),
-        )
-        event = append_event(conn, row["id"], STATUS_UPDATE, status_data(row))
+            return existing_run(conn, user_id, idempotency_key, kind, workflow_id, input)
+        data = status_data(row)
+        # One round trip for the rest: admission, the steps and the first event are pipelined,
+        # and a refusal read afterwards still rolls all of them back with the transaction.
+        with conn.pipeline():
+            admission = (
+                ledger.start_admission(conn, user_id, row["id"], f"{kind}:{workflow_id}")
+                if admit
+                else None
+            )
+            conn.execute(
+                """
+                insert into public.workflow_steps (run_id, position, name, kind)
+                select %s, ordinality - 1, step ->> 0, step ->> 1
+                  from jsonb_array_elements(%s::jsonb) with ordinality as s(step, ordinality)
+                """,
+                (row["id"], json.dumps([list(step) for step in steps])),
+            )
+            first = conn.execute(
+                "insert into public.run_events (run_id, seq, event, data) "
+                "values (%s, 1, %s, %s) returning created_at",
+                (row["id"], STATUS_UPDATE, Jsonb(data)),
+            )
+        if admission is not None:
+            ledger.admission_verdict(admission)
+        created = first.fetchone()
+        assert created is not None
+    event = RunEvent(
+        run_id=row["id"], seq=1, event=STATUS_UPDATE, data=data, ts=created["created_at"]
+    )
     return NewRun(row["id"], row["status"], created=True, event=event)
+
+
+def existing_run(
+    conn: Connection,
+    user_id: UUID,
+    idempotency_key: str | None,
+    kind: RunKind,
+    workflow_id: str,
+    input: dict[str, Any],
+) -> NewRun:
+    """The run this user already submitted with idempotency_key; IdempotencyKeyReused when it
+    was a different request."""
+    existing = conn.execute(
+        "select id, status, kind, workflow_id, input from public.workflow_runs "
+        "where user_id = %s and idempotency_key = %s",
+        (user_id, idempotency_key),
+    ).fetchone()
+    assert existing is not None, "conflict without a row: the key must exist"
+    if (existing["kind"], existing["workflow_id"], existing["input"]) != (kind, workflow_id, input):
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {idempotency_key!r} was already used for run "
+            f"{existing['id']} with a different request; use a new key for a new run."
+        )
+    return NewRun(existing["id"], existing["status"], created=False, event=None)
 
 
 def claim_run(
@@ -327,29 +355,6 @@ def close_unfinished_steps(
     ).fetchall()
 
 
-def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500) -> list[UUID]:
-    """Runs that look lost (queued too long, or a lease that expired) and mark them republished."""
-    with db.transaction() as conn:
-        rows = conn.execute(
-            """
-            update public.workflow_runs
-               set enqueued_at = now()
-             where id in (
-               select id from public.workflow_runs
-                where (status = 'queued'
-                       and coalesce(enqueued_at, created_at) < now() - make_interval(secs => %s))
-                   or (status = 'running' and lease_expires_at < now()
-                       and coalesce(enqueued_at, created_at) < now() - make_interval(secs => %s))
-                order by created_at
-                limit %s
-                for update skip locked)
-            returning id
-            """,
-            (older_than_seconds, older_than_seconds, limit),
-        ).fetchall()
-    return [row["id"] for row in rows]
-
-
 def cancel_run(
     db: Database, claims: dict[str, Any], run_id: UUID
 ) -> tuple[RunView, RunEvent, UUID]:
@@ -377,24 +382,3 @@ def cancel_run(
             outbound.record_run_finished(conn, row, queued=False)
         event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
     return get_run(db, claims, run_id), event, row["user_id"]
-
-
-def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
-    """Runs asked to cancel whose worker vanished (lease expired) end as cancelled."""
-    events = []
-    with db.transaction() as conn:
-        rows = conn.execute(
-            """
-            update public.workflow_runs
-               set status = 'cancelled', finished_at = now(), updated_at = now(),
-                   lease_expires_at = null, current_step = null
-             where status = 'running' and cancel_requested_at is not null
-               and lease_expires_at < now()
-            returning *
-            """
-        ).fetchall()
-        for row in rows:
-            close_unfinished_steps(conn, row["id"], run_status="cancelled")
-            outbound.record_run_finished(conn, row, queued=False)
-            events.append(append_event(conn, row["id"], STATUS_UPDATE, status_data(row)))
-    return events

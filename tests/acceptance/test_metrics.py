@@ -66,7 +66,7 @@ def test_queue_depths_are_read_from_redis_when_scraped(
     anonymous: ApiClient, celery_app: object
 ) -> None:
     before = value(scrape(anonymous), "conveyor_queue_depth", queue="usage")
-    celery_app.send_task("usage.record_batch", args=["[]"])  # type: ignore[attr-defined]
+    celery_app.send_task("usage.record_batch", args=[str(uuid.uuid4())])  # type: ignore[attr-defined]
 
     assert value(scrape(anonymous), "conveyor_queue_depth", queue="usage") == before + 1
 

@@ -3,27 +3,18 @@ sockets spread over both workers each get a run's events from their worker's hub
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from conveyor.cli import gunicorn_command
 from conveyor.db import Database
 from conveyor.events import EventPublisher
-from conveyor.services import free_port
 from conveyor.settings import Settings
 from tests.acceptance.test_websockets import RunDriver, Socket, publisher  # noqa: F401
-from tests.support import API_SECRET, JWT_SECRET, token_for
+from tests.support import gunicorn_process, token_for
 
-STARTUP_SECONDS = 30
 SOCKETS = 6
 
 
@@ -31,39 +22,8 @@ SOCKETS = 6
 def gunicorn(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """gunicorn with 2 workers on a loopback port; its base URL. Workers take connections
     unevenly, so each has threads for every socket of the test, as WEB_THREADS is sized."""
-    assert settings.database_url is not None
-    assert settings.redis_url is not None
-    port = free_port()
-    env = dict(
-        os.environ,
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        SUPABASE_JWT_SECRET=JWT_SECRET,
-        API_JWT_SECRET=API_SECRET,
-        CONVEYOR_DATA_DIR=str(tmp_path / "data"),
-        CONVEYOR_ENV="development",
-        LOG_LEVEL="WARNING",
-    )
-    command = gunicorn_command(
-        sys.executable, host="127.0.0.1", port=port, workers=2, threads=SOCKETS + 2
-    )
-    process = subprocess.Popen(shlex.split(command), env=env, cwd=Path(__file__).parents[2])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            try:
-                if requests.get(f"{url}/api/health", timeout=5).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or a worker still importing the app
-            assert time.monotonic() < deadline, "gunicorn did not answer in time"
-            assert process.poll() is None, "gunicorn exited"
-            time.sleep(0.1)
+    with gunicorn_process(settings, tmp_path / "data", workers=2, threads=SOCKETS + 2) as (_, url):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_gunicorn_gthread_serves_a_runs_events_to_every_socket(

@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor import runs, waiting, workflows
+from conveyor import reaper, runs, waiting, workflows
 from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.execution import Result, execute_run
@@ -66,7 +66,7 @@ def test_a_step_longer_than_the_lease_keeps_its_run_by_heartbeat(
     stolen, republished = [], []
     while worker.is_alive():
         stolen.append(runs.claim_run(db, run_id, lease_seconds=LEASE_SECONDS))
-        republished.extend(runs.runs_to_republish(db, older_than_seconds=0))
+        republished.extend(reaper.runs_to_republish(db, older_than_seconds=0))
         time.sleep(0.5)
     worker.join()
 

@@ -7,7 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-from conveyor import run_queries, runs
+from conveyor import reaper, run_queries, runs
 from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.execution import Result, execute_run
@@ -87,11 +87,11 @@ def test_executing_a_finished_run_again_is_a_no_op(
 def test_queued_runs_older_than_the_threshold_are_republished_once_per_period(
     db: Database, run_id: uuid.UUID, database_url: str
 ) -> None:
-    assert runs.runs_to_republish(db, older_than_seconds=60) == []
+    assert reaper.runs_to_republish(db, older_than_seconds=60) == []
     age(database_url, run_id, 120)
-    assert runs.runs_to_republish(db, older_than_seconds=60) == [run_id]
+    assert reaper.runs_to_republish(db, older_than_seconds=60) == [run_id]
     # Republishing stamps enqueued_at: the next scan leaves it alone until the period passes again.
-    assert runs.runs_to_republish(db, older_than_seconds=60) == []
+    assert reaper.runs_to_republish(db, older_than_seconds=60) == []
 
 
 def test_running_runs_with_an_expired_lease_are_republished(
@@ -99,9 +99,9 @@ def test_running_runs_with_an_expired_lease_are_republished(
 ) -> None:
     runs.claim_run(db, run_id, lease_seconds=60)
     age(database_url, run_id, 120)
-    assert runs.runs_to_republish(db, older_than_seconds=60) == []
+    assert reaper.runs_to_republish(db, older_than_seconds=60) == []
     expire_lease(database_url, run_id)
-    assert runs.runs_to_republish(db, older_than_seconds=60) == [run_id]
+    assert reaper.runs_to_republish(db, older_than_seconds=60) == [run_id]
 
 
 def test_finished_runs_are_never_republished(
@@ -111,7 +111,7 @@ def test_finished_runs_are_never_republished(
     execute_run(db, publisher, settings, run_id)
     publisher.close()
     age(database_url, run_id, 3600)
-    assert runs.runs_to_republish(db, older_than_seconds=0) == []
+    assert reaper.runs_to_republish(db, older_than_seconds=0) == []
 
 
 def test_event_seqs_are_gap_free_per_run(
@@ -155,4 +155,4 @@ def test_a_cancel_requested_run_whose_worker_vanished_ends_cancelled(
     expire_lease(database_url, run_id)
 
     assert runs.claim_run(db, run_id, lease_seconds=60) is None
-    assert [e.data["status"] for e in runs.finalize_abandoned_cancellations(db)] == ["cancelled"]
+    assert [e.data["status"] for e in reaper.finalize_abandoned_cancellations(db)] == ["cancelled"]

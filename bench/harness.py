@@ -57,15 +57,7 @@ def bench_environment(**worker_env: str) -> Iterator[Bench]:
         settings = base.model_copy(
             update={"database_url": urls.database_url, "redis_url": urls.redis_url}
         )
-        env = dict(
-            os.environ,
-            DATABASE_URL=urls.database_url,
-            REDIS_URL=urls.redis_url,
-            SUPABASE_JWT_SECRET=BENCH_SECRET,
-            CONVEYOR_DATA_DIR=str(data_dir),
-            LOG_LEVEL="WARNING",
-            **worker_env,
-        )
+        env = process_env(urls.database_url, urls.redis_url, BENCH_SECRET, data_dir, **worker_env)
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
              "--queues", "runs", "--include", "bench.baseline_tasks", "--loglevel", "WARNING",
@@ -92,6 +84,33 @@ def bench_environment(**worker_env: str) -> Iterator[Bench]:
             bench.publisher.close()
             bench.client.close()
             bench.watch.close()
+
+
+def process_env(
+    database_url: str, redis_url: str, secret: str, data_dir: Path, **extra: str
+) -> dict[str, str]:
+    """The environment a bench's web or worker process runs with."""
+    return dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        SUPABASE_JWT_SECRET=secret,
+        CONVEYOR_DATA_DIR=str(data_dir),
+        LOG_LEVEL="WARNING",
+        **extra,
+    )
+
+
+def stop_processes(*processes: subprocess.Popen[bytes]) -> None:
+    """SIGTERM all, then wait for each (SIGKILL after 30 s)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def submit_runs(bench: Bench, definition: Workflow, count: int) -> list[str]:

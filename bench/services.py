@@ -3,7 +3,6 @@ them: the app under gunicorn (gthread workers, like `conveyor run`), the worker 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from bench.harness import BENCH_SECRET, Bench, wait_until
+from bench.harness import BENCH_SECRET, Bench, process_env, stop_processes, wait_until
 from conveyor.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,13 +38,11 @@ def app_processes(
     """The web app (gunicorn, WEB_WORKERS x WEB_THREADS) on a loopback port and a worker on
     queues (solo for concurrency 1, else prefork), with env added to the bench's settings."""
     port = free_port()
-    child_env = dict(
-        os.environ,
-        DATABASE_URL=bench.db.url,
-        REDIS_URL=bench.redis_url,
-        SUPABASE_JWT_SECRET=BENCH_SECRET,
-        CONVEYOR_DATA_DIR=tempfile.mkdtemp(prefix="conveyor-bench-app-"),
-        LOG_LEVEL="WARNING",
+    child_env = process_env(
+        bench.db.url,
+        bench.redis_url,
+        BENCH_SECRET,
+        Path(tempfile.mkdtemp(prefix="conveyor-bench-app-")),
         **env,
     )
     web = subprocess.Popen(
@@ -65,14 +62,7 @@ def app_processes(
         yield AppProcesses(base_url, web, worker)
     finally:
         worker.send_signal(signal.SIGCONT)  # a paused worker cannot terminate
-        for process in (web, worker):
-            process.send_signal(signal.SIGTERM)
-        for process in (web, worker):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(web, worker)
 
 
 def pool_args(concurrency: int) -> list[str]:

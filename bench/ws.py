@@ -33,6 +33,7 @@ import redis
 import requests
 from websockets.asyncio.client import connect
 
+from bench.harness import process_env
 from conveyor.auth import mint_token
 from conveyor.cli import backing_services, gunicorn_command
 from conveyor.constants import run_topic, topic_channel
@@ -87,14 +88,7 @@ def main() -> None:
             f"load: {sockets} sockets on {runs} runs ({sockets // runs} per run), "
             f"{rate} events/s for {seconds:g} s = {rate * sockets // runs} deliveries/s"
         )
-        env = dict(
-            os.environ,
-            DATABASE_URL=urls.database_url,
-            REDIS_URL=urls.redis_url,
-            SUPABASE_JWT_SECRET=BENCH_SECRET,
-            CONVEYOR_DATA_DIR=str(data_dir),
-            LOG_LEVEL="WARNING",
-        )
+        env = process_env(urls.database_url, urls.redis_url, BENCH_SECRET, data_dir)
         server = subprocess.Popen(shlex.split(command), env=env, cwd=REPO)
         try:
             wait_for_health(f"http://127.0.0.1:{port}", server)

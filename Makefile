@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install browser run test test-all lint format bench bench-ws bench-webhooks bench-maintenance clean
+.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance clean
 
 install: $(STAMP)
 
@@ -26,13 +26,21 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	  chromium chromium-driver; }
 
-## The quick suite (everything but tests marked slow) against real services.
+## The quick suite (everything but tests marked slow or chaos) against real services.
 test: install browser
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not chaos" $(PYTEST_ARGS)
+
+## schemathesis against the live API, long: FUZZ_MAX_EXAMPLES per operation and caller (default 50, ~10 min).
+fuzz: install
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-50} $(BIN)/pytest -m fuzz $(PYTEST_ARGS)
 
 ## Every test, slow ones included.
 test-all: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Kill a worker, restart Redis, restart Postgres, kill the active beat under load; prints a table.
+chaos: install
+	$(BIN)/pytest -m chaos -s tests/chaos $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff format --check .
@@ -50,6 +58,11 @@ bench: install
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.maintenance
 	$(BIN)/python -m bench.ws
+	$(BIN)/python -m bench.load
+
+## HTTP submit + poll + websockets for a fixed time beside a bare Flask + Celery endpoint (bench/load.py).
+bench-load: install
+	$(BIN)/python -m bench.load
 
 ## 1,000 websockets: publish→receive latency p50/p99 and lost messages (bench/ws.py).
 bench-ws: install

@@ -94,12 +94,16 @@ def fresh_metrics_dir(path: Path) -> Path:
     return path
 
 
+# gthread, closing open websockets with 1001 when the worker is told to stop.
+WEB_WORKER_CLASS = "web.gunicorn_worker.GracefulThreadWorker"
+
+
 def gunicorn_command(python: str, *, host: str, port: int, workers: int, threads: int) -> str:
     """The web process: gunicorn gthread. Each open websocket holds a thread for its lifetime,
     so threads (and worker connections) are sized for the sockets one worker may receive."""
     return (
         f"{python} -m gunicorn 'web:create_app()' --bind {host}:{port} "
-        f"--workers {workers} --worker-class gthread --threads {threads} "
+        f"--workers {workers} --worker-class {WEB_WORKER_CLASS} --threads {threads} "
         f"--worker-connections {threads + 100} --graceful-timeout 20"
     )
 

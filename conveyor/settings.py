@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -98,6 +99,9 @@ class Settings(BaseSettings):
     # never arrived (needs STRIPE_SECRET_KEY).
     stripe_reconcile_from_api: bool = True
     stripe_event_max_attempts: int = Field(10, ge=1, le=100)
+    # A stored event still `received` after this long lost its queue message (Redis was down
+    # when it arrived): the reconciler queues it again.
+    stripe_event_stuck_seconds: int = Field(120, ge=1)
 
     timezone: str = Field("UTC", validation_alias=AliasChoices("CONVEYOR_TIMEZONE", "TIMEZONE"))
     run_events_retention_days: int = Field(30, ge=1)
@@ -112,7 +116,31 @@ class Settings(BaseSettings):
     # A queued run older than this is published again by the reaper (the runs table is the outbox).
     requeue_after_seconds: int = Field(60, ge=1)
     run_lease_seconds: int = Field(300, ge=5)
+    # Redis hands an unacknowledged message (its worker was killed) to another worker after
+    # this; at least twice the lease (runs) and longer than any usage batch or webhook attempt.
+    broker_visibility_timeout_seconds: int = Field(3600, ge=10)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # POST /api/usage (service tokens only) takes 1,000 events: ~1.5 KB each with every string at
+    # its limit, ~11 KB with a full `error`, so every valid batch fits.
+    usage_max_body_bytes: int = Field(16 * 1_048_576, ge=1024)
+    # Requests without valid credentials (health, the dashboard, token exchange, /metrics without
+    # its token, anything answered 401) are limited per client address: this many a minute, in
+    # bursts of up to UNAUTHENTICATED_RATE_BURST; 0 turns the limit off. The Stripe webhook is
+    # exempt (signed, and Stripe retries).
+    unauthenticated_rate_limit: int = Field(60, ge=0)
+    unauthenticated_rate_burst: int = Field(20, ge=1)
+    # Networks never limited (comma-separated), e.g. the load balancer's health checks.
+    rate_limit_exempt_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
+    # Proxies in front of the app that append the client to X-Forwarded-For (0: none; trust the
+    # socket's peer). The address of the client is the one that many hops from the right.
+    trusted_proxy_hops: int = Field(0, ge=0, le=10)
+    # Every call to Stripe's API (connect and read, each), retried NETWORK_RETRIES times.
+    stripe_timeout_seconds: float = Field(20.0, gt=0, le=120)
+    # On SIGTERM a worker's running runs go on (and finish if they can) for this long; then each
+    # goes back to the queue for another worker to resume from its last checkpoint.
+    worker_drain_seconds: float = Field(10.0, ge=0, le=3600)
 
     # Workflows: Python modules that declare them (imported by web and worker), and a folder of
     # JSON/YAML definitions.
@@ -173,7 +201,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("workflow_modules", mode="before")
+    @field_validator("workflow_modules", "rate_limit_exempt_networks", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +20,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 import conveyor.builtin  # noqa: F401 - the built-in agents tests run
 from conveyor.auth import mint_token
+from conveyor.cli import gunicorn_command
 from conveyor.models import FINAL_STATUSES
+from conveyor.services import free_port
 from conveyor.settings import Settings
 from web import create_app
 
@@ -22,6 +30,8 @@ JWT_SECRET = "test-secret-with-at-least-32-bytes-of-entropy!!"
 API_SECRET = "test-api-secret-for-backend-and-service-tokens"
 # The step rows of a run of the built-in `echo` agent, for tests that create runs directly.
 ECHO_STEPS = [("echo", "python")]
+REPO = Path(__file__).resolve().parent.parent
+GUNICORN_STARTUP_SECONDS = 30
 
 
 def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
@@ -34,9 +44,30 @@ def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides
         "environment": "development",
         "data_dir": data_dir,
         "log_format": "console",
+        # Tests call anonymous endpoints freely; test_rate_limit.py sets its own low limit.
+        "unauthenticated_rate_limit": 1_000_000,
+        "unauthenticated_rate_burst": 1_000_000,
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def worker_env(settings: Settings, **env: str) -> dict[str, str]:
+    """The environment of a worker process (for celery_process) running with settings; env adds
+    or overrides variables."""
+    return {
+        "DATABASE_URL": str(settings.database_url),
+        "REDIS_URL": str(settings.redis_url),
+        "SUPABASE_JWT_SECRET": JWT_SECRET,
+        "API_JWT_SECRET": API_SECRET,
+        "LLM_BASE_URL": settings.llm_base_url,
+        "RUN_LEASE_SECONDS": str(settings.run_lease_seconds),
+        "CANCEL_CHECK_SECONDS": str(settings.cancel_check_seconds),
+        "CONVEYOR_WORKFLOW_MODULES": "tests.workflows_for_tests",
+        "CONVEYOR_DATA_DIR": str(settings.data_dir),
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
 
 
 def close_worker_resources(app: Celery) -> None:
@@ -95,6 +126,18 @@ def token_for(user_id: uuid.UUID, **kwargs: Any) -> str:
     return mint_token(user_id, secret=JWT_SECRET, **kwargs)
 
 
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll condition() until it returns something truthy, and return that; fail naming what
+    did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
 def wait_for_run(
     client: ApiClient, run_id: str, *, until: frozenset[str] = FINAL_STATUSES, timeout: float = 15
 ) -> dict[str, Any]:
@@ -109,3 +152,73 @@ def wait_for_run(
             return view
         time.sleep(0.05)
     raise AssertionError(f"run {run_id} still {view.get('status')!r} after {timeout} s: {view}")
+
+
+def celery_process(
+    *args: str, env: dict[str, str], log: Path | None = None, own_group: bool = False
+) -> subprocess.Popen[bytes]:
+    """`celery -A worker.app <args>` in its own process, as production runs it, with env added to
+    this process's environment; output to log (else discarded). With own_group, the process and
+    its pool children form a process group that one killpg ends, as a crashed host would."""
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", *args],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_group,
+        )
+    finally:
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
+
+
+def worker_args(
+    queues: str, *, name: str | None = None, concurrency: int = 1, loglevel: str = "WARNING"
+) -> list[str]:
+    """The arguments of a worker on queues (for celery_process): solo, or prefork when
+    concurrency > 1."""
+    named = ["--hostname", name] if name else []
+    pool = ["--pool", "solo"] if concurrency == 1 else ["--concurrency", str(concurrency)]
+    return [
+        "worker", *pool, "--queues", queues, *named,
+        "--without-mingle", "--without-gossip", "--loglevel", loglevel,
+    ]  # fmt: skip
+
+
+@contextmanager
+def gunicorn_process(
+    settings: Settings, data_dir: Path, *, workers: int, threads: int, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`conveyor run`'s gunicorn command on a loopback port, once it answers its health check:
+    the process and its base URL. Stopped (SIGTERM, then SIGKILL) unless the test stopped it."""
+    port = free_port()
+    command = gunicorn_command(
+        sys.executable, host="127.0.0.1", port=port, workers=workers, threads=threads
+    )
+    child_env = worker_env(settings, CONVEYOR_DATA_DIR=str(data_dir), **env)
+    process = subprocess.Popen(shlex.split(command), env={**os.environ, **child_env}, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + GUNICORN_STARTUP_SECONDS
+        while True:
+            try:
+                if requests.get(f"{url}/api/health", timeout=5).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still importing the app
+            assert time.monotonic() < deadline, "gunicorn did not answer in time"
+            assert process.poll() is None, "gunicorn exited"
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.wait(timeout=30)

@@ -77,3 +77,13 @@ def test_the_default_stripe_price_must_be_in_the_catalogue_and_match_the_mode() 
         settings(stripe_price_id="price_missing")
     with pytest.raises(ValidationError, match="STRIPE_MODE=payment"):
         settings(stripe_price_id="price_pack", stripe_prices={"price_pack": {"credits": 10}})
+
+
+def test_rate_limit_exempt_networks_are_read_comma_separated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RATE_LIMIT_EXEMPT_NETWORKS", "10.0.0.0/8, ::1/128")
+
+    exempt = settings().rate_limit_exempt_networks
+
+    assert [str(network) for network in exempt] == ["10.0.0.0/8", "::1/128"]

@@ -1,0 +1,44 @@
+"""One system for the whole chaos session (its own Postgres, Redis, web, two workers, two
+beats); the table of every fault is printed at the end of the run."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.report import LEGEND, RESULTS, table
+from tests.chaos.system import STARTUP_SECONDS, System, wait_until
+
+
+@pytest.fixture(scope="session")
+def system(request: pytest.FixtureRequest) -> Iterator[System]:
+    """Everything running and the scheduler lock taken; the logs are kept if a test failed."""
+    # A short path: Postgres's Unix socket lives under it (108-byte limit).
+    tmp = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
+    running = System(tmp)
+    try:
+        running.start_web()
+        for name in ("w1", "w2"):
+            running.start_worker(name)
+        for name in ("beat-a", "beat-b"):
+            running.start_beat(name)
+        wait_until(running.active_beat, STARTUP_SECONDS, "a beat taking the scheduler lock")
+        yield running
+    finally:
+        running.close()
+        if request.session.testsfailed:
+            print(f"\nchaos: process logs kept in {running.logs}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos table, after pytest's own summary."""
+    if RESULTS:
+        terminalreporter.section("chaos")
+        terminalreporter.write_line(table(RESULTS))
+        terminalreporter.write_line(LEGEND)

@@ -9,8 +9,11 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
+import redis
 import structlog
 from celery.beat import Scheduler
+from kombu.exceptions import OperationalError
 
 import beat_schedule
 from conveyor.db import Database
@@ -23,6 +26,9 @@ log = structlog.get_logger(__name__)
 
 TICK_SECONDS = 1.0  # the active scheduler looks this often (sending is cheap: a few SELECTs)
 STANDBY_SECONDS = 5.0  # a standby tries the lock this often: the longest a takeover waits
+# What a publish raises while Redis is down. Celery beat's loop lets any exception end the
+# process, so the tick catches these: what was not sent is still due, and goes on a later tick.
+BROKER_ERRORS = (OperationalError, redis.exceptions.RedisError, OSError)
 
 
 class ConveyorScheduler(Scheduler):  # type: ignore[misc]
@@ -55,6 +61,10 @@ class ConveyorScheduler(Scheduler):  # type: ignore[misc]
             self.dispatcher.tick()
         except ServiceUnavailable as exc:
             log.warning("scheduler_tick_failed", error=exc.message)
+        except psycopg.OperationalError as exc:  # Postgres went away between the lock and a query
+            log.warning("scheduler_tick_failed", error=str(exc))
+        except BROKER_ERRORS as exc:
+            log.warning("scheduler_send_failed", error=str(exc))
         return TICK_SECONDS
 
     def send_due(self, due: Due) -> None:

@@ -16,18 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from click.testing import CliRunner
 
+from beat_schedule import JOBS
 from conveyor import maintenance_runs
 from conveyor.cli import main as cli
 from conveyor.db import Database
+from conveyor.services import EmbeddedRedis, free_port
 from conveyor.settings import Settings, get_settings
 from tests.support import ApiClient, token_for
 from worker.celery_app import create_celery
-from worker.scheduler import ConveyorScheduler
+from worker.scheduler import TICK_SECONDS, ConveyorScheduler
 
-JOB_COUNT = 7
+JOB_COUNT = len(JOBS)
 
 
 class Clock:
@@ -110,6 +113,28 @@ def test_when_the_active_scheduler_dies_the_standby_takes_over(
     found = wait_for_runs(db, JOB_COUNT + 2)  # only the two 30 s jobs have a new period
     stale_runs = [r for r in found if r["job"] == "requeue_stale_runs"]
     assert [r["period_key"] for r in stale_runs] == ["2026-11-03T10:00:00Z", "2026-11-03T10:00:30Z"]
+
+
+def test_a_scheduler_outlives_the_broker_being_down_and_sends_once_it_is_back(
+    settings: Settings, clock: Clock, tmp_path: Path
+) -> None:
+    broker = EmbeddedRedis(tmp_path / "broker", port=free_port(), persist=False)
+    scheduler = ConveyorScheduler(
+        app=create_celery(settings.model_copy(update={"redis_url": broker.url})), clock=clock
+    )
+    try:
+        assert scheduler.tick() == TICK_SECONDS  # every publish failed; the tick did not raise
+        assert scheduler.dispatcher._sent == {}
+
+        broker.start()
+        scheduler.tick()
+        queued = redis.Redis.from_url(broker.url).llen("maintenance")
+    finally:
+        scheduler.close()
+        broker.stop()
+
+    assert len(scheduler.dispatcher._sent) == JOB_COUNT
+    assert queued == JOB_COUNT
 
 
 @pytest.mark.usefixtures("worker")

@@ -26,6 +26,15 @@ WARM_SECONDS = 3.0  # load before the fault
 DOWN_SECONDS = 4.0  # how long a restarted dependency stays down
 AFTER_SECONDS = 3.0  # load after recovery
 SETTLE_SECONDS = 90.0  # bound on waiting for everything accepted to be applied
+SLOT_SECONDS = 30  # the requeue jobs' cadence (beat_schedule.JOBS): an outage must span one
+SLOT_LEAD_SECONDS = 1.5  # a dependency goes down this long before the slot starts
+
+
+def before_the_next_slot() -> None:
+    """Sleep until SLOT_LEAD_SECONDS before the next 30 s slot, so that the outage that follows
+    covers the moment beat publishes the requeue jobs (a beat that cannot survive that dies)."""
+    wait = (SLOT_SECONDS - SLOT_LEAD_SECONDS - time.time() % SLOT_SECONDS) % SLOT_SECONDS
+    time.sleep(wait)
 
 
 def inflict(system: System, fault: str, inject: Callable[[], float], note: str = "") -> Row:
@@ -49,13 +58,13 @@ def inflict(system: System, fault: str, inject: Callable[[], float], note: str =
     )
     RESULTS.append(row)
     print(f"\n{table([row])}")
+    assert not system.dead_processes(), f"exited: {system.dead_processes()}; see {system.logs}"
     assert load.tally.unexpected == [], load.tally.unexpected[:5]
     assert not load.tally.abandoned, load.tally.abandoned
     assert (found.unfinished, found.lost, found.duplicates, found.ledger_mismatch) == (
         0, 0, 0, 0,
     ), system.broker_state()  # fmt: skip
     assert found.failed == 0, "a fault of the system must not fail a run"
-    assert not system.dead_processes(), system.dead_processes()
     return row
 
 
@@ -75,7 +84,11 @@ def test_a_redis_restart_loses_nothing_and_the_api_answers_503_meanwhile(system:
     def check_health() -> None:
         health.append(requests.get(f"{system.base_url}/api/health", headers=SIGNED_IN, timeout=10))
 
-    inflict(system, "restart Redis", lambda: system.restart_redis(DOWN_SECONDS, check_health))
+    def restart() -> float:
+        before_the_next_slot()
+        return system.restart_redis(DOWN_SECONDS, check_health)
+
+    inflict(system, "restart Redis", restart)
 
     # Submits, usage batches and webhooks are all stored in Postgres and answered 2xx while
     # Redis is down (the requeue jobs publish them later); the outage shows on the health check.
@@ -84,7 +97,11 @@ def test_a_redis_restart_loses_nothing_and_the_api_answers_503_meanwhile(system:
 
 
 def test_a_postgres_restart_loses_nothing_and_the_api_answers_503_meanwhile(system: System) -> None:
-    row = inflict(system, "restart Postgres", lambda: system.restart_postgres(DOWN_SECONDS))
+    def restart() -> float:
+        before_the_next_slot()
+        return system.restart_postgres(DOWN_SECONDS)
+
+    row = inflict(system, "restart Postgres", restart)
 
     assert row.answered_503 > 0, "submits are refused with 503 while Postgres is down"
 

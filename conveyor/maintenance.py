@@ -62,6 +62,7 @@ def daily_maintenance(db: Database, settings: Settings, period: str) -> dict[str
             db, "audit_logs", "occurred_at", now - days(settings.audit_logs_retention_days), batch
         ),
         "maintenance_runs": purge_job_runs(db, now, batch),
+        "runs_per_day": purge_run_counts(db, now),
         "artifacts": delete_orphaned_artifacts(db, settings),
     }
     today = date.fromisoformat(period) if len(period) == 10 else now.date()
@@ -159,6 +160,14 @@ def purge(db: Database, table: str, column: str, cutoff: datetime, batch: int) -
         total += deleted
         if deleted < batch:
             return total
+
+
+def purge_run_counts(db: Database, now: datetime) -> int:
+    """Admission's per-day run counters of days before yesterday: only today's is read."""
+    with db.transaction() as conn:
+        return conn.execute(
+            "delete from public.runs_per_day where day < %s", (now.date() - timedelta(days=1),)
+        ).rowcount
 
 
 def purge_job_runs(db: Database, now: datetime, batch: int) -> int:

@@ -114,6 +114,41 @@ def test_past_the_daily_request_limit_the_submit_is_429_with_retry_after(
     assert run_count(db, user_id) == 2
 
 
+def insert_run(db: Database, user: uuid.UUID, days_ago: int = 0) -> None:
+    """A finished run inserted the way any path inserts one (not through admission)."""
+    with db.transaction() as conn:
+        conn.execute(
+            "insert into workflow_runs (user_id, kind, workflow_id, status, created_at, "
+            "finished_at) values (%s, 'agent', 'echo', 'completed', "
+            "now() - make_interval(days => %s), now())",
+            (user, days_ago),
+        )
+
+
+def test_runs_of_earlier_days_do_not_count_toward_todays_limit(
+    client: ApiClient, db: Database, user_id: uuid.UUID
+) -> None:
+    put_on_plan(db, user_id, daily_request_limit=1)
+    insert_run(db, user_id, days_ago=1)
+
+    assert invoke(client, agent="echo").status_code == 202
+    assert invoke(client, agent="echo").status_code == 429
+
+
+def test_refused_submits_do_not_count_but_runs_from_any_path_do(
+    client: ApiClient, db: Database, user_id: uuid.UUID
+) -> None:
+    put_on_plan(db, user_id, daily_request_limit=3)
+    insert_run(db, user_id)  # e.g. `conveyor submit`, which does not go through admission
+
+    accepted = [invoke(client, agent="echo").status_code for _ in range(2)]
+    refused = [invoke(client, agent="echo").status_code for _ in range(3)]
+
+    assert accepted == [202, 202]
+    assert refused == [429, 429, 429]
+    assert run_count(db, user_id) == 3
+
+
 def test_past_the_concurrent_run_limit_the_submit_is_429(
     client: ApiClient, db: Database, user_id: uuid.UUID
 ) -> None:

@@ -70,6 +70,32 @@ def test_daily_maintenance_reports_what_it_did(db: Database, settings: Settings)
     )
 
 
+def test_daily_maintenance_drops_run_counters_of_days_before_yesterday(
+    db: Database, settings: Settings
+) -> None:
+    user = uuid.uuid4()
+    now = datetime.now(UTC)
+    with db.transaction() as conn:
+        for age in (0, 1, 2, 9):  # each insert counts its run on its own UTC day
+            conn.execute(
+                "insert into workflow_runs (user_id, kind, workflow_id, created_at) "
+                "values (%s, 'agent', 'echo', %s)",
+                (user, now - timedelta(days=age)),
+            )
+
+    counts = maintenance.daily_maintenance(db, settings, now.date().isoformat())
+
+    with db.transaction() as conn:
+        days = conn.execute(
+            "select day, runs from runs_per_day where user_id = %s order by day", (user,)
+        ).fetchall()
+    assert counts["runs_per_day"] == 2
+    assert [(row["day"], row["runs"]) for row in days] == [
+        ((now - timedelta(days=1)).date(), 1),
+        (now.date(), 1),
+    ]
+
+
 def test_the_usage_rollup_gives_the_same_totals_when_run_again(
     db: Database, settings: Settings
 ) -> None:

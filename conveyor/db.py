@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,18 @@ Connection = psycopg.Connection[DictRow]
 Cursor = psycopg.Cursor[DictRow]
 
 CONNECT_TIMEOUT_SECONDS = 5
+
+
+def check_if_disturbed(conn: Connection) -> None:
+    """The pool's check before it hands a connection out: a round trip only when the idle
+    socket is readable, which is how a server that ended the session (a restart, a terminated
+    backend) shows; a healthy idle connection has nothing to say. Checking every checkout with
+    a query cost each request a round trip (bench/load.py)."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 class Database:
@@ -45,7 +58,7 @@ class Database:
                             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                         },
                         timeout=CONNECT_TIMEOUT_SECONDS,
-                        check=ConnectionPool.check_connection,
+                        check=check_if_disturbed,
                         open=True,
                         name="conveyor",
                     )

@@ -208,6 +208,43 @@ def test_expired_token_is_token_expired(verifier: TokenVerifier) -> None:
         verifier.verify(token)
 
 
+def test_a_token_verified_earlier_is_still_refused_once_it_expires() -> None:
+    now = [time.time()]
+    verifier = TokenVerifier(
+        supabase_secret=HS_SECRET, api_secret=API_SECRET, jwks=None, issuer=ISSUER, leeway=0,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    token = jwt.encode(claims(exp=int(now[0]) + 30), HS_SECRET, algorithm="HS256")
+    verifier.verify(token)
+
+    now[0] += 31
+    with pytest.raises(TokenExpired):
+        verifier.verify(token)
+
+
+def test_a_withdrawn_signing_key_stops_being_honoured_within_a_minute(
+    jwks_server: JwksServer, ec_key: Any
+) -> None:
+    now = [time.time()]
+    jwks_server.publish(public_jwk(ec_key, "ec-1", "ES256"))
+    verifier = TokenVerifier(
+        supabase_secret=HS_SECRET,
+        api_secret=API_SECRET,
+        jwks=JwksCache(jwks_server.url, ttl=0, min_refetch=0),  # every lookup refetches
+        issuer=ISSUER,
+        leeway=0,
+        clock=lambda: now[0],
+    )
+    token = jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec-1"})
+    verifier.verify(token)
+    jwks_server.publish()  # the key is withdrawn
+
+    verifier.verify(token)  # remembered: verified this minute
+    now[0] += 60
+    with pytest.raises(InvalidToken, match="unknown key"):
+        verifier.verify(token)
+
+
 def test_not_yet_valid_token_is_rejected(verifier: TokenVerifier) -> None:
     token = jwt.encode(claims(nbf=int(time.time()) + 600), HS_SECRET, algorithm="HS256")
     with pytest.raises(InvalidToken, match="not valid yet"):

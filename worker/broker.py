@@ -1,4 +1,5 @@
-"""kombu's Redis transport with one guard: a worker must survive Redis going away.
+"""kombu's Redis transport with a guard (a worker must survive Redis going away) and one client
+per channel (see Channel._create_client).
 
 When the broker connection drops, Celery closes the channel, and kombu then tries to put the
 channel's unacknowledged messages back on their queues. The connection is already released by
@@ -41,6 +42,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     AttributeError for anything else tried on a channel whose connection was released."""
 
     QoS = QoS
+    _sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """One Redis client per channel for the plain commands (ack, publish, queue sizes)
+        rather than a new one for each: building a client was 4-7 % of a web or worker process's
+        CPU under load (bench/load.py). It shares the channel's connection pool, as each new one
+        did, and is made again when the channel gets a new pool."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        client = self._sync_client
+        if client is None or client.connection_pool is not self.pool:
+            client = self._sync_client = super()._create_client()
+        return client
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         transport = self.connection

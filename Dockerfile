@@ -15,4 +15,4 @@ USER conveyor
 EXPOSE 8000
 # Each open websocket holds a gthread thread: size --threads for the sockets one worker serves
 # (docs/realtime.md; `conveyor run` uses WEB_THREADS, 1100 by default).
-CMD ["gunicorn", "web:create_app()", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "web.gunicorn_worker.GracefulThreadWorker", "--threads", "1100", "--worker-connections", "1200"]
+CMD ["gunicorn", "web:create_app()", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "web.gunicorn_worker.GracefulThreadWorker", "--threads", "1100", "--worker-connections", "1200", "--config", "python:web.gunicorn_config"]

@@ -96,6 +96,7 @@ def fresh_metrics_dir(path: Path) -> Path:
 
 # gthread, closing open websockets with 1001 when the worker is told to stop.
 WEB_WORKER_CLASS = "web.gunicorn_worker.GracefulThreadWorker"
+GUNICORN_CONFIG = "python:web.gunicorn_config"  # server hooks
 
 
 def gunicorn_command(python: str, *, host: str, port: int, workers: int, threads: int) -> str:
@@ -104,7 +105,8 @@ def gunicorn_command(python: str, *, host: str, port: int, workers: int, threads
     return (
         f"{python} -m gunicorn 'web:create_app()' --bind {host}:{port} "
         f"--workers {workers} --worker-class {WEB_WORKER_CLASS} --threads {threads} "
-        f"--worker-connections {threads + 100} --graceful-timeout 20"
+        f"--worker-connections {threads + 100} --graceful-timeout 20 "
+        f"--config {GUNICORN_CONFIG}"
     )
 
 

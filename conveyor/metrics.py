@@ -94,6 +94,12 @@ class QueueDepths(Collector):
         yield family
 
 
+def forget_process(pid: int) -> None:
+    """Drop the live gauges of a process that exited (multiprocess mode only; a no-op otherwise)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 def exposition(queue_depths: Callable[[], Mapping[str, int]] | None = None) -> tuple[bytes, str]:
     """The text a scrape returns, and its content type."""
     if os.environ.get(MULTIPROC_ENV):

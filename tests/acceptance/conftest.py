@@ -1,7 +1,10 @@
-"""Fixtures the usage ingestion tests share (test_usage_ingest.py, test_usage_outbox.py)."""
+"""Fixtures acceptance tests share: a `usage:write` service and the usage tasks' results
+(test_usage_ingest.py, test_usage_outbox.py); websockets to the live server and the worker's
+event publisher (the realtime tests)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +13,10 @@ from celery.signals import task_postrun
 
 from conveyor.auth import mint_service_token
 from conveyor.constants import TASK_RECORD_USAGE
-from tests.support import API_SECRET, ApiClient
+from conveyor.events import EventPublisher
+from conveyor.settings import Settings
+from tests.acceptance.websocket_clients import Socket, ws_url
+from tests.support import API_SECRET, ApiClient, LiveServer, token_for
 
 
 @pytest.fixture
@@ -31,3 +37,29 @@ def usage_results() -> Iterator[list[Any]]:
     task_postrun.connect(collect, weak=False)
     yield results
     task_postrun.disconnect(collect)
+
+
+@pytest.fixture
+def connect(live_server: LiveServer) -> Iterator[Any]:
+    """Open sockets to the live server (closed after the test, with the server's hub)."""
+    opened: list[Socket] = []
+
+    def open_socket(channel: str, user: uuid.UUID | None = None, **kwargs: Any) -> Socket:
+        token = kwargs.pop("token", None) or token_for(user or uuid.uuid4())
+        sock = Socket(ws_url(live_server, channel, token), **kwargs)
+        opened.append(sock)
+        return sock
+
+    yield open_socket
+    for sock in opened:
+        sock.close()
+    live_server.app.extensions["conveyor.hub"].stop()
+
+
+@pytest.fixture
+def publisher(settings: Settings) -> Iterator[EventPublisher]:
+    """What the worker publishes with."""
+    assert settings.redis_url is not None
+    events = EventPublisher(settings.redis_url)
+    yield events
+    events.close()

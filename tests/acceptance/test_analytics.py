@@ -14,7 +14,6 @@ from celery import Celery
 from conveyor.analytics import TASK_PUSH_ANALYTICS
 from conveyor.db import Database
 from conveyor.identity import grant_admin
-from tests.acceptance.test_websockets import connect  # noqa: F401
 from tests.support import ApiClient
 
 ClientFactory = Callable[..., ApiClient]
@@ -167,7 +166,7 @@ def test_the_analytics_channel_sends_kpis_then_pushes_when_the_roll_up_runs(
     history: uuid.UUID,
     worker: Any,
     celery_app: Celery,
-    connect: Any,  # noqa: F811
+    connect: Any,
     user_id: uuid.UUID,
 ) -> None:
     sock = connect("analytics", user_id)
@@ -190,7 +189,7 @@ def test_the_analytics_channel_sends_kpis_then_pushes_when_the_roll_up_runs(
 )
 def test_each_analytics_topic_sends_a_series(
     history: uuid.UUID,
-    connect: Any,  # noqa: F811
+    connect: Any,
     user_id: uuid.UUID,
     topic: str,
     kpi: str | None,
@@ -205,7 +204,7 @@ def test_each_analytics_topic_sends_a_series(
 
 
 def test_the_analytics_channel_refuses_unknown_topics_and_bad_params(
-    connect: Any,  # noqa: F811
+    connect: Any,
 ) -> None:
     sock = connect("analytics")
     sock.send(type="subscribe", topic="workflow_run:1")

@@ -12,7 +12,6 @@ from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.identity import grant_admin
 from conveyor.notifications import PAYMENT_FAILED, notify, publish_notifications
-from tests.acceptance.test_websockets import connect, publisher  # noqa: F401
 from tests.support import ApiClient, wait_for_run
 
 ClientFactory = Callable[..., ApiClient]
@@ -95,9 +94,9 @@ def test_a_bad_unread_value_is_a_400(client: ApiClient) -> None:
 
 
 def test_subscribing_sends_a_snapshot_then_billing_notifications_live(
-    connect: Any,  # noqa: F811
+    connect: Any,
     db: Database,
-    publisher: EventPublisher,  # noqa: F811
+    publisher: EventPublisher,
     user_id: uuid.UUID,
 ) -> None:
     bill(db, user_id, "before")
@@ -141,7 +140,7 @@ def test_subscribing_sends_a_snapshot_then_billing_notifications_live(
 
 def test_a_run_finishing_pushes_its_notification_live(
     worker: Any,
-    connect: Any,  # noqa: F811
+    connect: Any,
     client: ApiClient,
     user_id: uuid.UUID,
 ) -> None:
@@ -162,9 +161,9 @@ def test_a_run_finishing_pushes_its_notification_live(
 
 
 def test_reconnecting_with_since_replays_missed_notifications_once(
-    connect: Any,  # noqa: F811
+    connect: Any,
     db: Database,
-    publisher: EventPublisher,  # noqa: F811
+    publisher: EventPublisher,
     user_id: uuid.UUID,
 ) -> None:
     sock = connect("notifications", user_id)
@@ -189,7 +188,7 @@ def test_reconnecting_with_since_replays_missed_notifications_once(
     again.expect_quiet()
 
 
-def test_another_users_notification_topic_is_refused(connect: Any) -> None:  # noqa: F811
+def test_another_users_notification_topic_is_refused(connect: Any) -> None:
     sock = connect("notifications", uuid.uuid4())
     sock.send(type="subscribe", topic=f"user:{uuid.uuid4()}")
     refusal = sock.recv()
@@ -198,7 +197,7 @@ def test_another_users_notification_topic_is_refused(connect: Any) -> None:  # n
 
 
 def test_an_admin_may_follow_anyones_notifications(
-    connect: Any,  # noqa: F811
+    connect: Any,
     db: Database,
 ) -> None:
     user, admin = uuid.uuid4(), uuid.uuid4()
@@ -210,7 +209,7 @@ def test_an_admin_may_follow_anyones_notifications(
     assert sock.recv()["data"]["title"] == "theirs"
 
 
-def test_a_workflow_topic_is_invalid_on_the_notifications_channel(connect: Any) -> None:  # noqa: F811
+def test_a_workflow_topic_is_invalid_on_the_notifications_channel(connect: Any) -> None:
     sock = connect("notifications")
     sock.send(type="subscribe", topic=f"workflow_run:{uuid.uuid4()}")
     assert sock.recv()["code"] == "INVALID_TOPIC"

@@ -15,15 +15,9 @@ from conveyor.constants import TASK_RECONCILE_STRIPE_EVENTS
 from conveyor.db import Database
 from conveyor.settings import Settings
 from conveyor.stripe_reconcile import reconcile
-from tests.acceptance.test_stripe_webhooks import (
-    SETTINGS as WEBHOOK_SETTINGS,
-)
-from tests.acceptance.test_stripe_webhooks import (
-    deliver_and_wait,
-    subscription,
-    wait_processed,
-)
-from tests.fake_stripe import FakeStripe, event
+from tests.acceptance.stripe_deliveries import SETTINGS as WEBHOOK_SETTINGS
+from tests.acceptance.stripe_deliveries import deliver_and_wait, wait_processed
+from tests.fake_stripe import FakeStripe, event, subscription
 from tests.support import ApiClient, LiveServer, token_for
 
 USES_FAKE_STRIPE = True

@@ -3,175 +3,23 @@ a run's events in order, and resuming with `since` without a gap or a duplicate.
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-import websocket
 
 from conveyor import runs
-from conveyor.checkpoints import complete_step, record_retry
 from conveyor.db import Database
-from conveyor.events import EventPublisher, RunEvent
+from conveyor.events import EventPublisher
 from conveyor.identity import grant_admin
-from conveyor.settings import Settings
-from conveyor.step_rows import CompletedStep
+from tests.acceptance.websocket_clients import (
+    RunDriver,
+    Socket,
+    seqs,
+    ws_url,
+)
 from tests.support import ApiClient, LiveServer, token_for, wait_for_run
-
-THREE_STEPS = [("fetch", "python"), ("think", "python"), ("write", "python")]
-RECV_TIMEOUT = 10
-
-
-class Socket:
-    """A websocket-client connection speaking the JSON protocol."""
-
-    def __init__(self, url: str, **options: Any) -> None:
-        self.ws = websocket.create_connection(url, timeout=RECV_TIMEOUT, **options)
-
-    def send(self, **message: Any) -> None:
-        """Send one JSON message."""
-        self.ws.send(json.dumps(message))
-
-    def recv(self) -> dict[str, Any]:
-        """The next JSON message; fails on a close frame."""
-        opcode, data = self.ws.recv_data()
-        assert opcode == websocket.ABNF.OPCODE_TEXT, (opcode, data)
-        message: dict[str, Any] = json.loads(data)
-        return message
-
-    def events(self, count: int) -> list[dict[str, Any]]:
-        """The next count messages, each an event."""
-        received = [self.recv() for _ in range(count)]
-        assert all(m["type"] == "event" for m in received), received
-        return received
-
-    def expect_quiet(self) -> None:
-        """Nothing else is pending: a ping's pong is the next message."""
-        self.send(type="ping")
-        assert self.recv() == {"type": "pong"}
-
-    def closed_with(self) -> tuple[int, str]:
-        """Read until the server's close frame; its (code, reason)."""
-        deadline = time.monotonic() + RECV_TIMEOUT
-        while time.monotonic() < deadline:
-            frame = self.ws.recv_frame()
-            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = struct.unpack("!H", frame.data[:2])[0]
-                return code, frame.data[2:].decode()
-        raise AssertionError("no close frame")
-
-    def close(self) -> None:
-        """Close from the client side."""
-        self.ws.close()
-
-
-def ws_url(server: LiveServer, channel: str, token: str | None) -> str:
-    """The websocket URL of channel, with `?token=` when token is given."""
-    base = server.url.replace("http://", "ws://") + f"/api/ws/{channel}"
-    return f"{base}?token={quote(token)}" if token else base
-
-
-@pytest.fixture
-def connect(live_server: LiveServer) -> Iterator[Any]:
-    """Open sockets to the live server (closed after the test, with the server's hub)."""
-    opened: list[Socket] = []
-
-    def open_socket(channel: str, user: uuid.UUID | None = None, **kwargs: Any) -> Socket:
-        token = kwargs.pop("token", None) or token_for(user or uuid.uuid4())
-        sock = Socket(ws_url(live_server, channel, token), **kwargs)
-        opened.append(sock)
-        return sock
-
-    yield open_socket
-    for sock in opened:
-        sock.close()
-    live_server.app.extensions["conveyor.hub"].stop()
-
-
-class RunDriver:
-    """Moves a three-step run through the real state machine and publishes each change."""
-
-    def __init__(self, db: Database, publisher: EventPublisher, user: uuid.UUID) -> None:
-        self.db = db
-        self.publisher = publisher
-        created = runs.create_run(
-            db,
-            user_id=user,
-            kind="workflow",
-            workflow_id="three_steps",
-            input={},
-            metadata={},
-            steps=THREE_STEPS,
-        )
-        assert created.event is not None
-        self.run_id = created.id
-        self.publish(created.event)  # seq 1
-        self.claim: runs.ClaimedRun | None = None
-
-    def publish(self, *events: RunEvent) -> None:
-        self.publisher.publish(*events)
-
-    def start(self) -> None:
-        """Claim: seq 2."""
-        claimed = runs.claim_run(self.db, self.run_id, lease_seconds=60)
-        assert claimed is not None
-        self.claim, event = claimed
-        self.publish(event)
-
-    def complete(self, position: int) -> None:
-        """Complete step position and start the next: two events."""
-        assert self.claim is not None
-        events = complete_step(
-            self.db,
-            self.claim,
-            CompletedStep(position, {"done": position}, None, None),
-            next_step=(position + 1, THREE_STEPS[position + 1][0]),
-            progress=(position + 1) / 3,
-            lease_seconds=60,
-        )
-        assert events is not None
-        self.publish(*events)
-
-    def retry(self, position: int) -> None:
-        """A failed attempt of step position: one event."""
-        assert self.claim is not None
-        event = record_retry(
-            self.db,
-            self.claim,
-            position=position,
-            error="flaky",
-            error_code="FLAKY",
-            retry_in=0.1,
-            lease_seconds=60,
-        )
-        assert event is not None
-        self.publish(event)
-
-    def finish(self) -> None:
-        """Complete the last step and the run: two events."""
-        assert self.claim is not None
-        last = CompletedStep(2, {"done": 2}, None, None)
-        events = runs.finish_run(self.db, self.claim, runs.Outcome(output={}, last_step=last))
-        assert events is not None
-        self.publish(*events)
-
-
-@pytest.fixture
-def publisher(settings: Settings) -> Iterator[EventPublisher]:
-    """What the worker publishes with."""
-    assert settings.redis_url is not None
-    events = EventPublisher(settings.redis_url)
-    yield events
-    events.close()
-
-
-def seqs(messages: list[dict[str, Any]]) -> list[int]:
-    return [m["seq"] for m in messages]
 
 
 def test_a_missing_token_closes_with_1008(connect: Any, live_server: LiveServer) -> None:

@@ -11,16 +11,16 @@ from typing import Any
 import redis
 
 from conveyor.events import EventPublisher
-from tests.acceptance.test_websockets import RunDriver, connect, publisher  # noqa: F401
 from tests.acceptance.test_websockets_fanout import BURST, publish_probes
+from tests.acceptance.websocket_clients import RunDriver
 from tests.support import LiveServer
 
 SETTINGS = {"ws_queue_size": 64, "ws_send_grace_seconds": 0.5}
 
 
 def test_a_socket_stuck_writing_after_an_overflow_is_cut_off(
-    connect: Any,  # noqa: F811
-    publisher: EventPublisher,  # noqa: F811
+    connect: Any,
+    publisher: EventPublisher,
     live_server: LiveServer,
     clean_redis: redis.Redis,
 ) -> None:

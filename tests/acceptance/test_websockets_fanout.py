@@ -16,7 +16,7 @@ import redis
 from conveyor.constants import run_topic, topic_channel
 from conveyor.events import EventPublisher
 from conveyor.realtime import Delivery, Kind, Outbox
-from tests.acceptance.test_websockets import RunDriver, connect, publisher  # noqa: F401
+from tests.acceptance.websocket_clients import RunDriver
 from tests.support import LiveServer
 
 QUEUE_SIZE = 256
@@ -59,8 +59,8 @@ def publish_probes(
 
 
 def test_a_client_that_stops_reading_is_closed_with_1013_and_others_get_everything(
-    connect: Any,  # noqa: F811
-    publisher: EventPublisher,  # noqa: F811
+    connect: Any,
+    publisher: EventPublisher,
     live_server: LiveServer,
     clean_redis: redis.Redis,
 ) -> None:
@@ -112,8 +112,8 @@ def test_an_outbox_overflow_drops_the_backlog_and_refuses_more() -> None:
 
 
 def test_an_idle_socket_gets_live_events_written_by_the_hub_itself(
-    connect: Any,  # noqa: F811
-    publisher: EventPublisher,  # noqa: F811
+    connect: Any,
+    publisher: EventPublisher,
     live_server: LiveServer,
     clean_redis: redis.Redis,
 ) -> None:
@@ -136,8 +136,8 @@ def test_an_idle_socket_gets_live_events_written_by_the_hub_itself(
 
 
 def test_events_of_every_size_arrive_intact(
-    connect: Any,  # noqa: F811
-    publisher: EventPublisher,  # noqa: F811
+    connect: Any,
+    publisher: EventPublisher,
     live_server: LiveServer,
     clean_redis: redis.Redis,
 ) -> None:

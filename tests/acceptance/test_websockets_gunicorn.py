@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conveyor.db import Database
 from conveyor.events import EventPublisher
 from conveyor.settings import Settings
-from tests.acceptance.test_websockets import RunDriver, Socket, publisher  # noqa: F401
+from tests.acceptance.websocket_clients import RunDriver, Socket
 from tests.support import gunicorn_process, token_for, wait_until
 
 SOCKETS = 6
@@ -33,7 +33,7 @@ def gunicorn(settings: Settings, tmp_path: Path) -> Iterator[str]:
 def test_gunicorn_gthread_serves_a_runs_events_to_every_socket(
     gunicorn: str,
     db: Database,
-    publisher: EventPublisher,  # noqa: F811
+    publisher: EventPublisher,
 ) -> None:
     user = uuid.uuid4()
     driver = RunDriver(db, publisher, user)

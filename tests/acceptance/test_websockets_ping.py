@@ -7,12 +7,10 @@ from typing import Any
 
 import websocket
 
-from tests.acceptance.test_websockets import connect  # noqa: F401
-
 SETTINGS = {"ws_ping_seconds": 0.5}
 
 
-def test_the_server_pings_every_socket(connect: Any) -> None:  # noqa: F811
+def test_the_server_pings_every_socket(connect: Any) -> None:
     sock = connect("workflows")
     deadline = time.monotonic() + 5
     pings = 0
@@ -25,7 +23,7 @@ def test_the_server_pings_every_socket(connect: Any) -> None:  # noqa: F811
     sock.expect_quiet()
 
 
-def test_a_socket_that_never_answers_a_ping_is_closed_with_1001(connect: Any) -> None:  # noqa: F811
+def test_a_socket_that_never_answers_a_ping_is_closed_with_1001(connect: Any) -> None:
     sock = connect("workflows")
     started = time.monotonic()
     while True:

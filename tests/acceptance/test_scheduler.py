@@ -24,9 +24,10 @@ from beat_schedule import JOBS
 from conveyor import maintenance_runs
 from conveyor.cli import main as cli
 from conveyor.db import Database
+from conveyor.schedule import Every
 from conveyor.services import EmbeddedRedis, free_port
 from conveyor.settings import Settings, get_settings
-from tests.support import ApiClient, token_for
+from tests.support import ApiClient, token_for, wait_until
 from worker.celery_app import create_celery
 from worker.scheduler import TICK_SECONDS, ConveyorScheduler
 
@@ -107,10 +108,14 @@ def test_when_the_active_scheduler_dies_the_standby_takes_over(
     wait_for_runs(db, JOB_COUNT)
 
     active.lock.release()  # its process dies: the session, and the lock, go with it
+    # Postgres frees the lock when the old session's backend has exited, a moment after the close;
+    # a standby keeps trying (every STANDBY_SECONDS in production).
+    wait_until(standby.lock.try_acquire, 10, "the standby taking the scheduler lock")
     clock.now += timedelta(seconds=30)  # the interval jobs' next slot
     standby.tick()
 
-    found = wait_for_runs(db, JOB_COUNT + 2)  # only the two 30 s jobs have a new period
+    every_30_s = sum(1 for job in JOBS if job.cadence == Every(30))
+    found = wait_for_runs(db, JOB_COUNT + every_30_s)  # only those have a new period
     stale_runs = [r for r in found if r["job"] == "requeue_stale_runs"]
     assert [r["period_key"] for r in stale_runs] == ["2026-11-03T10:00:00Z", "2026-11-03T10:00:30Z"]
 

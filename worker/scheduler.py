@@ -59,9 +59,8 @@ class ConveyorScheduler(Scheduler):  # type: ignore[misc]
             return STANDBY_SECONDS
         try:
             self.dispatcher.tick()
-        except ServiceUnavailable as exc:
-            log.warning("scheduler_tick_failed", error=exc.message)
-        except psycopg.OperationalError as exc:  # Postgres went away between the lock and a query
+        # Postgres unreachable, or gone between the lock check and a query.
+        except (ServiceUnavailable, psycopg.OperationalError) as exc:
             log.warning("scheduler_tick_failed", error=str(exc))
         except BROKER_ERRORS as exc:
             log.warning("scheduler_send_failed", error=str(exc))

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from conveyor.db import Database
 from conveyor.ledger import UsageRecord
@@ -45,9 +45,11 @@ class UsageBatchIn(BaseModel):
 
     events: list[UsageEventIn] = Field(min_length=1, max_length=MAX_BATCH)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _single_event(cls, data: Any) -> Any:
+    # Not a model_validator(mode="before"): that makes pydantic build Python objects from the
+    # whole body before validating, which doubled the cost of a 1,000-event batch (6.5 ms).
+    @staticmethod
+    def enclose_single_event(data: Any) -> Any:
+        """One event sent on its own, as the batch `{"events": [event]}`; anything else as is."""
         if isinstance(data, dict) and "events" not in data:
             return {"events": [data]}
         return data

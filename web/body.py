@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
@@ -40,8 +41,9 @@ def read_body() -> bytes:
     return data
 
 
-def parse_body(model: type[Model]) -> Model:
-    """The body as `model`, or InvalidContentType / InvalidJSON / InvalidInput naming the fields."""
+def parse_body(model: type[Model], reshape: Callable[[Any], Any] | None = None) -> Model:
+    """The body as `model`, or InvalidContentType / InvalidJSON / InvalidInput naming the fields.
+    reshape, if given, turns a body `model` refuses as it is into the form it takes."""
     if request.mimetype != "application/json":
         raise InvalidContentType(
             f"Content-Type must be application/json, not {request.mimetype or 'missing'}."
@@ -66,6 +68,8 @@ def parse_body(model: type[Model]) -> Model:
     # JSON carries a NUL only escaped, so only such bodies need the (costly) walk.
     if b"\\u0000" in body:
         reject_nul(raw)
+    if reshape is not None:
+        raw = reshape(raw)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

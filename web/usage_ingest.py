@@ -36,7 +36,7 @@ def ingest_usage() -> tuple[Response, int]:
     principal.require_scope(USAGE_WRITE_SCOPE)
     # A full batch outgrows MAX_BODY_BYTES; only callers with the scope get the larger limit.
     request.max_content_length = get_settings().usage_max_body_bytes
-    batch = parse_body(UsageBatchIn)
+    batch = parse_body(UsageBatchIn, reshape=UsageBatchIn.enclose_single_event)
     batch_id = store_batch(get_db(), events_json(batch.events), len(batch.events))
     # A failed publish loses nothing: the stored batch is republished by the requeue job.
     get_enqueuer().enqueue(TASK_RECORD_USAGE, str(batch_id))

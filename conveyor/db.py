@@ -83,6 +83,19 @@ class Database:
             yield conn
 
     @contextmanager
+    def single_statement(self) -> Iterator[Connection]:
+        """A connection in autocommit mode, for one statement that is its own transaction: one
+        round trip, where transaction() adds BEGIN and COMMIT."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                # The pool hands the connection on as it found it; a broken one it discards.
+                if not conn.closed:
+                    conn.autocommit = False
+
+    @contextmanager
     def user_transaction(self, claims: dict[str, Any]) -> Iterator[Connection]:
         """A transaction that runs as Supabase's `authenticated` role, so RLS policies apply."""
         with self.connection() as conn, conn.transaction():

@@ -181,47 +181,13 @@ def claim_run(
     db: Database, run_id: UUID, *, lease_seconds: int
 ) -> tuple[ClaimedRun, RunEvent] | None:
     """Take a queued run, or a running one whose lease expired, and start its first unfinished
-    step; None when it is not claimable."""
-    with db.transaction() as conn:
+    step; None when it is not claimable. One round trip: conveyor_claim_run (sql/) does it all."""
+    with db.single_statement() as conn:
         row = conn.execute(
-            """
-            update public.workflow_runs r
-               set status = 'running',
-                   attempt = attempt + 1,
-                   lease_expires_at = now() + make_interval(secs => %s),
-                   heartbeat_at = now(),
-                   started_at = coalesce(started_at, now()),
-                   current_step = (select s.name from public.workflow_steps s
-                                    where s.run_id = r.id and s.status <> 'completed'
-                                    order by s.position limit 1),
-                   updated_at = now()
-             where id = %s
-               and cancel_requested_at is null
-               and (status = 'queued' or (status = 'running' and lease_expires_at < now()))
-            returning *
-            """,
-            (lease_seconds, run_id),
+            "select * from public.conveyor_claim_run(%s, %s)", (run_id, lease_seconds)
         ).fetchone()
-        if row is None:
-            return None
-        # Attempts of a step count across workers: a step that kills its worker every time
-        # still runs out of attempts.
-        conn.execute(
-            """
-            update public.workflow_steps
-               set status = 'running', attempt = attempt + 1, started_at = now()
-             where run_id = %s and position = (
-               select min(position) from public.workflow_steps
-                where run_id = %s and status <> 'completed')
-            """,
-            (run_id, run_id),
-        )
-        steps = conn.execute(
-            "select position, name, status, attempt, output, output_url "
-            "from public.workflow_steps where run_id = %s order by position",
-            (run_id,),
-        ).fetchall()
-        event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
+    if row is None:
+        return None
     claimed = ClaimedRun(
         id=row["id"],
         user_id=row["user_id"],
@@ -231,7 +197,14 @@ def claim_run(
         attempt=row["attempt"],
         session_id=row["session_id"],
         started_at=row["started_at"],
-        steps=[StepState(**step) for step in steps],
+        steps=[StepState(**step) for step in row["steps"]],
+    )
+    event = RunEvent(
+        run_id=run_id,
+        seq=row["event_seq"],
+        event=STATUS_UPDATE,
+        data=row["event_data"],
+        ts=row["event_at"],
     )
     return claimed, event
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import psycopg
@@ -59,6 +60,53 @@ def test_an_expired_lease_can_be_claimed_again_with_the_next_attempt(
     assert first is not None
     assert second is not None
     assert (first[0].attempt, second[0].attempt) == (1, 2)
+
+
+def test_the_claim_event_carries_the_status_payload_python_builds_for_the_claimed_row(
+    db: Database, run_id: uuid.UUID
+) -> None:
+    claimed = runs.claim_run(db, run_id, lease_seconds=60)
+
+    assert claimed is not None
+    _, event = claimed
+    with db.transaction() as conn:
+        row = conn.execute("select * from workflow_runs where id = %s", (run_id,)).fetchone()
+        stored = conn.execute(
+            "select seq, data from run_events where run_id = %s order by seq desc limit 1",
+            (run_id,),
+        ).fetchone()
+    assert row is not None
+    assert stored is not None
+    assert event.data == runs.status_data(row)
+    assert (event.seq, row["last_event_seq"], stored["data"]) == (2, 2, event.data)
+    assert event.data["status"] == "running"
+    assert event.data["step"] == ECHO_STEPS[0][0]
+
+
+@pytest.mark.parametrize(
+    ("progress", "updated_at"),
+    [
+        (1 / 3, "2026-11-23 10:11:12.5+00"),
+        (0.25, "2026-11-23 10:11:12+00"),  # whole seconds: isoformat() omits the fraction
+        (1, "2026-11-23 10:11:12.000001+00"),
+    ],
+)
+def test_the_status_payload_built_in_sql_matches_the_one_built_in_python(
+    db: Database, run_id: uuid.UUID, progress: float, updated_at: str
+) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            "update workflow_runs set progress = %s, updated_at = %s where id = %s",
+            (progress, updated_at, run_id),
+        )
+        row = conn.execute(
+            "select r.*, public.conveyor_status_data(r) as sql_payload "
+            "from workflow_runs r where id = %s",
+            (run_id,),
+        ).fetchone()
+    assert row is not None
+
+    assert row["sql_payload"] == json.loads(json.dumps(runs.status_data(row)))
 
 
 def test_a_worker_that_lost_its_lease_cannot_finish_the_run(

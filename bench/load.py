@@ -9,7 +9,9 @@ Phases alternate (bare, then Conveyor) for --rounds rounds of --seconds each. In
 with the echo agent as one of --users users; bare: `POST /enqueue`), --pollers threads poll the
 status of recent submissions, and, for Conveyor, --sockets websockets follow their user's runs
 (`user:<id>` on /api/ws/workflows) from a separate process. Client, servers, workers, Redis and
-Postgres all share this machine's cores. Prints each phase, then medians and Conveyor ÷ bare.
+Postgres all share this machine's cores, so throughput follows the CPU a submit costs in all of
+them: each phase is metered (bench/cpu.py) from its start until its runs finished. Prints each
+phase, then medians (throughput, latency, CPU per submit by part) and Conveyor ÷ bare.
 Usage: python -m bench.load [--seconds 15] [--rounds 3] [--submitters 8] [--pollers 4]
                             [--sockets 50] [--users 20] [--concurrency 2]
 """
@@ -27,11 +29,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 import psycopg
 import redis
 
+from bench.cpu import CpuMeter
 from bench.harness import process_env, stop_processes
 from bench.load_clients import Phase, PhaseResult, Target, follow_sockets, run_phase
 from bench.ws import wait_for_health
@@ -47,6 +51,7 @@ DRAIN_SECONDS = 60
 WEB_WORKERS = 2  # `conveyor run`'s default
 REPO = Path(__file__).resolve().parent.parent
 FINAL_RUN_STATES = ("completed", "failed", "cancelled")
+CPU_PARTS = ("web", "worker", "postgres", "redis", "client")
 
 
 def main() -> None:
@@ -71,10 +76,10 @@ def main() -> None:
         env = process_env(urls.database_url, urls.redis_url, BENCH_SECRET, data_dir)
         tokens = [mint_token(user, secret=BENCH_SECRET) for user in users]
         with ExitStack() as stack:
-            bare_url = stack.enter_context(
+            bare_url, bare_cpu = stack.enter_context(
                 serving("bench.bare_app:create_app()", "bench.bare_app", "bare", args, base, env)
             )
-            conveyor_url = stack.enter_context(
+            conveyor_url, conveyor_cpu = stack.enter_context(
                 serving("web:create_app()", "worker.app", "runs", args, base, env)
             )
             print(
@@ -90,6 +95,7 @@ def main() -> None:
             results_redis = stack.enter_context(redis.Redis.from_url(urls.redis_url))
             for index in range(rounds):
                 phase = Phase(seconds, args.submitters, args.pollers)
+                before = bare_cpu.read()
                 bare_result = run_phase(bare, phase)
                 bare_result.finished = drain(
                     lambda ids: sum(
@@ -98,15 +104,20 @@ def main() -> None:
                     ),
                     bare_result.ids,
                 )
+                bare_result.cpu = bare_cpu.since(before)
                 results["bare"].append(bare_result)
                 print(f"round {index + 1} bare     {bare_result.summary()}")
 
+                before = conveyor_cpu.read()
                 conveyor_result = run_with_sockets(
                     conveyor, phase, conveyor_url, tokens[: args.sockets]
                 )
                 conveyor_result.finished = drain(
                     lambda ids: finished_runs(watch_db, ids), conveyor_result.ids
                 )
+                conveyor_result.cpu = conveyor_cpu.since(before)
+                if conveyor_result.sockets:
+                    conveyor_result.cpu["client"] += conveyor_result.sockets["cpu_seconds"]
                 results["conveyor"].append(conveyor_result)
                 print(f"round {index + 1} conveyor {conveyor_result.summary()}")
     report(results)
@@ -135,8 +146,9 @@ def serving(
     args: argparse.Namespace,
     base: Settings,
     env: dict[str, str],
-) -> Iterator[str]:
-    """One stack: its web app under `conveyor run`'s gunicorn command and a prefork worker."""
+) -> Iterator[tuple[str, CpuMeter]]:
+    """One stack: its web app under `conveyor run`'s gunicorn command and a prefork worker; its
+    URL and a meter of the CPU its parts use."""
     port = free_port()
     command = shlex.split(
         gunicorn_command(
@@ -157,7 +169,7 @@ def serving(
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(base_url, web)
-        yield base_url
+        yield base_url, CpuMeter.for_stack(web.pid, worker.pid)
     finally:
         stop_processes(web, worker)
 
@@ -219,6 +231,19 @@ def report(results: dict[str, list[PhaseResult]]) -> None:
         ("errors", lambda r: float(r.error_count()), "{:.0f}"),
         ("unfinished after drain", lambda r: float(len(r.ids) - r.finished), "{:.0f}"),
     ]
+    # From the phase's start until its runs finished, per accepted submit (its run and polls
+    # included); the client part includes the websocket followers' process.
+    rows += [
+        (f"CPU ms/submit: {part}", partial(PhaseResult.cpu_per_submit_ms, part=part), "{:.1f}")
+        for part in CPU_PARTS
+    ]
+    rows.append(
+        (
+            "CPU ms/submit: total",
+            lambda r: sum(r.cpu_per_submit_ms(part) for part in CPU_PARTS),
+            "{:.1f}",
+        )
+    )
     print()
     print(f"medians over {len(results['bare'])} rounds")
     print(f"{'':26}{'bare Flask+Celery':>20}{'Conveyor':>12}{'ratio':>8}")

@@ -77,6 +77,8 @@ class PhaseResult:
     ids: list[str] = field(default_factory=list)
     finished: int = 0
     sockets: dict[str, float] | None = None
+    # CPU seconds each part of the stack used from the phase's start until its runs finished.
+    cpu: dict[str, float] = field(default_factory=dict)
 
     def submit_rate(self) -> float:
         """Accepted submissions per second."""
@@ -93,6 +95,10 @@ class PhaseResult:
     def poll_percentile(self, p: int) -> float:
         """Poll latency percentile p, in ms."""
         return percentile(self.poll_ms, p)
+
+    def cpu_per_submit_ms(self, part: str) -> float:
+        """CPU ms a part used per accepted submission (its run and polls included)."""
+        return 1000 * self.cpu.get(part, 0.0) / len(self.ids) if self.ids else 0.0
 
     def error_count(self) -> int:
         """Failed requests of any kind."""
@@ -186,7 +192,9 @@ def run_phase(target: Target, phase: Phase) -> PhaseResult:
 
 def follow_sockets(ws_url: str, tokens: list[str], seconds: float, ready: Any, out: Any) -> None:
     """In its own process: one socket per token following `user:<id>`; put the tally in out."""
-    out.put(asyncio.run(follow(ws_url, tokens, seconds, ready)))
+    tally = asyncio.run(follow(ws_url, tokens, seconds, ready))
+    tally["cpu_seconds"] = time.process_time()  # this process's own CPU, for the CPU table
+    out.put(tally)
 
 
 async def follow(ws_url: str, tokens: list[str], seconds: float, ready: Any) -> dict[str, float]:

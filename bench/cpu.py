@@ -1,44 +1,69 @@
-"""CPU time by part of a running stack (web, worker, Postgres, Redis, client), read from the
-processes with psutil: on a machine whose cores every part shares, throughput follows the CPU a
-request costs in all of them, and this says where it went."""
+"""CPU time by part of a running stack (web, worker, Postgres, Redis, client): on a machine whose
+cores every part shares, throughput follows the CPU a request costs in all of them, and this says
+where it went. Process trees are read with psutil; Redis reports its own."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
+import psycopg
+import redis
 
-SERVER_NAMES = {"postgres": ("postgres",), "redis": ("redis-server", "redis")}
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def tree_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by pid and its live descendants."""
+    """CPU seconds (user + system) used so far by pid's process tree, including what its
+    processes collected from children that exited: a reaped worker or backend is not lost."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return 0.0
-    return sum(own_seconds(process) for process in processes)
+    return sum(process_seconds(process, reaped=True) for process in processes)
 
 
-def own_seconds(process: psutil.Process) -> float:
-    """CPU seconds used so far by one process (0 once it is gone)."""
+def process_seconds(process: psutil.Process, *, reaped: bool = False) -> float:
+    """CPU seconds used so far by one process (0 once it is gone); with its reaped children's."""
     try:
         times = process.cpu_times()
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return 0.0
-    return float(times.user + times.system)
+    total = times.user + times.system
+    if reaped:
+        total += times.children_user + times.children_system
+    return float(total)
 
 
-def named_seconds(names: Iterable[str]) -> float:
-    """CPU seconds used so far by every process with one of these names (a server's backends)."""
-    wanted = tuple(names)
-    return sum(
-        own_seconds(process)
-        for process in psutil.process_iter(["name"])
-        if (process.info["name"] or "").startswith(wanted)
+def postmaster_pid(database_url: str) -> int | None:
+    """The pid of the Postgres server behind database_url when it runs on this machine."""
+    with psycopg.connect(database_url) as conn:
+        host = conn.info.host
+        if not (host in LOCAL_HOSTS or host.startswith("/")):
+            return None
+        row = conn.execute("select pg_backend_pid()").fetchone()
+        assert row is not None
+        # Read while the backend is alive: its parent is the postmaster.
+        parent = psutil.Process(int(row[0])).parent()
+    return parent.pid if parent is not None else None
+
+
+def redis_seconds(client: redis.Redis) -> float:
+    """CPU seconds the Redis server says it used (its threads and any forked children)."""
+    info = client.info("cpu")
+    return float(
+        sum(
+            info.get(key, 0.0)
+            for key in (
+                "used_cpu_sys",
+                "used_cpu_user",
+                "used_cpu_sys_children",
+                "used_cpu_user_children",
+            )
+        )
     )
 
 
@@ -49,18 +74,22 @@ class CpuMeter:
     parts: dict[str, Callable[[], float]] = field(default_factory=dict)
 
     @classmethod
-    def for_stack(cls, web_pid: int, worker_pid: int) -> CpuMeter:
-        """A stack's web and worker process trees, the servers by name, and this process."""
+    def for_stack(
+        cls, web_pid: int, worker_pid: int, database_url: str, redis_client: redis.Redis
+    ) -> CpuMeter:
+        """A stack's web and worker process trees, the Postgres server's tree (when local),
+        Redis's own count, and this process (not its children: the stack's processes)."""
         this = psutil.Process(os.getpid())
-        return cls(
-            {
-                "web": lambda: tree_seconds(web_pid),
-                "worker": lambda: tree_seconds(worker_pid),
-                "postgres": lambda: named_seconds(SERVER_NAMES["postgres"]),
-                "redis": lambda: named_seconds(SERVER_NAMES["redis"]),
-                "client": lambda: own_seconds(this),
-            }
-        )
+        parts: dict[str, Callable[[], float]] = {
+            "web": lambda: tree_seconds(web_pid),
+            "worker": lambda: tree_seconds(worker_pid),
+            "redis": lambda: redis_seconds(redis_client),
+            "client": lambda: process_seconds(this),
+        }
+        postmaster = postmaster_pid(database_url)
+        if postmaster is not None:
+            parts["postgres"] = lambda: tree_seconds(postmaster)
+        return cls(parts)
 
     def read(self) -> dict[str, float]:
         """Each part's CPU seconds so far."""
@@ -69,4 +98,4 @@ class CpuMeter:
     def since(self, before: dict[str, float]) -> dict[str, float]:
         """Each part's CPU seconds since `before` (a reading of this meter)."""
         now = self.read()
-        return {name: max(0.0, now[name] - before.get(name, 0.0)) for name in now}
+        return {name: now[name] - before[name] for name in now}

@@ -10,8 +10,10 @@ with the echo agent as one of --users users; bare: `POST /enqueue`), --pollers t
 status of recent submissions, and, for Conveyor, --sockets websockets follow their user's runs
 (`user:<id>` on /api/ws/workflows) from a separate process. Client, servers, workers, Redis and
 Postgres all share this machine's cores, so throughput follows the CPU a submit costs in all of
-them: each phase is metered (bench/cpu.py) from its start until its runs finished. Prints each
-phase, then medians (throughput, latency, CPU per submit by part) and Conveyor ÷ bare.
+them: each phase is metered (bench/cpu.py) from its start until its runs finished. Postgres and
+Redis serve both stacks, so their figures include the idle stack's background polling and the
+bench's own drain queries (small beside a loaded phase). Prints each phase, then medians
+(throughput, latency, CPU per submit by part) and Conveyor ÷ bare.
 Usage: python -m bench.load [--seconds 15] [--rounds 3] [--submitters 8] [--pollers 4]
                             [--sockets 50] [--users 20] [--concurrency 2]
 """
@@ -76,10 +78,10 @@ def main() -> None:
         env = process_env(urls.database_url, urls.redis_url, BENCH_SECRET, data_dir)
         tokens = [mint_token(user, secret=BENCH_SECRET) for user in users]
         with ExitStack() as stack:
-            bare_url, bare_cpu = stack.enter_context(
+            bare_url, *bare_pids = stack.enter_context(
                 serving("bench.bare_app:create_app()", "bench.bare_app", "bare", args, base, env)
             )
-            conveyor_url, conveyor_cpu = stack.enter_context(
+            conveyor_url, *conveyor_pids = stack.enter_context(
                 serving("web:create_app()", "worker.app", "runs", args, base, env)
             )
             print(
@@ -93,6 +95,8 @@ def main() -> None:
             results: dict[str, list[PhaseResult]] = {"bare": [], "conveyor": []}
             watch_db = stack.enter_context(psycopg.connect(urls.database_url, autocommit=True))
             results_redis = stack.enter_context(redis.Redis.from_url(urls.redis_url))
+            bare_cpu = CpuMeter.for_stack(*bare_pids, urls.database_url, results_redis)
+            conveyor_cpu = CpuMeter.for_stack(*conveyor_pids, urls.database_url, results_redis)
             for index in range(rounds):
                 phase = Phase(seconds, args.submitters, args.pollers)
                 before = bare_cpu.read()
@@ -146,9 +150,9 @@ def serving(
     args: argparse.Namespace,
     base: Settings,
     env: dict[str, str],
-) -> Iterator[tuple[str, CpuMeter]]:
+) -> Iterator[tuple[str, int, int]]:
     """One stack: its web app under `conveyor run`'s gunicorn command and a prefork worker; its
-    URL and a meter of the CPU its parts use."""
+    URL and the pids of the two."""
     port = free_port()
     command = shlex.split(
         gunicorn_command(
@@ -169,7 +173,7 @@ def serving(
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(base_url, web)
-        yield base_url, CpuMeter.for_stack(web.pid, worker.pid)
+        yield base_url, web.pid, worker.pid
     finally:
         stop_processes(web, worker)
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -91,8 +92,9 @@ class Database:
             try:
                 yield conn
             finally:
-                # The pool hands the connection on as it found it; a broken one it discards.
-                if not conn.closed:
+                # Handed back as the pool lent it. A connection left mid-query (interrupted) or
+                # broken is not idle: the pool discards it, and touching it here would raise.
+                if conn.info.transaction_status == TransactionStatus.IDLE:
                     conn.autocommit = False
 
     @contextmanager

@@ -15,7 +15,8 @@ language sql stable as $$
     'user_id', r.user_id,
     'status', r.status,
     'step', r.current_step,
-    'progress', r.progress,
+    -- A real's shortest digits, always with a decimal point: Python's float gives 0.0, not 0.
+    'progress', (r.progress::text)::numeric + 0.0,
     'updated_at', to_char(r.updated_at, 'YYYY-MM-DD"T"HH24:MI:SS')
                   || case when extract(microseconds from r.updated_at)::integer % 1000000 = 0
                           then '' else to_char(r.updated_at, '.US') end

@@ -254,8 +254,10 @@ def report(results: dict[str, list[PhaseResult]]) -> None:
     for label, value, fmt in rows:
         bare = med(value(r) for r in results["bare"])
         conv = med(value(r) for r in results["conveyor"])
-        ratio = f"{conv / bare:8.2f}" if bare else f"{'':8}"
-        print(f"{label:26}{fmt.format(bare):>20}{fmt.format(conv):>12}{ratio}")
+        # No ratio to a baseline that shows as zero (bare has no Postgres).
+        shown = fmt.format(bare)
+        ratio = f"{conv / bare:8.2f}" if float(shown.replace(",", "")) else f"{'':8}"
+        print(f"{label:26}{shown:>20}{fmt.format(conv):>12}{ratio}")
     socket_rows = [r.sockets for r in results["conveyor"] if r.sockets]
     if socket_rows:
         print(

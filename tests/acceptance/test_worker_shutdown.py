@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,14 +29,19 @@ EXIT_SECONDS = 15
 
 
 @pytest.fixture
-def start_worker(settings: Settings) -> Iterator[Any]:
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Any]:
     """Start workers on the runs queue (solo, or prefork with concurrency > 1) with extra
-    environment; killed if still alive at the end."""
+    environment; killed if still alive at the end. Their logs (INFO) are printed at teardown,
+    which pytest shows only when the test failed."""
     started: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
 
     def start(concurrency: int = 1, **env: str) -> subprocess.Popen[bytes]:
-        args = worker_args("runs", concurrency=concurrency)
-        process = celery_process(*args, env=worker_env(settings, **env))
+        args = worker_args("runs", concurrency=concurrency, loglevel="INFO")
+        logs.append(tmp_path / f"worker-{len(logs) + 1}.log")
+        process = celery_process(
+            *args, env=worker_env(settings, LOG_LEVEL="INFO", **env), log=logs[-1]
+        )
         started.append(process)
         return process
 
@@ -44,6 +50,8 @@ def start_worker(settings: Settings) -> Iterator[Any]:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
+    for log in logs:
+        print(f"--- {log.name} (last 20,000 characters)\n{log.read_text()[-20_000:]}")
 
 
 def submit(client: ApiClient, workflow_id: str, inputs: dict[str, Any]) -> str:

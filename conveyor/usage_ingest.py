@@ -46,7 +46,7 @@ class UsageBatchIn(BaseModel):
     events: list[UsageEventIn] = Field(min_length=1, max_length=MAX_BATCH)
 
     # Not a model_validator(mode="before"): that makes pydantic build Python objects from the
-    # whole body before validating, which doubled the cost of a 1,000-event batch (6.5 ms).
+    # whole body before validating it (15 ms per 1,000 events, against 8.4 ms from the JSON).
     @staticmethod
     def enclose_single_event(data: Any) -> Any:
         """One event sent on its own, as the batch `{"events": [event]}`; anything else as is."""

@@ -13,7 +13,8 @@ Postgres all share this machine's cores, so throughput follows the CPU a submit 
 them: each phase is metered (bench/cpu.py) from its start until its runs finished. Postgres and
 Redis serve both stacks, so their figures include the idle stack's background polling and the
 bench's own drain queries (small beside a loaded phase). Prints each phase, then medians
-(throughput, latency, CPU per submit by part) and Conveyor ÷ bare.
+(throughput, latency, CPU per submit by part) and Conveyor ÷ bare, and the ceiling on that
+ratio which Conveyor's Postgres CPU alone sets.
 Usage: python -m bench.load [--seconds 15] [--rounds 3] [--submitters 8] [--pollers 4]
                             [--sockets 50] [--users 20] [--concurrency 2]
 """
@@ -258,6 +259,7 @@ def report(results: dict[str, list[PhaseResult]]) -> None:
         shown = fmt.format(bare)
         ratio = f"{conv / bare:8.2f}" if float(shown.replace(",", "")) else f"{'':8}"
         print(f"{label:26}{shown:>20}{fmt.format(conv):>12}{ratio}")
+    print_ceiling(results)
     socket_rows = [r.sockets for r in results["conveyor"] if r.sockets]
     if socket_rows:
         print(
@@ -267,6 +269,22 @@ def report(results: dict[str, list[PhaseResult]]) -> None:
             f"p99 {med(s['p99_ms'] for s in socket_rows):.1f} ms, "
             f"{med(s['closed'] for s in socket_rows):.0f} sockets closed early"
         )
+
+
+def print_ceiling(results: dict[str, list[PhaseResult]]) -> None:
+    """The best ratio Conveyor's Postgres work alone allows: throughput on shared cores follows
+    total CPU per submit, so even if Conveyor's web, worker, Redis and client cost exactly what
+    bare's do, its Postgres CPU (the run's durable record, which bare does not keep) is added."""
+    med = statistics.median
+    bare = med(sum(r.cpu_per_submit_ms(part) for part in CPU_PARTS) for r in results["bare"])
+    postgres = med(r.cpu_per_submit_ms("postgres") for r in results["conveyor"])
+    if bare <= 0:
+        return
+    print(
+        f"ceiling: bare's {bare:.1f} ms/submit plus Conveyor's Postgres {postgres:.1f} ms "
+        f"allows at most {bare / (bare + postgres):.2f}x bare's submits/s; "
+        f"0.70x leaves {bare / 0.7 - bare:.1f} ms/submit for everything Conveyor adds"
+    )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,30 @@ def check_if_disturbed(conn: Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
+def connect_options(statement_timeout_seconds: float) -> dict[str, str]:
+    """libpq startup options for a pool: the statement timeout, applied by the server to every
+    statement of the session at no round trip (0: none)."""
+    if statement_timeout_seconds <= 0:
+        return {}
+    milliseconds = max(1, round(statement_timeout_seconds * 1000))
+    return {"options": f"-c statement_timeout={milliseconds}"}
+
+
 class Database:
     """A lazily opened pool for one database URL, reopened after a fork (prefork, gunicorn)."""
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_timeout_seconds: float = 0,
+    ) -> None:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
+        self._connect_options = connect_options(statement_timeout_seconds)
         self._pool: ConnectionPool[Connection] | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -57,6 +74,7 @@ class Database:
                         kwargs={
                             "row_factory": dict_row,
                             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                            **self._connect_options,
                         },
                         timeout=CONNECT_TIMEOUT_SECONDS,
                         check=check_if_disturbed,
@@ -74,6 +92,11 @@ class Database:
                 yield conn
         except psycopg.errors.TransactionRollback:
             raise  # deadlock or serialization failure: the caller may retry; the server is fine
+        except psycopg.errors.QueryCanceled as exc:
+            raise ServiceUnavailable(
+                "The database cancelled a statement that ran too long (the statement timeout) "
+                "or was interrupted; retry shortly."
+            ) from exc
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise ServiceUnavailable("The database is unreachable; retry shortly.") from exc
 

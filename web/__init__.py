@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["conveyor.settings"] = settings
-    app.extensions["conveyor.db"] = Database(settings.database_url)
+    app.extensions["conveyor.db"] = Database(
+        settings.database_url,
+        statement_timeout_seconds=settings.database_statement_timeout_seconds,
+    )
     app.extensions["conveyor.publisher"] = EventPublisher(settings.redis_url)
     app.extensions["conveyor.enqueuer"] = Enqueuer(settings)
     app.extensions["conveyor.verifier"] = build_verifier(settings)

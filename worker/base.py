@@ -37,7 +37,11 @@ def resources_for(app: Any) -> WorkerResources:
         load_catalog(settings)
         existing = WorkerResources(
             settings=settings,
-            db=Database(settings.database_url, max_size=4),
+            db=Database(
+                settings.database_url,
+                max_size=4,
+                statement_timeout_seconds=settings.database_statement_timeout_seconds,
+            ),
             publisher=EventPublisher(settings.redis_url),
             store=store_for(settings),
         )

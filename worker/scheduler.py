@@ -38,7 +38,11 @@ class ConveyorScheduler(Scheduler):  # type: ignore[misc]
         settings: Settings = app.conveyor_settings
         assert settings.database_url is not None
         self.lock = SchedulerLock(settings.database_url)
-        self.db = Database(settings.database_url, max_size=2)
+        self.db = Database(
+            settings.database_url,
+            max_size=2,
+            statement_timeout_seconds=settings.database_statement_timeout_seconds,
+        )
         self.dispatcher = Dispatcher(
             db=self.db,
             jobs=list(beat_schedule.JOBS),

@@ -64,3 +64,30 @@ def test_the_api_serves_again_after_postgres_dropped_every_session(
     assert ended[0] >= 1, "the app held no connection to drop"
 
     assert client.get("/api/runs").status_code == 200
+
+
+def test_a_request_stuck_behind_a_row_lock_answers_503_once_the_statement_timeout_passes(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A transaction left holding the run's row (a stuck session, a long migration) costs the
+    caller one statement timeout and a 503 to retry, not a request that hangs."""
+    settings = make_settings(
+        database_url, redis_url, tmp_path / "data", database_statement_timeout_seconds=0.5
+    )
+    with LiveServer(settings) as server:
+        client = ApiClient(server.url, token_for(uuid.uuid4()))
+        run_id = client.post("/api/agents/invoke", json={"agent_type": "echo", "input": {}}).json()[
+            "request_id"
+        ]
+        with psycopg.connect(database_url) as locker:
+            locker.execute("select 1 from workflow_runs where id = %s for update", (run_id,))
+
+            stuck = client.post(f"/api/runs/{run_id}/cancel", timeout=20)
+
+        retried = client.post(f"/api/runs/{run_id}/cancel", timeout=20)
+
+    assert stuck.status_code == 503
+    assert stuck.json()["code"] == "SERVICE_UNAVAILABLE"
+    assert int(stuck.headers["Retry-After"]) >= 1
+    assert retried.status_code == 200
+    assert retried.json()["status"] == "cancelled"

@@ -1,0 +1,100 @@
+"""Every web and worker statement has a deadline: one running past
+DATABASE_STATEMENT_TIMEOUT_SECONDS is cancelled by Postgres and reported as ServiceUnavailable
+(503 / retry), never left to hang."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.db import Database
+from conveyor.errors import ServiceUnavailable
+from tests.support import close_worker_resources, make_settings
+from web import create_app
+from worker.base import resources_for
+from worker.celery_app import create_celery
+
+
+@pytest.fixture
+def quick_db(database_url: str) -> Iterator[Database]:
+    """A pool whose statements may run a fifth of a second."""
+    database = Database(database_url, max_size=1, statement_timeout_seconds=0.2)
+    yield database
+    database.close()
+
+
+def statement_timeout(db: Database) -> str:
+    """The session's statement_timeout as Postgres reports it."""
+    with db.connection() as conn:
+        row = conn.execute("show statement_timeout").fetchone()
+    assert row is not None
+    return str(row["statement_timeout"])
+
+
+def test_a_statement_running_past_the_timeout_is_cancelled_as_service_unavailable(
+    quick_db: Database,
+) -> None:
+    started = time.monotonic()
+    with (
+        pytest.raises(ServiceUnavailable, match="statement timeout"),
+        quick_db.transaction() as conn,
+    ):
+        conn.execute("select pg_sleep(10)")
+
+    assert time.monotonic() - started < 5
+
+
+def test_the_pool_serves_the_next_statement_after_a_timeout(quick_db: Database) -> None:
+    with pytest.raises(ServiceUnavailable), quick_db.transaction() as conn:
+        conn.execute("select pg_sleep(10)")
+
+    with quick_db.transaction() as conn:
+        row = conn.execute("select 1 as one").fetchone()
+
+    assert row == {"one": 1}
+
+
+def test_a_timeout_of_zero_sets_none(database_url: str) -> None:
+    db = Database(database_url, max_size=1, statement_timeout_seconds=0)
+    try:
+        assert statement_timeout(db) == "0"
+    finally:
+        db.close()
+
+
+def test_the_web_pool_uses_the_configured_timeout(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        database_url, redis_url, tmp_path / "data", database_statement_timeout_seconds=7
+    )
+    db: Database = create_app(settings).extensions["conveyor.db"]
+    try:
+        assert statement_timeout(db) == "7s"
+    finally:
+        db.close()
+
+
+def test_the_worker_pool_uses_the_configured_timeout(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        database_url, redis_url, tmp_path / "data", database_statement_timeout_seconds=7
+    )
+    app = create_celery(settings)
+    try:
+        assert statement_timeout(resources_for(app).db) == "7s"
+    finally:
+        close_worker_resources(app)
+
+
+def test_the_default_timeout_is_a_minute(database_url: str, redis_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, redis_url, tmp_path / "data")
+    db: Database = create_app(settings).extensions["conveyor.db"]
+    try:
+        assert statement_timeout(db) == "1min"
+    finally:
+        db.close()

@@ -12,6 +12,7 @@ import pytest
 
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
+from conveyor.settings import Settings
 from tests.support import close_worker_resources, make_settings
 from web import create_app
 from worker.base import resources_for
@@ -65,26 +66,24 @@ def test_a_timeout_of_zero_sets_none(database_url: str) -> None:
         db.close()
 
 
-def test_the_web_pool_uses_the_configured_timeout(
-    database_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    settings = make_settings(
+@pytest.fixture
+def seven_seconds(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings with a statement timeout of seven seconds."""
+    return make_settings(
         database_url, redis_url, tmp_path / "data", database_statement_timeout_seconds=7
     )
-    db: Database = create_app(settings).extensions["conveyor.db"]
+
+
+def test_the_web_pool_uses_the_configured_timeout(seven_seconds: Settings) -> None:
+    db: Database = create_app(seven_seconds).extensions["conveyor.db"]
     try:
         assert statement_timeout(db) == "7s"
     finally:
         db.close()
 
 
-def test_the_worker_pool_uses_the_configured_timeout(
-    database_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    settings = make_settings(
-        database_url, redis_url, tmp_path / "data", database_statement_timeout_seconds=7
-    )
-    app = create_celery(settings)
+def test_the_worker_pool_uses_the_configured_timeout(seven_seconds: Settings) -> None:
+    app = create_celery(seven_seconds)
     try:
         assert statement_timeout(resources_for(app).db) == "7s"
     finally:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -35,13 +36,15 @@ def check_if_disturbed(conn: Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
-def connect_options(statement_timeout_seconds: float) -> dict[str, str]:
+def connect_options(url: str, statement_timeout_seconds: float) -> dict[str, str]:
     """libpq startup options for a pool: the statement timeout, applied by the server to every
-    statement of the session at no round trip (0: none)."""
-    if statement_timeout_seconds <= 0:
+    statement of the session at no round trip (0: none). Options the URL already carries are
+    kept, and a statement_timeout among them wins."""
+    given = str(conninfo_to_dict(url).get("options") or "")
+    if statement_timeout_seconds <= 0 or "statement_timeout" in given:
         return {}
     milliseconds = max(1, round(statement_timeout_seconds * 1000))
-    return {"options": f"-c statement_timeout={milliseconds}"}
+    return {"options": f"{given} -c statement_timeout={milliseconds}".strip()}
 
 
 class Database:
@@ -58,7 +61,7 @@ class Database:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
-        self._connect_options = connect_options(statement_timeout_seconds)
+        self._connect_options = connect_options(url, statement_timeout_seconds)
         self._pool: ConnectionPool[Connection] | None = None
         self._pid = 0
         self._lock = threading.Lock()

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     )
     # Unset means "start an embedded server under data_dir" (development only).
     database_url: str | None = None
-    # Web and worker statements running longer (a lock wait included) are cancelled and answer
+    # Web, worker and beat statements running longer (a lock wait included) are cancelled and answer
     # 503 / retry later; 0 turns it off. Sent as a startup option: see docs/operations.md for
     # transaction poolers that refuse one.
     database_statement_timeout_seconds: float = Field(60.0, ge=0, le=86_400)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
@@ -95,5 +96,29 @@ def test_the_default_timeout_is_a_minute(database_url: str, redis_url: str, tmp_
     db: Database = create_app(settings).extensions["conveyor.db"]
     try:
         assert statement_timeout(db) == "1min"
+    finally:
+        db.close()
+
+
+def test_options_in_the_database_url_are_kept_beside_the_timeout(database_url: str) -> None:
+    url = make_conninfo(database_url, options="-c application_name=kept")
+    db = Database(url, statement_timeout_seconds=7)
+    try:
+        with db.connection() as conn:
+            row = conn.execute(
+                "select current_setting('application_name') as name, "
+                "current_setting('statement_timeout') as timeout"
+            ).fetchone()
+    finally:
+        db.close()
+
+    assert row == {"name": "kept", "timeout": "7s"}
+
+
+def test_a_statement_timeout_in_the_database_url_wins(database_url: str) -> None:
+    url = make_conninfo(database_url, options="-c statement_timeout=3000")
+    db = Database(url, statement_timeout_seconds=7)
+    try:
+        assert statement_timeout(db) == "3s"
     finally:
         db.close()

@@ -75,12 +75,17 @@ def seven_seconds(database_url: str, redis_url: str, tmp_path: Path) -> Settings
     )
 
 
-def test_the_web_pool_uses_the_configured_timeout(seven_seconds: Settings) -> None:
-    db: Database = create_app(seven_seconds).extensions["conveyor.db"]
+def web_statement_timeout(settings: Settings) -> str:
+    """The statement_timeout of the web app's pool for settings."""
+    db: Database = create_app(settings).extensions["conveyor.db"]
     try:
-        assert statement_timeout(db) == "7s"
+        return statement_timeout(db)
     finally:
         db.close()
+
+
+def test_the_web_pool_uses_the_configured_timeout(seven_seconds: Settings) -> None:
+    assert web_statement_timeout(seven_seconds) == "7s"
 
 
 def test_the_worker_pool_uses_the_configured_timeout(seven_seconds: Settings) -> None:
@@ -93,11 +98,8 @@ def test_the_worker_pool_uses_the_configured_timeout(seven_seconds: Settings) ->
 
 def test_the_default_timeout_is_a_minute(database_url: str, redis_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, redis_url, tmp_path / "data")
-    db: Database = create_app(settings).extensions["conveyor.db"]
-    try:
-        assert statement_timeout(db) == "1min"
-    finally:
-        db.close()
+
+    assert web_statement_timeout(settings) == "1min"
 
 
 def test_options_in_the_database_url_are_kept_beside_the_timeout(database_url: str) -> None:

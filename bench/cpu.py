@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
-import psycopg
 import redis
+
+from conveyor.db import sql_connection
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -40,7 +41,7 @@ def process_seconds(process: psutil.Process, *, reaped: bool = False) -> float:
 
 def postmaster_pid(database_url: str) -> int | None:
     """The pid of the Postgres server behind database_url when it runs on this machine."""
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         host = conn.info.host
         if not (host in LOCAL_HOSTS or host.startswith("/")):
             return None

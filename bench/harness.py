@@ -20,7 +20,7 @@ from celery import Celery
 
 from conveyor.cli import backing_services
 from conveyor.constants import TASK_EXECUTE_RUN
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.events import EventPublisher
 from conveyor.migrate import migrate
 from conveyor.runs import create_run
@@ -70,7 +70,7 @@ def bench_environment(**worker_env: str) -> Iterator[Bench]:
             db=Database(urls.database_url),
             publisher=EventPublisher(urls.redis_url),
             client=redis.Redis.from_url(urls.redis_url),
-            watch=psycopg.connect(urls.database_url, autocommit=True),
+            watch=sql_connection(urls.database_url, autocommit=True),
             worker=worker,
             user=uuid.uuid4(),
         )

@@ -44,6 +44,7 @@ from bench.load_clients import Phase, PhaseResult, Target, follow_sockets, run_p
 from bench.ws import wait_for_health
 from conveyor.auth import mint_token
 from conveyor.cli import backing_services, gunicorn_command
+from conveyor.db import sql_connection
 from conveyor.migrate import migrate
 from conveyor.services import free_port
 from conveyor.settings import Settings
@@ -94,7 +95,7 @@ def main() -> None:
             bare = Target.bare(bare_url)
             conveyor = Target.conveyor(conveyor_url, tokens)
             results: dict[str, list[PhaseResult]] = {"bare": [], "conveyor": []}
-            watch_db = stack.enter_context(psycopg.connect(urls.database_url, autocommit=True))
+            watch_db = stack.enter_context(sql_connection(urls.database_url, autocommit=True))
             results_redis = stack.enter_context(redis.Redis.from_url(urls.redis_url))
             bare_cpu = CpuMeter.for_stack(*bare_pids, urls.database_url, results_redis)
             conveyor_cpu = CpuMeter.for_stack(*conveyor_pids, urls.database_url, results_redis)
@@ -131,7 +132,7 @@ def main() -> None:
 def give_unlimited_plan(database_url: str, users: list[uuid.UUID]) -> None:
     """A plan no bench load reaches, for every bench user: the bench measures throughput, not
     admission refusals (the echo agent costs no credits)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with sql_connection(database_url, autocommit=True) as conn:
         conn.execute(
             "insert into plans values "
             "('bench_load', 'Bench', 1e15, 1e15, 1000000000, 1000000000, 0)"

@@ -20,9 +20,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
-
 from bench.harness import bench_environment, timed
+from conveyor.db import sql_connection
 from conveyor.maintenance import purge
 
 MAX_ROWS = 3_000_000
@@ -60,7 +59,7 @@ def main() -> None:
 
         def one_delete() -> None:
             nonlocal delete_seconds
-            with psycopg.connect(url, autocommit=True) as conn:
+            with sql_connection(url, autocommit=True) as conn:
                 delete_seconds = timed(
                     lambda: conn.execute(
                         "delete from usage_events where occurred_at < %s", (cutoff,)
@@ -91,7 +90,7 @@ def main() -> None:
 
 def fill(url: str, rows: int, before: datetime) -> None:
     """rows usage events older than `before`, spread over 1,000 users."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with sql_connection(url, autocommit=True) as conn:
         for start in range(0, rows, FILL_CHUNK):
             count = min(FILL_CHUNK, rows - start)
             conn.execute(
@@ -117,7 +116,7 @@ def inserts_while(url: str, work: object) -> list[float]:
     latencies: list[float] = []
     user = uuid.uuid4()
     deadline = time.monotonic() + MAX_INSERT_SECONDS
-    with psycopg.connect(url, autocommit=True) as conn:
+    with sql_connection(url, autocommit=True) as conn:
         worker.start()
         while not done.is_set() and time.monotonic() < deadline:
             started = time.perf_counter()

@@ -29,13 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
-import psycopg
 import requests
 
 from bench.harness import Bench, bench_environment, rate, timed, wait_until
 from bench.services import app_processes
 from conveyor import ledger
 from conveyor.auth import mint_service_token
+from conveyor.db import sql_connection
 from conveyor.usage_ingest import MAX_BATCH, UsageEventIn, record_batch
 
 MAX_EVENTS = 100_000  # every drain must finish within the harness's DRAIN_TIMEOUT_SECONDS
@@ -76,7 +76,7 @@ def main() -> None:
         for user in users:
             ledger.add_credits(bench.db, user, 10**12, kind="purchase", reference=f"bench:{user}")
         bench.watch.execute(
-            "create table bench_usage_copy (like public.usage_events including all)"
+            "create table bench_usage_copy (like conveyor.usage_events including all)"
         )
         token = mint_service_token("bench", ["usage:write"], secret=API_SECRET)
         sessions = [requests.Session() for _ in range(clients)]
@@ -130,7 +130,7 @@ def main() -> None:
 
         # Connected before timing, as the other paths' pooled connections are: the baseline is
         # the COPY itself (its own transaction), not a connection setup.
-        copy_conn = stack.enter_context(psycopg.connect(bench.db.url, autocommit=True))
+        copy_conn = stack.enter_context(sql_connection(bench.db.url, autocommit=True))
 
         def raw_copy(prefix: str, count: int) -> float:
             rows = [copy_row(e) for e in wire_events(users, prefix, count)]

@@ -26,7 +26,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import requests
 
 from bench.baseline_tasks import COUNTER_KEY
@@ -40,6 +39,7 @@ from bench.harness import (
     worker_pause,
 )
 from bench.services import app_processes
+from conveyor.db import sql_connection
 from tests.fake_stripe import credit_pack_session, event, sign
 
 MAX_EVENTS = 20_000
@@ -69,7 +69,7 @@ def main() -> None:
     ):
         users = [uuid.uuid4() for _ in range(USERS)]
         bench.watch.execute(
-            "create table bench_stripe_events (like public.stripe_events including all)"
+            "create table bench_stripe_events (like conveyor.stripe_events including all)"
         )
         sessions = [requests.Session() for _ in range(clients)]
 
@@ -110,7 +110,7 @@ def main() -> None:
             batch = deliveries(count)
 
             def run() -> None:
-                with psycopg.connect(bench.db.url, autocommit=True) as conn:
+                with sql_connection(bench.db.url, autocommit=True) as conn:
                     for event_id, payload in batch:
                         conn.execute(
                             "insert into bench_stripe_events (id, type, created, livemode, "

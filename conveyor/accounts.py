@@ -158,7 +158,7 @@ def require_known_user(db: Database, user_id: UUID) -> None:
     mistyped id must not create an account nobody owns."""
     with db.connection() as conn:
         row = conn.execute(
-            "select exists (select 1 from public.user_accounts where user_id = %(u)s)"
+            "select exists (select 1 from user_accounts where user_id = %(u)s)"
             " or exists (select 1 from auth.users where id = %(u)s) as known",
             {"u": user_id},
         ).fetchone()
@@ -170,9 +170,9 @@ def account(db: Database, user_id: UUID) -> Account:
     """The user's plan and balance; a user seen for the first time gets an account (free plan,
     with this month's plan credits)."""
     with db.transaction() as conn:
-        conn.execute("select public.conveyor_ensure_account(%s)", (user_id,))
+        conn.execute("select conveyor_ensure_account(%s)", (user_id,))
         row = conn.execute(
-            "select user_id, plan_id, credit_balance from public.user_accounts where user_id = %s",
+            "select user_id, plan_id, credit_balance from user_accounts where user_id = %s",
             (user_id,),
         ).fetchone()
     return Account.model_validate(row)
@@ -182,17 +182,17 @@ def credit_summary(db: Database, user_id: UUID) -> CreditSummary:
     """Credits added and used over all time and the balance, read in one statement (one snapshot),
     so `total_added - total_used == current_balance`."""
     with db.transaction() as conn:
-        conn.execute("select public.conveyor_ensure_account(%s)", (user_id,))
+        conn.execute("select conveyor_ensure_account(%s)", (user_id,))
         row = conn.execute(
             """
-            select coalesce((select sum(amount) from public.credit_transactions
+            select coalesce((select sum(amount) from credit_transactions
                               where user_id = a.user_id and amount > 0), 0)::bigint
                      as total_added,
-                   coalesce((select -sum(amount) from public.credit_transactions
+                   coalesce((select -sum(amount) from credit_transactions
                               where user_id = a.user_id and amount < 0), 0)::bigint
                      as total_used,
                    a.credit_balance as current_balance
-              from public.user_accounts a
+              from user_accounts a
              where a.user_id = %s
             """,
             (user_id,),
@@ -207,7 +207,7 @@ def list_usage_events(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.usage_events",
+            table="usage_events",
             columns="id, idempotency_key, provider, model, agent_mode, prompt_tokens, "
             "completion_tokens, input_cost_micro_usd, output_cost_micro_usd, latency_ms, run_id, "
             "step_position, session_id, success, error, credits_charged, occurred_at, recorded_at",
@@ -228,7 +228,7 @@ def list_credit_transactions(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.credit_transactions",
+            table="credit_transactions",
             columns="id, amount, balance_after, kind, description, endpoint, reference, created_at",
             time_column="created_at",
             id_type="bigint",
@@ -244,7 +244,6 @@ def credit_rates(db: Database, claims: dict[str, Any]) -> list[CreditRateView]:
     """Every credit rate, by endpoint (readable by any signed-in user under RLS)."""
     with db.user_transaction(claims) as conn:
         rows = conn.execute(
-            "select endpoint, credits, description from public.credit_rates"
-            ' order by endpoint collate "C"'
+            'select endpoint, credits, description from credit_rates order by endpoint collate "C"'
         ).fetchall()
     return [CreditRateView.model_validate(row) for row in rows]

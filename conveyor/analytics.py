@@ -40,18 +40,16 @@ MAX_BUCKETS: dict[str, int] = {"daily": 366, "hourly": 24 * 31}
 BUCKET_SIZE = {"daily": timedelta(days=1), "hourly": timedelta(hours=1)}
 UNIT = {"daily": "day", "hourly": "hour"}
 
-RUNS = "public.workflow_runs"
-USAGE = "public.usage_events"
-PURCHASES = (
-    "(select user_id, amount, created_at from public.credit_transactions where kind = 'purchase')"
-)
+RUNS = "workflow_runs"
+USAGE = "usage_events"
+PURCHASES = "(select user_id, amount, created_at from credit_transactions where kind = 'purchase')"
 # Someone is active in a bucket when they submitted a run or used a model in it.
 ACTIVITY = (
-    "(select user_id, created_at from public.workflow_runs "
-    "union all select user_id, occurred_at from public.usage_events)"
+    "(select user_id, created_at from workflow_runs "
+    "union all select user_id, occurred_at from usage_events)"
 )
 # A "lead" is a user's first run: lead_trends counts users by the bucket of their first run.
-FIRST_RUNS = "(select user_id, min(created_at) as created_at from public.workflow_runs group by 1)"
+FIRST_RUNS = "(select user_id, min(created_at) as created_at from workflow_runs group by 1)"
 # (source rows, their time column, the value per bucket): constants, never client input.
 SOURCES: dict[str, tuple[str, str, str]] = {
     "runs": (RUNS, "created_at", "count(*)"),

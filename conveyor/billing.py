@@ -167,7 +167,7 @@ def grant_credit_pack(context: EventContext, user: UUID, session: dict[str, Any]
     if credits <= 0:
         raise EventFailure(f"checkout session {session['id']}: {META_CREDITS} must be positive")
     context.conn.execute(
-        "select * from public.add_credits(%s, %s, 'purchase', %s, %s)",
+        "select * from add_credits(%s, %s, 'purchase', %s, %s)",
         (
             user,
             credits,
@@ -220,14 +220,14 @@ def invoice_paid(context: EventContext) -> Outcome:
     grant = 0
     if plan is not None:
         row = context.conn.execute(
-            "select name, monthly_credit_grant from public.plans where id = %s", (plan,)
+            "select name, monthly_credit_grant from plans where id = %s", (plan,)
         ).fetchone()
         if row is None:
             raise EventFailure(f"invoice {invoice['id']}: plan {plan!r} does not exist")
         grant = int(row["monthly_credit_grant"])
         if grant > 0:
             context.conn.execute(
-                "select * from public.add_credits(%s, %s, 'grant', %s, %s)",
+                "select * from add_credits(%s, %s, 'grant', %s, %s)",
                 (user, grant, f"{row['name']} plan credits", f"invoice:{invoice['id']}"),
             )
     record_payment(
@@ -252,7 +252,7 @@ def invoice_payment_failed(context: EventContext) -> Outcome:
     if subscription is not None:
         context.conn.execute(
             """
-            update public.user_subscriptions
+            update user_subscriptions
                set status = 'past_due', state_at = %(at)s, state_event_id = %(event)s,
                    updated_at = now()
              where stripe_subscription_id = %(id)s and state_at <= %(at)s
@@ -260,7 +260,7 @@ def invoice_payment_failed(context: EventContext) -> Outcome:
             """,
             {"id": subscription, "at": context.created, "event": context.event_id},
         )
-        context.conn.execute("select public.conveyor_sync_plan(%s)", (user,))
+        context.conn.execute("select conveyor_sync_plan(%s)", (user,))
     payment_failed(
         context,
         user,
@@ -277,7 +277,7 @@ def charge_refunded(context: EventContext) -> Outcome:
     charge = context.obj
     payment = context.conn.execute(
         """
-        select id, user_id, credits, amount, refunded_credits from public.stripe_payments
+        select id, user_id, credits, amount, refunded_credits from stripe_payments
          where (payment_intent is not null and payment_intent = %(intent)s)
             or charge = %(charge)s or id = %(invoice)s
          order by created_at
@@ -306,7 +306,7 @@ def charge_refunded(context: EventContext) -> Outcome:
     taken = 0
     if due > 0:
         row = context.conn.execute(
-            "select taken from public.conveyor_take_back_credits(%s, %s, %s, %s)",
+            "select taken from conveyor_take_back_credits(%s, %s, %s, %s)",
             (
                 payment["user_id"],
                 due,
@@ -317,7 +317,7 @@ def charge_refunded(context: EventContext) -> Outcome:
         taken = int(row["taken"]) if row else 0
     context.conn.execute(
         """
-        update public.stripe_payments
+        update stripe_payments
            set refunded_amount = greatest(refunded_amount, %(refunded)s),
                refunded_credits = greatest(refunded_credits, %(owed)s),
                refund_shortfall = refund_shortfall + %(shortfall)s,

@@ -58,7 +58,7 @@ def resolve_user(context: EventContext, obj: dict[str, Any]) -> UUID:
             return user
     if customer:
         row = context.conn.execute(
-            "select user_id from public.user_accounts where stripe_customer_id = %s", (customer,)
+            "select user_id from user_accounts where stripe_customer_id = %s", (customer,)
         ).fetchone()
         if row is not None:
             return UUID(str(row["user_id"]))
@@ -66,7 +66,7 @@ def resolve_user(context: EventContext, obj: dict[str, Any]) -> UUID:
     subscription = subscription or object_id(obj.get("subscription"))
     if subscription:
         row = context.conn.execute(
-            "select user_id from public.user_subscriptions where stripe_subscription_id = %s",
+            "select user_id from user_subscriptions where stripe_subscription_id = %s",
             (subscription,),
         ).fetchone()
         if row is not None:
@@ -81,14 +81,14 @@ def resolve_user(context: EventContext, obj: dict[str, Any]) -> UUID:
 def link_customer(conn: Connection, user: UUID, customer: str) -> None:
     """Map a Stripe customer to a user who has none yet; a customer mapped to someone else
     fails the event instead of moving money between users."""
-    conn.execute("select public.conveyor_ensure_account(%s)", (user,))
+    conn.execute("select conveyor_ensure_account(%s)", (user,))
     row = conn.execute(
-        "select user_id from public.user_accounts where stripe_customer_id = %s", (customer,)
+        "select user_id from user_accounts where stripe_customer_id = %s", (customer,)
     ).fetchone()
     if row is not None and UUID(str(row["user_id"])) != user:
         raise EventFailure(f"customer {customer} belongs to another user, not {user}")
     conn.execute(
-        "update public.user_accounts set stripe_customer_id = %s, updated_at = now() "
+        "update user_accounts set stripe_customer_id = %s, updated_at = now() "
         "where user_id = %s and stripe_customer_id is null",
         (customer, user),
     )
@@ -108,11 +108,11 @@ def apply_subscription_state(
 ) -> bool:
     """Store a subscription state from this event unless a later one is stored, then sync the
     user's plan. Returns whether the state was applied."""
-    exists = context.conn.execute("select 1 from public.plans where id = %s", (plan,)).fetchone()
+    exists = context.conn.execute("select 1 from plans where id = %s", (plan,)).fetchone()
     if exists is None:
         raise EventFailure(f"subscription {subscription}: plan {plan!r} does not exist")
     row = context.conn.execute(
-        "select public.conveyor_apply_subscription_state("
+        "select conveyor_apply_subscription_state("
         "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) as applied",
         (
             subscription,
@@ -130,7 +130,7 @@ def apply_subscription_state(
     ).fetchone()
     applied = bool(row and row["applied"])
     if applied:
-        context.conn.execute("select public.conveyor_sync_plan(%s)", (user,))
+        context.conn.execute("select conveyor_sync_plan(%s)", (user,))
     return applied
 
 
@@ -148,7 +148,7 @@ def record_payment(
     """Remember what a payment bought, once, for refunds."""
     context.conn.execute(
         """
-        insert into public.stripe_payments
+        insert into stripe_payments
           (id, user_id, payment_intent, charge, credits, amount, currency)
         values (%s, %s, %s, %s, %s, %s, %s)
         on conflict do nothing
@@ -195,7 +195,7 @@ def invoice_plan(context: EventContext, invoice: dict[str, Any]) -> str | None:
     if subscription is None:
         return None
     row = context.conn.execute(
-        "select plan_id from public.user_subscriptions where stripe_subscription_id = %s",
+        "select plan_id from user_subscriptions where stripe_subscription_id = %s",
         (subscription,),
     ).fetchone()
     if row is None:

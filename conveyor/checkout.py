@@ -129,9 +129,9 @@ def customer_for(
     """The user's Stripe customer, created once (an idempotency key per user makes concurrent
     first checkouts agree on one customer) and remembered on the account."""
     with db.transaction() as conn:
-        conn.execute("select public.conveyor_ensure_account(%s)", (user_id,))
+        conn.execute("select conveyor_ensure_account(%s)", (user_id,))
         row = conn.execute(
-            "select stripe_customer_id from public.user_accounts where user_id = %s", (user_id,)
+            "select stripe_customer_id from user_accounts where user_id = %s", (user_id,)
         ).fetchone()
     if row and row["stripe_customer_id"]:
         return str(row["stripe_customer_id"])
@@ -145,7 +145,7 @@ def customer_for(
     with db.transaction() as conn:
         stored = conn.execute(
             """
-            update public.user_accounts
+            update user_accounts
                set stripe_customer_id = coalesce(stripe_customer_id, %s), updated_at = now()
              where user_id = %s
             returning stripe_customer_id

@@ -32,7 +32,7 @@ def _touch_run(
     """Renew the lease (and set progress) only if this worker still holds the run."""
     return conn.execute(
         """
-        update public.workflow_runs
+        update workflow_runs
            set lease_expires_at = now() + make_interval(secs => %(lease)s),
                heartbeat_at = now(),
                progress = coalesce(%(progress)s, progress),
@@ -71,7 +71,7 @@ def complete_step(
             return None
         completed = mark_completed(conn, claim.owner(), step)
         conn.execute(
-            "update public.workflow_steps set status = 'running', attempt = attempt + 1, "
+            "update workflow_steps set status = 'running', attempt = attempt + 1, "
             "started_at = now() where run_id = %s and position = %s",
             (claim.id, next_step[0]),
         )
@@ -93,7 +93,7 @@ def record_retry(
         if _touch_run(conn, claim, lease_seconds=lease_seconds) is None:
             return None
         step = conn.execute(
-            "update public.workflow_steps set error = %s, error_code = %s "
+            "update workflow_steps set error = %s, error_code = %s "
             "where run_id = %s and position = %s returning name, attempt",
             (error, error_code, claim.id, position),
         ).fetchone()
@@ -119,8 +119,8 @@ def start_attempt(db: Database, claim: ClaimedRun, *, position: int) -> bool:
     with db.transaction() as conn:
         row = conn.execute(
             """
-            update public.workflow_steps s set attempt = s.attempt + 1
-              from public.workflow_runs r
+            update workflow_steps s set attempt = s.attempt + 1
+              from workflow_runs r
              where s.run_id = %s and s.position = %s
                and r.id = s.run_id and r.attempt = %s and r.status = 'running'
             returning s.attempt
@@ -139,7 +139,7 @@ def check_in(
             row = _touch_run(conn, claim, lease_seconds=renew_lease_seconds)
         else:
             row = conn.execute(
-                "select cancel_requested_at from public.workflow_runs "
+                "select cancel_requested_at from workflow_runs "
                 "where id = %s and attempt = %s and status = 'running'",
                 (claim.id, claim.attempt),
             ).fetchone()
@@ -155,7 +155,7 @@ def hand_back(db: Database, claim: ClaimedRun, *, uncount_attempt: bool) -> RunE
     with db.transaction() as conn:
         run = conn.execute(
             """
-            update public.workflow_runs
+            update workflow_runs
                set status = 'queued', lease_expires_at = null, enqueued_at = now(),
                    updated_at = now()
              where id = %s and attempt = %s and status = 'running'
@@ -167,7 +167,7 @@ def hand_back(db: Database, claim: ClaimedRun, *, uncount_attempt: bool) -> RunE
         if run is None:
             return None
         conn.execute(
-            "update public.workflow_steps set status = 'pending', "
+            "update workflow_steps set status = 'pending', "
             "attempt = attempt - case when %s then 1 else 0 end "
             "where run_id = %s and status = 'running'",
             (uncount_attempt, claim.id),

@@ -1,8 +1,12 @@
-"""Names shared by processes: Redis key prefixes, topics, Celery task and queue names."""
+"""Names shared by processes: the SQL schema, Redis key prefixes, topics, Celery task and queue
+names."""
 
 from __future__ import annotations
 
 from uuid import UUID
+
+# Every table, type and function Conveyor creates lives in this Postgres schema (sql/).
+SCHEMA = "conveyor"
 
 REDIS_PREFIX = "conveyor:"
 EVENTS_CHANNEL_PREFIX = f"{REDIS_PREFIX}events:"

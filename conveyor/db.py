@@ -16,6 +16,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from conveyor.constants import SCHEMA
 from conveyor.errors import ServiceUnavailable
 
 Connection = psycopg.Connection[DictRow]
@@ -37,14 +38,24 @@ def check_if_disturbed(conn: Connection) -> None:
 
 
 def connect_options(url: str, statement_timeout_seconds: float) -> dict[str, str]:
-    """libpq startup options for a pool: the statement timeout, applied by the server to every
-    statement of the session at no round trip (0: none). Options the URL already carries are
-    kept, and a statement_timeout among them wins."""
+    """libpq startup options for Conveyor's connections, applied by the server to the whole
+    session at no round trip: search_path = Conveyor's schema, so its SQL names tables plainly
+    and never reaches the host app's objects in `public`; and the statement timeout (0: none).
+    Options the URL already carries are kept, and a statement_timeout among them wins."""
     given = str(conninfo_to_dict(url).get("options") or "")
-    if statement_timeout_seconds <= 0 or "statement_timeout" in given:
-        return {}
-    milliseconds = max(1, round(statement_timeout_seconds * 1000))
-    return {"options": f"{given} -c statement_timeout={milliseconds}".strip()}
+    options = [given, f"-c search_path={SCHEMA}"]
+    if statement_timeout_seconds > 0 and "statement_timeout" not in given:
+        milliseconds = max(1, round(statement_timeout_seconds * 1000))
+        options.append(f"-c statement_timeout={milliseconds}")
+    return {"options": " ".join(option for option in options if option)}
+
+
+def sql_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """One connection outside a pool, with the session settings of Conveyor's pools (its
+    schema first on the search_path): for the CLI's one-off work, scripts and tests."""
+    settings: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **kwargs}
+    settings.update(connect_options(url, 0))
+    return psycopg.connect(url, **settings)
 
 
 class Database:

@@ -61,10 +61,10 @@ def append_events(
     rows = conn.execute(
         """
         with bumped as (
-          update public.workflow_runs set last_event_seq = last_event_seq + %(count)s
+          update workflow_runs set last_event_seq = last_event_seq + %(count)s
            where id = %(run)s
           returning last_event_seq - %(count)s as base)
-        insert into public.run_events (run_id, seq, event, data)
+        insert into run_events (run_id, seq, event, data)
         select %(run)s, bumped.base + e.position, e.item ->> 0, e.item -> 1
           from bumped,
                jsonb_array_elements(%(items)s::jsonb) with ordinality as e(item, position)
@@ -118,7 +118,7 @@ class EventPublisher:
     @contextmanager
     def subscription(self, topic: str) -> Iterator[redis.client.PubSub | None]:
         """A subscription to a topic's events, or None while Redis is unreachable."""
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
         try:
             pubsub.subscribe(topic_channel(topic))
         except redis.RedisError as exc:

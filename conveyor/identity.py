@@ -14,7 +14,7 @@ def personal_tenant(db: Database, user_id: UUID) -> UUID:
     """The user's first tenant; a first-time user gets one personal tenant, even concurrently."""
     with db.transaction() as conn:
         row = conn.execute(
-            "select tenant_id from public.tenant_members where user_id = %s "
+            "select tenant_id from tenant_members where user_id = %s "
             "order by created_at, tenant_id limit 1",
             (user_id,),
         ).fetchone()
@@ -22,16 +22,16 @@ def personal_tenant(db: Database, user_id: UUID) -> UUID:
             tenant_id: UUID = row["tenant_id"]
             return tenant_id
         conn.execute(
-            "insert into public.tenants (name, personal_owner) values ('Personal', %s) "
+            "insert into tenants (name, personal_owner) values ('Personal', %s) "
             "on conflict (personal_owner) do nothing",
             (user_id,),
         )
         tenant = conn.execute(
-            "select id from public.tenants where personal_owner = %s", (user_id,)
+            "select id from tenants where personal_owner = %s", (user_id,)
         ).fetchone()
         assert tenant is not None
         conn.execute(
-            "insert into public.tenant_members (tenant_id, user_id, role) values (%s, %s, 'owner') "
+            "insert into tenant_members (tenant_id, user_id, role) values (%s, %s, 'owner') "
             "on conflict do nothing",
             (tenant["id"], user_id),
         )
@@ -43,7 +43,7 @@ def has_admin_role(db: Database, user_id: UUID) -> bool:
     """True when user_roles makes the user an admin."""
     with db.transaction() as conn:
         row = conn.execute(
-            "select 1 from public.user_roles where user_id = %s and role = 'admin'", (user_id,)
+            "select 1 from user_roles where user_id = %s and role = 'admin'", (user_id,)
         ).fetchone()
     return row is not None
 
@@ -52,8 +52,7 @@ def grant_admin(db: Database, user_id: UUID) -> None:
     """Make a user an admin (idempotent)."""
     with db.transaction() as conn:
         conn.execute(
-            "insert into public.user_roles (user_id, role) values (%s, 'admin') "
-            "on conflict do nothing",
+            "insert into user_roles (user_id, role) values (%s, 'admin') on conflict do nothing",
             (user_id,),
         )
 
@@ -72,7 +71,7 @@ def record_audit(
     """Append one audit entry (authentication on the exchange endpoint, admin actions)."""
     with db.transaction() as conn:
         conn.execute(
-            "insert into public.audit_logs "
+            "insert into audit_logs "
             "(action, outcome, actor_user_id, subject, ip, user_agent, details) "
             "values (%s, %s, %s, %s, %s, %s, %s)",
             (
@@ -94,7 +93,7 @@ def audit_entries(
     with db.transaction() as conn:
         rows = conn.execute(
             "select id, occurred_at, actor_user_id, action, outcome, subject, host(ip) as ip, "
-            "user_agent, details from public.audit_logs "
+            "user_agent, details from audit_logs "
             "where (%s::bigint is null or id < %s) order by id desc limit %s",
             (before_id, before_id, limit),
         ).fetchall()

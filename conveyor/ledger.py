@@ -1,5 +1,5 @@
 """Usage, quotas and credits: thin calls to the SQL functions that hold the rules
-(sql/20261123000500_usage_ledger.sql). Nothing here does arithmetic on money."""
+(sql/20261207000500_ledger.sql). Nothing here does arithmetic on money."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def record_usage(conn: Connection, user_id: UUID, record: UsageRecord) -> Record
     """Record one AI request exactly once, inside the caller's transaction."""
     row = conn.execute(
         """
-        select * from public.record_usage(
+        select * from record_usage(
           p_user => %s, p_idempotency_key => %s, p_provider => %s, p_model => %s,
           p_prompt_tokens => %s, p_completion_tokens => %s, p_input_cost => %s,
           p_output_cost => %s, p_agent_mode => %s, p_latency_ms => %s, p_run_id => %s,
@@ -124,7 +124,7 @@ def admit_run(conn: Connection, user_id: UUID, run_id: UUID, job: str) -> int:
 
 def start_admission(conn: Connection, user_id: UUID, run_id: UUID, job: str) -> Cursor:
     """Send the admission check; read it with admission_verdict (a pipeline may sit between)."""
-    return conn.execute("select * from public.admit_run(%s, %s, %s)", (user_id, run_id, job))
+    return conn.execute("select * from admit_run(%s, %s, %s)", (user_id, run_id, job))
 
 
 def admission_verdict(cursor: Cursor) -> int:
@@ -163,7 +163,7 @@ def check_and_consume_quota(db: Database, user_id: UUID, tokens: int, cost_micro
     """Consume tokens and cost from this month's quota if both fit; False (nothing taken) if not."""
     with db.transaction() as conn:
         row = conn.execute(
-            "select public.check_and_consume_quota(%s, %s, %s) as ok",
+            "select check_and_consume_quota(%s, %s, %s) as ok",
             (user_id, tokens, cost_micro_usd),
         ).fetchone()
     assert row is not None
@@ -190,7 +190,7 @@ def add_credits(
     """Add credits (once per reference)."""
     with db.transaction() as conn:
         row = conn.execute(
-            "select * from public.add_credits(%s, %s, %s, %s, %s)",
+            "select * from add_credits(%s, %s, %s, %s, %s)",
             (user_id, amount, kind, description, reference),
         ).fetchone()
     assert row is not None
@@ -210,7 +210,7 @@ def deduct_credits(
     """Take credits if the balance covers them (never below zero; once per reference)."""
     with db.transaction() as conn:
         row = conn.execute(
-            "select * from public.deduct_credits(%s, %s, %s, %s, %s, %s)",
+            "select * from deduct_credits(%s, %s, %s, %s, %s, %s)",
             (user_id, amount, kind, description, reference, endpoint),
         ).fetchone()
     assert row is not None
@@ -220,7 +220,7 @@ def deduct_credits(
 def remaining_quota(db: Database, user_id: UUID) -> dict[str, Any]:
     """Limits, use and what remains this month, requests today, runs in flight, credits."""
     with db.transaction() as conn:
-        row = conn.execute("select * from public.get_remaining_quota(%s)", (user_id,)).fetchone()
+        row = conn.execute("select * from get_remaining_quota(%s)", (user_id,)).fetchone()
     assert row is not None
     return dict(row)
 
@@ -229,7 +229,7 @@ def activity_summary(db: Database, user_id: UUID, days: int) -> dict[str, Any]:
     """Totals, by model and by day over the last `days` days."""
     with db.connection() as conn:
         row = conn.execute(
-            "select public.get_user_activity_summary(%s, %s) as summary", (user_id, days)
+            "select get_user_activity_summary(%s, %s) as summary", (user_id, days)
         ).fetchone()
     assert row is not None
     summary: dict[str, Any] = row["summary"]
@@ -239,7 +239,7 @@ def activity_summary(db: Database, user_id: UUID, days: int) -> dict[str, Any]:
 def reset_period(db: Database, user_id: UUID, period: date) -> bool:
     """Open the user's period for period's month and grant the plan's credits once."""
     with db.transaction() as conn:
-        row = conn.execute("select public.reset_period(%s, %s) as granted", (user_id, period))
+        row = conn.execute("select reset_period(%s, %s) as granted", (user_id, period))
         found = row.fetchone()
     assert found is not None
     return bool(found["granted"])

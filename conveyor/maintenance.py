@@ -17,6 +17,7 @@ import structlog
 from psycopg import sql
 
 from conveyor.artifacts import LocalArtifactStore, store_for
+from conveyor.constants import SCHEMA
 from conveyor.db import Database
 from conveyor.errors import InvalidInput
 from conveyor.notifications import notify
@@ -89,8 +90,8 @@ def monthly_quota_reset(db: Database, settings: Settings, period: str) -> dict[s
         with db.transaction() as conn:
             rows = conn.execute(
                 """
-                select a.user_id, public.reset_period(a.user_id, %(month)s) as granted
-                  from (select user_id from public.user_accounts where user_id > %(after)s
+                select a.user_id, reset_period(a.user_id, %(month)s) as granted
+                  from (select user_id from user_accounts where user_id > %(after)s
                          order by user_id limit %(limit)s) a
                 """,
                 {"month": month, "after": after, "limit": settings.maintenance_batch_size},
@@ -102,7 +103,7 @@ def monthly_quota_reset(db: Database, settings: Settings, period: str) -> dict[s
         after = rows[-1]["user_id"]
     with db.transaction() as conn:
         row = conn.execute(
-            "select count(*) as n from public.usage_periods where period_start = %s", (month,)
+            "select count(*) as n from usage_periods where period_start = %s", (month,)
         ).fetchone()
         opened = int(row["n"]) if row else 0
     return {
@@ -122,8 +123,8 @@ def notify_lapsed(db: Database, month: date) -> int:
         lapsed = conn.execute(
             """
             select s.stripe_subscription_id, s.user_id, s.plan_id
-              from public.user_subscriptions s
-              join public.user_accounts a on a.user_id = s.user_id
+              from user_subscriptions s
+              join user_accounts a on a.user_id = s.user_id
              where s.status = any(%s) and s.updated_at >= %s and s.updated_at < %s
                and a.plan_id = 'free'
             """,
@@ -152,7 +153,7 @@ def purge(db: Database, table: str, column: str, cutoff: datetime, batch: int) -
     statement = sql.SQL(
         "delete from {table} where id in "
         "(select id from {table} where {column} < %s order by {column} limit %s)"
-    ).format(table=sql.Identifier("public", table), column=sql.Identifier(column))
+    ).format(table=sql.Identifier(SCHEMA, table), column=sql.Identifier(column))
     total = 0
     while True:
         with db.transaction() as conn:
@@ -166,7 +167,7 @@ def purge_run_counts(db: Database, now: datetime) -> int:
     """Admission's per-day run counters of days before yesterday: only today's is read."""
     with db.transaction() as conn:
         return conn.execute(
-            "delete from public.runs_per_day where day < %s", (now.date() - timedelta(days=1),)
+            "delete from runs_per_day where day < %s", (now.date() - timedelta(days=1),)
         ).rowcount
 
 
@@ -181,8 +182,8 @@ def purge_job_runs(db: Database, now: datetime, batch: int) -> int:
             with db.transaction() as conn:
                 deleted = conn.execute(
                     """
-                    delete from public.maintenance_runs where id in (
-                      select id from public.maintenance_runs
+                    delete from maintenance_runs where id in (
+                      select id from maintenance_runs
                        where started_at < %s and (job = any(%s)) <> %s
                        limit %s)
                     """,
@@ -198,16 +199,16 @@ def rollup_usage(db: Database, day: date) -> int:
     """Replace usage_daily's rows for a UTC day with totals from usage_events; returns rows."""
     start = datetime.combine(day, datetime.min.time(), UTC)
     with db.transaction() as conn:
-        conn.execute("delete from public.usage_daily where day = %s", (day,))
+        conn.execute("delete from usage_daily where day = %s", (day,))
         return conn.execute(
             """
-            insert into public.usage_daily
+            insert into usage_daily
               (day, user_id, model, requests, prompt_tokens, completion_tokens, cost_micro_usd,
                failed)
             select %(day)s, user_id, model, count(*), sum(prompt_tokens), sum(completion_tokens),
                    sum(input_cost_micro_usd + output_cost_micro_usd),
                    count(*) filter (where not success)
-              from public.usage_events
+              from usage_events
              where occurred_at >= %(start)s and occurred_at < %(end)s
              group by user_id, model
             """,
@@ -231,7 +232,7 @@ def delete_orphaned_artifacts(db: Database, settings: Settings) -> int:
         return 0
     with db.transaction() as conn:
         rows = conn.execute(
-            "select id from public.workflow_runs where id = any(%s)", (list(folders),)
+            "select id from workflow_runs where id = any(%s)", (list(folders),)
         ).fetchall()
     orphaned = set(folders) - {row["id"] for row in rows}
     for run_id in orphaned:

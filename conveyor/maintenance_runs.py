@@ -49,7 +49,7 @@ def claim(db: Database, job: str, period_key: str, *, claimed_by: str | None = N
     """The run id if this caller now owns (job, period), else None (counted as skipped)."""
     with db.transaction() as conn:
         row = conn.execute(
-            "select public.claim_maintenance_run(%s, %s, %s, %s) as id",
+            "select claim_maintenance_run(%s, %s, %s, %s) as id",
             (job, period_key, claimed_by or socket.gethostname(), STALE_AFTER),
         ).fetchone()
     return None if row is None or row["id"] is None else int(row["id"])
@@ -59,7 +59,7 @@ def finish(db: Database, run_id: int, counts: dict[str, int]) -> None:
     """Record a run as succeeded with what it did."""
     with db.transaction() as conn:
         conn.execute(
-            "update public.maintenance_runs set status = 'succeeded', finished_at = now(), "
+            "update maintenance_runs set status = 'succeeded', finished_at = now(), "
             "rows_affected = %s, error = null where id = %s",
             (Jsonb(counts), run_id),
         )
@@ -69,7 +69,7 @@ def fail(db: Database, run_id: int, error: str) -> None:
     """Record a run as failed (its period may be claimed again)."""
     with db.transaction() as conn:
         conn.execute(
-            "update public.maintenance_runs set status = 'failed', finished_at = now(), "
+            "update maintenance_runs set status = 'failed', finished_at = now(), "
             "error = left(%s, 2000) where id = %s",
             (error, run_id),
         )
@@ -105,7 +105,7 @@ def recent_runs(db: Database, job: str | None = None, limit: int = 10) -> list[M
             """
             select * from (
               select m.*, row_number() over (partition by job order by started_at desc) as n
-                from public.maintenance_runs m
+                from maintenance_runs m
                where %(job)s::text is null or job = %(job)s) r
              where n <= %(limit)s
              order by job, started_at desc

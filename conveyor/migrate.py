@@ -1,27 +1,45 @@
-"""Apply `sql/` migrations in order, each in its own transaction, recording what ran."""
+"""Apply the `sql/` migrations in order, each in its own transaction, recording what ran."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any
 
 import psycopg
 
+from conveyor.constants import SCHEMA
+from conveyor.db import sql_connection
 from conveyor.errors import ConveyorError
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-# An unreachable server fails `conveyor migrate` (and start-up) instead of hanging it.
-CONNECT_TIMEOUT_SECONDS = 5
+# The top-level sql/ folder, carried in the wheel as the package data of `conveyor.sql`
+# (pyproject's package-dir), so an installed Conveyor migrates as a checkout does.
+SQL_PACKAGE = "conveyor.sql"
 # Supabase CLI naming: <14-digit timestamp>_<name>.sql
 MIGRATION_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every process that migrates.
 MIGRATION_LOCK_KEY = 0x636F6E76  # "conv"
+# The record is the runner's own state, so it exists before the first file runs; nothing of it
+# is granted to anyone (the schema's first migration states the rest of its privileges).
+BOOTSTRAP = """
+create schema if not exists conveyor;
+create table if not exists conveyor.schema_migrations (
+  version text primary key,
+  name text not null,
+  checksum text not null,
+  applied_at timestamptz not null default now()
+);
+alter table conveyor.schema_migrations enable row level security;
+revoke all on conveyor.schema_migrations from public;
+"""
+PRE_RELEASE_RECORD = "public.conveyor_migrations"
 
 
 class MigrationError(ConveyorError):
-    """A migration failed; nothing of it was applied."""
+    """A migration failed or cannot run; nothing of the failing file was applied."""
 
     code = "MIGRATION_FAILED"
 
@@ -32,69 +50,111 @@ class Migration:
 
     version: str
     name: str
-    path: Path
+    file: Traversable
+
+    @property
+    def filename(self) -> str:
+        """The file's name, `<version>_<name>.sql`."""
+        return self.file.name
 
     @property
     def sql(self) -> str:
         """The file's SQL text."""
-        return self.path.read_text()
+        return self.file.read_text(encoding="utf-8")
 
     @property
     def checksum(self) -> str:
         """SHA-256 of the file, to notice an applied migration that was edited afterwards."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return hashlib.sha256(self.file.read_bytes()).hexdigest()
 
 
-def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
+def sql_files() -> Traversable:
+    """The folder of migration files, from the checkout or the installed package."""
+    return resources.files(SQL_PACKAGE)
+
+
+def discover(sql_dir: Traversable | None = None) -> list[Migration]:
     """The migrations under sql_dir, in version order; a misnamed .sql file is an error."""
+    folder = sql_dir if sql_dir is not None else sql_files()
     migrations = []
-    for path in sorted(sql_dir.glob("*.sql")):
-        match = MIGRATION_NAME.match(path.name)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        match = MIGRATION_NAME.match(entry.name)
         if match is None:
             raise MigrationError(
-                f"{path.name} is not named YYYYMMDDHHMMSS_name.sql; rename it so it sorts in order"
+                f"{entry.name} is not named YYYYMMDDHHMMSS_name.sql; rename it so it sorts in order"
             )
-        migrations.append(Migration(match["version"], match["name"], path))
+        migrations.append(Migration(match["version"], match["name"], entry))
     return migrations
 
 
-def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
+def refuse_pre_release_schema(conn: psycopg.Connection[Any]) -> None:
+    """Refuse a database migrated by a pre-release Conveyor, whose tables are in `public`."""
+    row = conn.execute("select to_regclass(%s) is not null", (PRE_RELEASE_RECORD,)).fetchone()
+    if row and row[0]:
+        raise MigrationError(
+            f"this database holds a pre-release Conveyor schema in `public` "
+            f"({PRE_RELEASE_RECORD} exists); Conveyor now keeps everything in schema "
+            f"`{SCHEMA}` and cannot migrate that one forward. It was only ever a development "
+            "database: drop it and create it again (for `conveyor run`'s embedded Postgres, "
+            "stop Conveyor and delete the `pg` folder under CONVEYOR_DATA_DIR, `.conveyor/` by "
+            "default), then run `conveyor migrate`."
+        )
+
+
+def applied_checksums(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """version -> checksum of what the database has applied (empty when never migrated)."""
+    exists = conn.execute("select to_regclass('conveyor.schema_migrations') is not null").fetchone()
+    if not (exists and exists[0]):
+        return {}
+    rows = conn.execute("select version, checksum from conveyor.schema_migrations")
+    return {str(version): str(checksum) for version, checksum in rows}
+
+
+def refuse_edited(migrations: list[Migration], done: dict[str, str]) -> None:
+    """An applied migration must not change afterwards: later files are what change a schema."""
+    for migration in migrations:
+        stored = done.get(migration.version)
+        if stored is not None and stored != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.filename} was applied with different content (its "
+                "checksum changed since); a released migration is never edited: undo the edit "
+                "and put the change in a new file",
+                version=migration.version,
+            )
+
+
+def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
     """Apply pending migrations and return the versions applied (empty when up to date)."""
+    migrations = discover(sql_dir)
     applied_now: list[str] = []
-    with psycopg.connect(
-        database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-    ) as conn:
+    # search_path = conveyor: a file that names a new object plainly creates it in Conveyor's
+    # schema, never in the host app's `public`.
+    with sql_connection(database_url, autocommit=True) as conn:
         # Web, worker and beat may all start at once; one of them migrates, the others wait.
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
-            conn.execute(
-                """
-                create table if not exists public.conveyor_migrations (
-                  version text primary key,
-                  name text not null,
-                  checksum text not null,
-                  applied_at timestamptz not null default now()
-                )
-                """
-            )
-            done = {
-                row[0]: row[1]
-                for row in conn.execute("select version, checksum from public.conveyor_migrations")
-            }
-            for migration in discover(sql_dir):
+            refuse_pre_release_schema(conn)
+            done = applied_checksums(conn)
+            refuse_edited(migrations, done)
+            for migration in migrations:
                 if migration.version in done:
                     continue
                 try:
                     with conn.transaction():
+                        conn.execute(BOOTSTRAP.encode())
                         conn.execute(migration.sql.encode())
                         conn.execute(
-                            "insert into public.conveyor_migrations (version, name, checksum) "
+                            "insert into conveyor.schema_migrations (version, name, checksum) "
                             "values (%s, %s, %s)",
                             (migration.version, migration.name, migration.checksum),
                         )
                 except psycopg.Error as exc:
                     raise MigrationError(
-                        f"migration {migration.path.name} failed: {exc}", version=migration.version
+                        f"migration {migration.filename} failed, and nothing of it was "
+                        f"applied: {exc}",
+                        version=migration.version,
                     ) from exc
                 applied_now.append(migration.version)
         finally:
@@ -102,13 +162,8 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     return applied_now
 
 
-def pending(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Versions not yet applied to the database."""
-    with psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
-        exists = conn.execute("select to_regclass('public.conveyor_migrations')").fetchone()
-        done: set[str] = set()
-        if exists and exists[0]:
-            done = {
-                row[0] for row in conn.execute("select version from public.conveyor_migrations")
-            }
+def pending(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
+    """Versions not yet applied to the database (every one where Conveyor was never installed)."""
+    with sql_connection(database_url) as conn:
+        done = applied_checksums(conn)
     return [m.version for m in discover(sql_dir) if m.version not in done]

@@ -133,10 +133,10 @@ def notify(
         _with_columns(
             """
         with counter as (
-          insert into public.notification_counters as c (user_id, last_seq) values (%(user)s, 1)
+          insert into notification_counters as c (user_id, last_seq) values (%(user)s, 1)
           on conflict (user_id) do update set last_seq = c.last_seq + 1
           returning last_seq)
-        insert into public.notifications
+        insert into notifications
           (user_id, seq, notification_type, severity, title, message, action_url, metadata,
            dedupe_key)
         select %(user)s, counter.last_seq, %(type)s, %(severity)s, %(title)s, %(message)s,
@@ -196,7 +196,7 @@ def notify_quota(conn: Connection, user_id: UUID, percent: int) -> Notification 
     """The notification for a quota threshold (80 or 100 percent) crossed this period; the ledger
     reports each threshold once a period, the dedupe key makes a retried caller safe too."""
     period = conn.execute(
-        "select to_char(public.conveyor_period_start(now()), 'YYYY-MM') as period"
+        "select to_char(conveyor_period_start(now()), 'YYYY-MM') as period"
     ).fetchone()
     assert period is not None
     severity: Severity
@@ -232,7 +232,7 @@ def list_notifications(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.notifications",
+            table="notifications",
             columns=COLUMNS,
             time_column="created_at",
             id_type="uuid",
@@ -248,7 +248,7 @@ def unread_count(db: Database, claims: dict[str, Any], user_id: UUID) -> int:
     """How many of the caller's notifications are unread."""
     with db.user_transaction(claims) as conn:
         row = conn.execute(
-            "select count(*) as n from public.notifications where user_id = %s and read_at is null",
+            "select count(*) as n from notifications where user_id = %s and read_at is null",
             (user_id,),
         ).fetchone()
     return int(row["n"]) if row else 0
@@ -261,7 +261,7 @@ def notifications_since(
     with db.user_transaction(claims) as conn:
         rows = conn.execute(
             _with_columns(
-                "select {columns} from public.notifications "
+                "select {columns} from notifications "
                 "where user_id = %s and seq > %s order by seq limit %s"
             ),
             (user_id, since, limit),
@@ -273,7 +273,7 @@ def last_seq(db: Database, claims: dict[str, Any], user_id: UUID) -> int:
     """The highest seq of the user's notifications (0 if none): where a live stream starts."""
     with db.user_transaction(claims) as conn:
         row = conn.execute(
-            "select coalesce(max(seq), 0) as seq from public.notifications where user_id = %s",
+            "select coalesce(max(seq), 0) as seq from notifications where user_id = %s",
             (user_id,),
         ).fetchone()
     return int(row["seq"]) if row else 0
@@ -284,7 +284,7 @@ def mark_read(db: Database, claims: dict[str, Any], notification_id: UUID) -> No
     with db.user_transaction(claims) as conn:
         row = conn.execute(
             _with_columns(
-                "update public.notifications set read_at = coalesce(read_at, now()) "
+                "update notifications set read_at = coalesce(read_at, now()) "
                 "where id = %s returning {columns}"
             ),
             (notification_id,),
@@ -298,8 +298,7 @@ def mark_all_read(db: Database, claims: dict[str, Any], user_id: UUID) -> int:
     """Mark every unread notification of the caller read; returns how many changed."""
     with db.user_transaction(claims) as conn:
         cursor = conn.execute(
-            "update public.notifications set read_at = now() "
-            "where user_id = %s and read_at is null",
+            "update notifications set read_at = now() where user_id = %s and read_at is null",
             (user_id,),
         )
         return cursor.rowcount

@@ -141,7 +141,7 @@ def list_all_runs(db: Database, query: AdminRunsQuery) -> tuple[list[AdminRunSum
     with db.transaction() as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.workflow_runs",
+            table="workflow_runs",
             columns="id, user_id, kind, workflow_id, status, progress, current_step, session_id, "
             "error_code, created_at, started_at, finished_at, updated_at, last_event_seq",
             time_column="created_at",
@@ -176,13 +176,13 @@ def run_stats(db: Database, *, hours: int) -> RunStats:
     since = datetime.now(UTC) - timedelta(hours=hours)
     with db.transaction() as conn:
         created = conn.execute(
-            "select status, count(*) as n from public.workflow_runs "
+            "select status, count(*) as n from workflow_runs "
             "where created_at >= %s group by status",
             (since,),
         ).fetchall()
         # Matches the partial index workflow_runs_unfinished, whatever the table's size.
         unfinished = conn.execute(
-            "select status, count(*) as n from public.workflow_runs "
+            "select status, count(*) as n from workflow_runs "
             "where status in ('queued', 'running') group by status"
         ).fetchall()
     return RunStats(
@@ -239,9 +239,9 @@ def quota_usage(db: Database, *, today: date | None = None) -> QuotaUsage:
                    coalesce(sum(u.token_quota), 0) as token_quota,
                    coalesce(sum(u.cost_used_micro_usd), 0) as cost_used_micro_usd,
                    coalesce(sum(u.cost_quota_micro_usd), 0) as cost_quota_micro_usd
-              from public.plans p
-              left join public.user_accounts a on a.plan_id = p.id
-              left join public.usage_periods u
+              from plans p
+              left join user_accounts a on a.plan_id = p.id
+              left join usage_periods u
                 on u.user_id = a.user_id and u.period_start = %s
              group by p.id, p.name, p.monthly_token_quota
              order by p.monthly_token_quota, p.id

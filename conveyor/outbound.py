@@ -29,8 +29,8 @@ ATTEMPTS_COLUMN = """
               'attempt', a.attempt, 'status_code', a.status_code, 'latency_ms', a.latency_ms,
               'error', a.error, 'next_attempt_at', a.next_attempt_at, 'created_at', a.created_at)
             order by a.attempt), '[]'::json)
-       from public.webhook_delivery_attempts a
-      where a.delivery_id = public.webhook_deliveries.id) as attempt_log
+       from webhook_delivery_attempts a
+      where a.delivery_id = webhook_deliveries.id) as attempt_log
 """
 
 
@@ -103,15 +103,15 @@ def record_event(
     rows = conn.execute(
         """
         with targets as (
-          select id as endpoint_id, url from public.webhook_endpoints
+          select id as endpoint_id, url from webhook_endpoints
            where user_id = %(user)s and disabled_at is null and %(type)s = any(events)
           union all
           select null::uuid, %(extra)s::text where %(extra)s::text is not null),
         event as (
-          insert into public.webhook_events (id, user_id, type, data)
+          insert into webhook_events (id, user_id, type, data)
           select %(id)s, %(user)s, %(type)s, %(data)s::jsonb where exists (select 1 from targets)
           returning id)
-        insert into public.webhook_deliveries (event_id, user_id, endpoint_id, url, enqueued_at)
+        insert into webhook_deliveries (event_id, user_id, endpoint_id, url, enqueued_at)
         select event.id, %(user)s, targets.endpoint_id, targets.url,
                case when %(queued)s then now() else '-infinity'::timestamptz end
           from event, targets
@@ -169,7 +169,7 @@ def record_quota_threshold(conn: Connection, user_id: UUID, percent: int) -> Non
     if percent < 100:
         return
     period = conn.execute(
-        "select to_char(public.conveyor_period_start(now()), 'YYYY-MM') as period"
+        "select to_char(conveyor_period_start(now()), 'YYYY-MM') as period"
     ).fetchone()
     assert period is not None
     data = {"user_id": str(user_id), "percent": percent, "period": period["period"]}
@@ -182,10 +182,10 @@ def due_deliveries(db: Database, *, older_than_seconds: float, limit: int = 500)
     with db.transaction() as conn:
         rows = conn.execute(
             """
-            update public.webhook_deliveries
+            update webhook_deliveries
                set enqueued_at = now()
              where id in (
-               select id from public.webhook_deliveries
+               select id from webhook_deliveries
                 where status = 'pending'
                   and greatest(next_attempt_at, enqueued_at)
                       < now() - make_interval(secs => %(age)s)
@@ -212,7 +212,7 @@ def list_deliveries(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.webhook_deliveries",
+            table="webhook_deliveries",
             columns=f"{DELIVERY_COLUMNS}, {ATTEMPTS_COLUMN}",
             time_column="created_at",
             id_type="uuid",
@@ -230,8 +230,8 @@ def redeliver(db: Database, user_id: UUID, delivery_id: UUID) -> DeliveryView:
         source = conn.execute(
             """
             select d.event_id, d.endpoint_id, d.url, e.disabled_at
-              from public.webhook_deliveries d
-              left join public.webhook_endpoints e on e.id = d.endpoint_id
+              from webhook_deliveries d
+              left join webhook_endpoints e on e.id = d.endpoint_id
              where d.id = %s and d.user_id = %s
             """,
             (delivery_id, user_id),
@@ -246,7 +246,7 @@ def redeliver(db: Database, user_id: UUID, delivery_id: UUID) -> DeliveryView:
         row = conn.execute(
             sql.SQL(
                 """
-                insert into public.webhook_deliveries (event_id, user_id, endpoint_id, url)
+                insert into webhook_deliveries (event_id, user_id, endpoint_id, url)
                 values (%s, %s, %s, %s)
                 returning {columns}, '[]'::json as attempt_log
                 """

@@ -234,7 +234,7 @@ class Hub:
             client = redis.Redis.from_url(
                 self._redis_url, socket_connect_timeout=2, socket_keepalive=True
             )
-            pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 pubsub.psubscribe(EVENTS_PATTERN)
                 self._await_confirmation(pubsub)

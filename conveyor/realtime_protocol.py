@@ -152,7 +152,7 @@ def run_snapshot(db: Database, claims: dict[str, Any], run_id: UUID) -> dict[str
     """The run's current status as a `workflow_status_update` numbered with its last event's
     seq, or None when the caller may not see the run (RLS)."""
     with db.user_transaction(claims) as conn:
-        row = conn.execute("select * from public.workflow_runs where id = %s", (run_id,)).fetchone()
+        row = conn.execute("select * from workflow_runs where id = %s", (run_id,)).fetchone()
     if row is None:
         return None
     message = event_message(
@@ -173,7 +173,7 @@ def active_runs_snapshot(
     """Status snapshots of the user's unfinished runs, oldest first (a `user:` subscription)."""
     with db.user_transaction(claims) as conn:
         rows = conn.execute(
-            "select * from public.workflow_runs where user_id = %s "
+            "select * from workflow_runs where user_id = %s "
             "and status in ('queued', 'running') order by created_at limit %s",
             (user_id, limit),
         ).fetchall()

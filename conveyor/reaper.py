@@ -16,10 +16,10 @@ def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500
     with db.transaction() as conn:
         rows = conn.execute(
             """
-            update public.workflow_runs
+            update workflow_runs
                set enqueued_at = now()
              where id in (
-               select id from public.workflow_runs
+               select id from workflow_runs
                 where (status = 'queued'
                        and coalesce(enqueued_at, created_at) < now() - make_interval(secs => %s))
                    or (status = 'running' and lease_expires_at < now()
@@ -40,7 +40,7 @@ def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
     with db.transaction() as conn:
         rows = conn.execute(
             """
-            update public.workflow_runs
+            update workflow_runs
                set status = 'cancelled', finished_at = now(), updated_at = now(),
                    lease_expires_at = null, current_step = null
              where status = 'running' and cancel_requested_at is not null

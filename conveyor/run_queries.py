@@ -24,9 +24,7 @@ def parse_run_id(raw: str) -> UUID:
 def require_visible(db: Database, claims: dict[str, Any], run_id: UUID) -> None:
     """RunNotFound unless RLS lets the caller see the run (owner or admin)."""
     with db.user_transaction(claims) as conn:
-        found = conn.execute(
-            "select 1 from public.workflow_runs where id = %s", (run_id,)
-        ).fetchone()
+        found = conn.execute("select 1 from workflow_runs where id = %s", (run_id,)).fetchone()
     if found is None:
         raise RunNotFound(f"run {run_id} does not exist")
 
@@ -35,13 +33,13 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
     """A run and its steps as the caller may see them under RLS; someone else's run is not found."""
     with db.user_transaction(claims) as conn, conn.pipeline():
         # Both reads in one round trip; a missing run simply has no visible steps either.
-        run = conn.execute("select * from public.workflow_runs where id = %s", (run_id,))
+        run = conn.execute("select * from workflow_runs where id = %s", (run_id,))
         step_rows = conn.execute(
             """
             select position, name, kind, status, attempt, started_at, finished_at,
                    (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms,
                    output, output_url, usage, error, error_code
-              from public.workflow_steps where run_id = %s order by position
+              from workflow_steps where run_id = %s order by position
             """,
             (run_id,),
         )
@@ -80,7 +78,7 @@ def list_events(
     require_visible(db, claims, run_id)
     with db.user_transaction(claims) as conn:
         rows = conn.execute(
-            "select run_id, seq, event, data, created_at as ts from public.run_events "
+            "select run_id, seq, event, data, created_at as ts from run_events "
             "where run_id = %s and seq > %s order by seq limit %s",
             (run_id, since, limit),
         ).fetchall()
@@ -109,7 +107,7 @@ def list_runs(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.workflow_runs",
+            table="workflow_runs",
             columns="id, kind, workflow_id, status, progress, current_step, session_id, "
             "error_code, created_at, started_at, finished_at",
             time_column="created_at",
@@ -131,12 +129,11 @@ def stored_output(
     with db.user_transaction(claims) as conn:
         if step is None:
             row = conn.execute(
-                "select output, output_url from public.workflow_runs where id = %s", (run_id,)
+                "select output, output_url from workflow_runs where id = %s", (run_id,)
             ).fetchone()
         else:
             row = conn.execute(
-                "select output, output_url from public.workflow_steps "
-                "where run_id = %s and name = %s",
+                "select output, output_url from workflow_steps where run_id = %s and name = %s",
                 (run_id, step),
             ).fetchone()
     if row is None:

@@ -101,7 +101,7 @@ def create_run(
         # The run starts at event seq 1: its first event is inserted below, not appended.
         row = conn.execute(
             """
-            insert into public.workflow_runs
+            insert into workflow_runs
               (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id,
                webhook_url, last_event_seq)
             values (%s, %s, %s, %s, %s, %s, %s, %s, 1)
@@ -132,14 +132,14 @@ def create_run(
             )
             conn.execute(
                 """
-                insert into public.workflow_steps (run_id, position, name, kind)
+                insert into workflow_steps (run_id, position, name, kind)
                 select %s, ordinality - 1, step ->> 0, step ->> 1
                   from jsonb_array_elements(%s::jsonb) with ordinality as s(step, ordinality)
                 """,
                 (row["id"], json.dumps([list(step) for step in steps])),
             )
             first = conn.execute(
-                "insert into public.run_events (run_id, seq, event, data) "
+                "insert into run_events (run_id, seq, event, data) "
                 "values (%s, 1, %s, %s) returning created_at",
                 (row["id"], STATUS_UPDATE, Jsonb(data)),
             )
@@ -164,7 +164,7 @@ def existing_run(
     """The run this user already submitted with idempotency_key; IdempotencyKeyReused when it
     was a different request."""
     existing = conn.execute(
-        "select id, status, kind, workflow_id, input from public.workflow_runs "
+        "select id, status, kind, workflow_id, input from workflow_runs "
         "where user_id = %s and idempotency_key = %s",
         (user_id, idempotency_key),
     ).fetchone()
@@ -184,7 +184,7 @@ def claim_run(
     step; None when it is not claimable. One round trip: conveyor_claim_run (sql/) does it all."""
     with db.single_statement() as conn:
         row = conn.execute(
-            "select * from public.conveyor_claim_run(%s, %s)", (run_id, lease_seconds)
+            "select * from conveyor_claim_run(%s, %s)", (run_id, lease_seconds)
         ).fetchone()
     if row is None:
         return None
@@ -239,7 +239,7 @@ def finish_run(
     with db.transaction() as conn:
         row = conn.execute(
             """
-            update public.workflow_runs
+            update workflow_runs
                set status = case when cancel_requested_at is null then %(status)s
                                  else 'cancelled' end,
                    output = case when cancel_requested_at is null then %(output)s::jsonb end,
@@ -308,7 +308,7 @@ def close_unfinished_steps(
     `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
     return conn.execute(
         """
-        update public.workflow_steps
+        update workflow_steps
            set status = case when %(run_status)s = 'cancelled' then 'cancelled'
                              when position = %(failed)s then 'failed'
                              else 'skipped' end,
@@ -337,7 +337,7 @@ def cancel_run(
     with db.transaction() as conn:
         row = conn.execute(
             """
-            update public.workflow_runs
+            update workflow_runs
                set status = case when status = 'queued' then 'cancelled' else status end,
                    finished_at = case when status = 'queued' then now() else finished_at end,
                    cancel_requested_at = coalesce(cancel_requested_at, now()),

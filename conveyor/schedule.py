@@ -265,7 +265,7 @@ def run_states(db: Database, keys: list[tuple[str, str]]) -> dict[tuple[str, str
         rows = conn.execute(
             """
             select m.job, m.period_key, m.status, m.attempts
-              from public.maintenance_runs m
+              from maintenance_runs m
               join unnest(%s::text[], %s::text[]) as k(job, period_key)
                 on k.job = m.job and k.period_key = m.period_key
             """,

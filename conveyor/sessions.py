@@ -90,7 +90,7 @@ def create_session(db: Database, user_id: UUID, body: SessionCreate) -> SessionV
     with db.transaction() as conn:
         row = conn.execute(
             f"""
-            insert into public.agent_sessions (user_id, agent_mode, project_name, project_path)
+            insert into agent_sessions (user_id, agent_mode, project_name, project_path)
             values (%s, %s, %s, %s)
             returning {SESSION_COLUMNS}
             """,  # noqa: S608 - the column list is a constant
@@ -104,7 +104,7 @@ def get_session(db: Database, claims: dict[str, Any], session_id: UUID | str) ->
     target = parse_session_id(session_id)
     with db.user_transaction(claims) as conn:
         row = conn.execute(
-            f"select {SESSION_COLUMNS} from public.agent_sessions where id = %s",  # noqa: S608
+            f"select {SESSION_COLUMNS} from agent_sessions where id = %s",  # noqa: S608
             (target,),
         ).fetchone()
     if row is None:
@@ -119,7 +119,7 @@ def list_sessions(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.agent_sessions",
+            table="agent_sessions",
             columns=SESSION_COLUMNS,
             time_column="created_at",
             id_type="uuid",
@@ -147,7 +147,7 @@ def append_message(
     # numbers one after another; a rollback returns the number, so the sequence has no gaps.
     counter = conn.execute(
         """
-        update public.agent_sessions
+        update agent_sessions
            set last_sequence_number = last_sequence_number + 1, updated_at = now()
          where id = %s
         returning last_sequence_number
@@ -158,7 +158,7 @@ def append_message(
         raise SessionNotFound(f"session {target} does not exist")
     row = conn.execute(
         f"""
-        insert into public.agent_messages
+        insert into agent_messages
           (session_id, sequence_number, role, content, run_id, metadata)
         values (%s, %s, %s, %s, %s, %s)
         returning {MESSAGE_COLUMNS}
@@ -171,9 +171,7 @@ def append_message(
 def require_visible(db: Database, claims: dict[str, Any], session_id: UUID) -> None:
     """SessionNotFound unless RLS lets the caller see the session (owner or admin)."""
     with db.user_transaction(claims) as conn:
-        found = conn.execute(
-            "select 1 from public.agent_sessions where id = %s", (session_id,)
-        ).fetchone()
+        found = conn.execute("select 1 from agent_sessions where id = %s", (session_id,)).fetchone()
     if found is None:
         raise SessionNotFound(f"session {session_id} does not exist")
 
@@ -198,15 +196,12 @@ def list_messages(
     target = parse_session_id(session_id)
     with db.user_transaction(claims) as conn:
         # Checked in the same transaction so "not yours" is a 404, not an empty list.
-        if (
-            conn.execute("select 1 from public.agent_sessions where id = %s", (target,)).fetchone()
-            is None
-        ):
+        if conn.execute("select 1 from agent_sessions where id = %s", (target,)).fetchone() is None:
             raise SessionNotFound(f"session {target} does not exist")
         rows = conn.execute(
             f"""
             select {MESSAGE_COLUMNS}
-              from public.agent_messages
+              from agent_messages
              where session_id = %s and sequence_number > %s
              order by sequence_number
              limit %s
@@ -221,7 +216,7 @@ def require_session_owner(db: Database, user_id: UUID, session_id: UUID | str) -
     target = parse_session_id(session_id)
     with db.transaction() as conn:
         found = conn.execute(
-            "select 1 from public.agent_sessions where id = %s and user_id = %s",
+            "select 1 from agent_sessions where id = %s and user_id = %s",
             (target, user_id),
         ).fetchone()
     if found is None:

@@ -33,7 +33,7 @@ def mark_completed(
     run_id = owner.run_id
     row = conn.execute(
         """
-        update public.workflow_steps
+        update workflow_steps
            set status = 'completed', output = %s, output_url = %s, finished_at = now(),
                error = null, error_code = null
          where run_id = %s and position = %s

@@ -151,7 +151,7 @@ def store_event(db: Database, event: StripeEventIn, payload: bytes) -> StoredEve
     with db.transaction() as conn:
         row = conn.execute(
             """
-            insert into public.stripe_events (id, type, created, livemode, payload, status,
+            insert into stripe_events (id, type, created, livemode, payload, status,
                                               processed_at)
             values (%(id)s, %(type)s, to_timestamp(%(created)s), %(livemode)s, %(payload)s,
                     %(status)s, case when %(status)s = 'ignored' then now() end)
@@ -170,7 +170,7 @@ def store_event(db: Database, event: StripeEventIn, payload: bytes) -> StoredEve
         if row is not None:
             return StoredEvent(id=event.id, inserted=True, status=row["status"])
         existing = conn.execute(
-            "select status from public.stripe_events where id = %s", (event.id,)
+            "select status from stripe_events where id = %s", (event.id,)
         ).fetchone()
     assert existing is not None
     return StoredEvent(id=event.id, inserted=False, status=existing["status"])
@@ -184,7 +184,7 @@ def needs_processing(status: str) -> bool:
 def lock_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
     """The stored event, locked for this transaction (a second worker waits, then sees it final)."""
     row: dict[str, Any] | None = conn.execute(
-        "select id, type, created, status, attempts, payload from public.stripe_events "
+        "select id, type, created, status, attempts, payload from stripe_events "
         "where id = %s for update",
         (event_id,),
     ).fetchone()
@@ -195,7 +195,7 @@ def mark_done(conn: Connection, event_id: str, status: str) -> None:
     """Record a final outcome of processing (processed, skipped or ignored)."""
     conn.execute(
         """
-        update public.stripe_events
+        update stripe_events
            set status = %s, attempts = attempts + 1, last_error = null, processed_at = now()
          where id = %s
         """,
@@ -208,7 +208,7 @@ def mark_failed(db: Database, event_id: str, error: str) -> None:
     with db.transaction() as conn:
         conn.execute(
             """
-            update public.stripe_events
+            update stripe_events
                set status = 'failed', attempts = attempts + 1, last_error = left(%s, 2000),
                    next_attempt_at = now() + least(
                      interval '1 minute' * power(2, least(attempts, 20)),
@@ -232,10 +232,10 @@ def due_events(
     with db.transaction() as conn:
         rows = conn.execute(
             """
-            update public.stripe_events
+            update stripe_events
                set next_attempt_at = now() + make_interval(secs => %(stuck)s)
              where id in (
-               select id from public.stripe_events
+               select id from stripe_events
                 where status in ('received', 'failed')
                   and next_attempt_at <= now()
                   and attempts < %(max)s
@@ -255,7 +255,7 @@ def stored_ids(db: Database, ids: Sequence[str]) -> set[str]:
     """Which of these event ids are already stored."""
     with db.transaction() as conn:
         rows = conn.execute(
-            "select id from public.stripe_events where id = any(%s)", (list(ids),)
+            "select id from stripe_events where id = any(%s)", (list(ids),)
         ).fetchall()
     return {row["id"] for row in rows}
 
@@ -267,7 +267,7 @@ def list_events(
     with db.transaction() as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.stripe_events",
+            table="stripe_events",
             columns=EVENT_COLUMNS,
             time_column="received_at",
             id_type="text",
@@ -286,7 +286,7 @@ def requeue(db: Database, event_id: str) -> StripeEventView:
         row = conn.execute(
             sql.SQL(
                 """
-                update public.stripe_events
+                update stripe_events
                    set status = 'received', next_attempt_at = now(), last_error = null
                  where id = %s
                 returning {columns}

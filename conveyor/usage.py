@@ -32,7 +32,7 @@ def record_step_usage(
     """Store the call's figures on the step and charge them to the ledger once (keyed by run, step
     and attempt); returns a `quota_threshold_crossed` event when this call crossed 80% or 100%."""
     conn.execute(
-        "update public.workflow_steps set usage = %s where run_id = %s and position = %s",
+        "update workflow_steps set usage = %s where run_id = %s and position = %s",
         (Jsonb(usage.as_dict()), owner.run_id, position),
     )
     recorded = ledger.record_usage(

@@ -1,8 +1,7 @@
 """Usage ingestion in batches: the events other backends report through `POST /api/usage`, stored
-in `usage_batches` (the outbox, sql/20261123001200_usage_batches.sql) and recorded by
-`public.record_usage_batch` (sql/20261123000600_usage_batch.sql, revised by
-sql/20261123000650_usage_batch_json.sql) in one transaction per batch with the exactly-once rules
-of `record_usage`."""
+in `usage_batches` (the outbox) and recorded by `record_usage_batch` (both in
+sql/20261207000600_usage_batches.sql) in one transaction per batch with the exactly-once rules of
+`record_usage`."""
 
 from __future__ import annotations
 
@@ -107,7 +106,7 @@ def record_batch(db: Database, events: Sequence[UsageEventIn]) -> BatchResult:
 
 def record_batch_json(db: Database, events: str) -> BatchResult:
     """record_batch for events already in events_json's form."""
-    result = _record(db, "select * from public.record_usage_batch(%s::json)", (events,))
+    result = _record(db, "select * from record_usage_batch(%s::json)", (events,))
     assert result is not None
     return result
 
@@ -117,8 +116,7 @@ def store_batch(db: Database, events: str, count: int) -> UUID:
     whose id the queue message carries."""
     with db.transaction() as conn:
         row = conn.execute(
-            "insert into public.usage_batches (events, event_count) values (%s::json, %s) "
-            "returning id",
+            "insert into usage_batches (events, event_count) values (%s::json, %s) returning id",
             (events, count),
         ).fetchone()
     assert row is not None
@@ -131,9 +129,9 @@ def batches_to_republish(db: Database, *, older_than_seconds: int, limit: int = 
     with db.transaction() as conn:
         rows = conn.execute(
             """
-            update public.usage_batches set enqueued_at = now()
+            update usage_batches set enqueued_at = now()
              where id in (
-               select id from public.usage_batches
+               select id from usage_batches
                 where enqueued_at < now() - make_interval(secs => %s)
                 order by enqueued_at
                 limit %s
@@ -150,8 +148,8 @@ def record_stored_batch(db: Database, batch_id: UUID) -> BatchResult | None:
     already (a redelivered or republished message)."""
     return _record(
         db,
-        "with stored as (delete from public.usage_batches where id = %s returning events) "
-        "select r.* from stored cross join lateral public.record_usage_batch(stored.events) r",
+        "with stored as (delete from usage_batches where id = %s returning events) "
+        "select r.* from stored cross join lateral record_usage_batch(stored.events) r",
         (batch_id,),
     )
 

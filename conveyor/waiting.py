@@ -19,9 +19,7 @@ POLL_SECONDS = 0.25
 def run_status(db: Database, run_id: UUID) -> str:
     """The run's current status."""
     with db.connection() as conn:
-        row = conn.execute(
-            "select status from public.workflow_runs where id = %s", (run_id,)
-        ).fetchone()
+        row = conn.execute("select status from workflow_runs where id = %s", (run_id,)).fetchone()
     assert row is not None, "waiting on a run that was never created"
     return str(row["status"])
 

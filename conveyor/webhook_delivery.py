@@ -92,10 +92,10 @@ def claim(db: Database, delivery_id: UUID, settings: Settings) -> Claimed | None
     with db.transaction() as conn:
         row = conn.execute(
             """
-            update public.webhook_deliveries d
+            update webhook_deliveries d
                set attempts = d.attempts + 1,
                    lease_until = now() + make_interval(secs => %(lease)s)
-              from public.webhook_events e
+              from webhook_events e
              where d.id = %(id)s and e.id = d.event_id
                and d.status = 'pending'
                and d.next_attempt_at <= now() + interval '1 second'
@@ -137,14 +137,14 @@ def signing_secrets(conn: Connection, endpoint_id: UUID | None, user_id: UUID) -
     None when the endpoint is disabled."""
     if endpoint_id is None:
         row = conn.execute(
-            "select secret from public.webhook_signing_secrets where user_id = %s", (user_id,)
+            "select secret from webhook_signing_secrets where user_id = %s", (user_id,)
         ).fetchone()
         return [row["secret"]] if row is not None else []
     endpoint = conn.execute(
         """
         select secret, disabled_at,
                case when previous_secret_expires_at > now() then previous_secret end as previous
-          from public.webhook_endpoints where id = %s
+          from webhook_endpoints where id = %s
         """,
         (endpoint_id,),
     ).fetchone()
@@ -164,7 +164,7 @@ def finish(
     """Give a pending delivery its final status."""
     conn.execute(
         """
-        update public.webhook_deliveries
+        update webhook_deliveries
            set status = %s, last_status_code = coalesce(%s, last_status_code),
                last_error = left(%s, 2000), lease_until = null, finished_at = now()
          where id = %s and status = 'pending'
@@ -202,7 +202,7 @@ def record_attempt(
     with db.transaction() as conn:
         still_ours = conn.execute(
             """
-            update public.webhook_deliveries
+            update webhook_deliveries
                set status = %(status)s, last_status_code = %(code)s,
                    last_error = left(%(error)s, 2000),
                    lease_until = null,
@@ -229,7 +229,7 @@ def record_attempt(
             return DeliveryResult(DeliveryOutcome.SKIPPED)
         conn.execute(
             """
-            insert into public.webhook_delivery_attempts
+            insert into webhook_delivery_attempts
               (delivery_id, attempt, status_code, latency_ms, error, next_attempt_at)
             values (%s, %s, %s, %s, left(%s, 2000), %s)
             """,
@@ -274,7 +274,7 @@ def update_endpoint_health(
     its owner (the notification is returned, to publish after commit)."""
     if result.ok:
         conn.execute(
-            "update public.webhook_endpoints set consecutive_failures = 0 where id = %s",
+            "update webhook_endpoints set consecutive_failures = 0 where id = %s",
             (endpoint_id,),
         )
         return None
@@ -285,7 +285,7 @@ def update_endpoint_health(
     )
     row = conn.execute(
         """
-        update public.webhook_endpoints
+        update webhook_endpoints
            set consecutive_failures = consecutive_failures + 1,
                disabled_at = case when %(gone)s or consecutive_failures + 1 >= %(limit)s
                                   then coalesce(disabled_at, now()) else disabled_at end,

@@ -118,7 +118,7 @@ def create_endpoint(
             "select pg_advisory_xact_lock(hashtext('webhook_endpoints:' || %s))", (user_id,)
         )
         count = conn.execute(
-            "select count(*) as n from public.webhook_endpoints where user_id = %s", (user_id,)
+            "select count(*) as n from webhook_endpoints where user_id = %s", (user_id,)
         ).fetchone()
         if count is not None and count["n"] >= max_endpoints:
             raise TooManyEndpoints(
@@ -128,7 +128,7 @@ def create_endpoint(
         row = conn.execute(
             sql.SQL(
                 """
-                insert into public.webhook_endpoints (user_id, url, events, description, secret)
+                insert into webhook_endpoints (user_id, url, events, description, secret)
                 values (%s, %s, %s, %s, %s)
                 returning {columns}, secret
                 """
@@ -146,7 +146,7 @@ def list_endpoints(
     with db.user_transaction(claims) as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="public.webhook_endpoints",
+            table="webhook_endpoints",
             columns=PUBLIC_COLUMNS,
             time_column="created_at",
             id_type="uuid",
@@ -162,7 +162,7 @@ def delete_endpoint(db: Database, user_id: UUID, endpoint_id: UUID) -> None:
     """Delete one of the user's endpoints with its delivery history; pending deliveries stop."""
     with db.transaction() as conn:
         deleted = conn.execute(
-            "delete from public.webhook_endpoints where id = %s and user_id = %s returning id",
+            "delete from webhook_endpoints where id = %s and user_id = %s returning id",
             (endpoint_id, user_id),
         ).fetchone()
     if deleted is None:
@@ -174,7 +174,7 @@ def rotate_secret(db: Database, user_id: UUID, endpoint_id: UUID) -> RotatedSecr
     with db.transaction() as conn:
         row = conn.execute(
             """
-            update public.webhook_endpoints
+            update webhook_endpoints
                set previous_secret = secret, secret = %s,
                    previous_secret_expires_at = now() + make_interval(hours => %s)
              where id = %s and user_id = %s
@@ -191,7 +191,7 @@ def require_endpoint(db: Database, claims: dict[str, Any], endpoint_id: UUID) ->
     """WebhookEndpointNotFound unless the caller can see this endpoint (RLS decides)."""
     with db.user_transaction(claims) as conn:
         row = conn.execute(
-            "select id from public.webhook_endpoints where id = %s", (endpoint_id,)
+            "select id from webhook_endpoints where id = %s", (endpoint_id,)
         ).fetchone()
     if row is None:
         raise WebhookEndpointNotFound(f"webhook endpoint {endpoint_id} does not exist")
@@ -201,12 +201,12 @@ def signing_secret(db: Database, user_id: UUID) -> str:
     """The user's secret for deliveries to runs' own `webhook_url`, created on first use."""
     with db.transaction() as conn:
         conn.execute(
-            "insert into public.webhook_signing_secrets (user_id, secret) values (%s, %s) "
+            "insert into webhook_signing_secrets (user_id, secret) values (%s, %s) "
             "on conflict (user_id) do nothing",
             (user_id, new_secret()),
         )
         row = conn.execute(
-            "select secret from public.webhook_signing_secrets where user_id = %s", (user_id,)
+            "select secret from webhook_signing_secrets where user_id = %s", (user_id,)
         ).fetchone()
     assert row is not None
     return str(row["secret"])

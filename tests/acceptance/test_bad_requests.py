@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 
 from conveyor.auth import mint_token
+from conveyor.db import sql_connection
 from tests.support import ApiClient, token_for
 
 
@@ -23,7 +23,7 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 def count_runs(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         row = conn.execute("select count(*) from workflow_runs").fetchone()
     assert row is not None
     return int(row[0])

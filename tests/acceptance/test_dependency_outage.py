@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from conveyor.db import sql_connection
 from conveyor.services import free_port
 from tests.support import ApiClient, LiveServer, make_settings, token_for
 
@@ -79,7 +80,7 @@ def test_a_request_stuck_behind_a_row_lock_answers_503_once_the_statement_timeou
         run_id = client.post("/api/agents/invoke", json={"agent_type": "echo", "input": {}}).json()[
             "request_id"
         ]
-        with psycopg.connect(database_url) as locker:
+        with sql_connection(database_url) as locker:
             locker.execute("select 1 from workflow_runs where id = %s for update", (run_id,))
 
             stuck = client.post(f"/api/runs/{run_id}/cancel", timeout=20)

@@ -212,7 +212,7 @@ def test_quota_usage_sums_this_months_use_per_plan(admin: ApiClient, db: Databas
     assert check_and_consume_quota(db, light, 1_000, 10)
     with db.transaction() as conn:
         conn.execute(
-            "insert into public.user_accounts (user_id, plan_id) values (%s, 'basic')", (paying,)
+            "insert into conveyor.user_accounts (user_id, plan_id) values (%s, 'basic')", (paying,)
         )
 
     plans = {p["plan_id"]: p for p in admin.get("/api/admin/quota-usage").json()["plans"]}

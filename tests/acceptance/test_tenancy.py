@@ -6,10 +6,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-
 from conveyor.auth import mint_service_token
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.identity import grant_admin
 from tests.support import API_SECRET, ApiClient, token_for
 
@@ -24,7 +22,7 @@ def submit(client: ApiClient) -> str:
 
 
 def audit_rows(database_url: str, action: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         return conn.execute(
             "select outcome, actor_user_id, host(ip), user_agent from audit_logs where action = %s "
             "order by id",

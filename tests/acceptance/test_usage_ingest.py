@@ -21,7 +21,7 @@ from celery.contrib.testing.worker import start_worker
 
 from conveyor import ledger
 from conveyor.auth import mint_service_token
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.settings import Settings
 from tests.support import (
     API_SECRET,
@@ -56,14 +56,14 @@ def usage_event(user: uuid.UUID, key: str, **fields: Any) -> dict[str, Any]:
 
 
 def stored_events(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         row = conn.execute("select count(*) from usage_events").fetchone()
     return int(row[0]) if row else 0
 
 
 def stored_batches(database_url: str) -> int:
     """Accepted batches not yet recorded (the outbox rows)."""
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         row = conn.execute("select count(*) from usage_batches").fetchone()
     return int(row[0]) if row else 0
 
@@ -203,7 +203,7 @@ def big_batch(db: Database, users: list[uuid.UUID]) -> list[dict[str, Any]]:
 
 def ledger_state(database_url: str, users: list[uuid.UUID]) -> dict[str, Any]:
     """What the ledger holds for users: events, period totals, balances."""
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         events = conn.execute(
             "select count(*) from usage_events where user_id = any(%s)", (users,)
         ).fetchone()
@@ -241,14 +241,14 @@ def expected_state(events: list[dict[str, Any]], start_balance: int) -> dict[str
 def lock_period(database_url: str, user: uuid.UUID) -> psycopg.Connection[Any]:
     """A connection holding user's usage period row locked: a batch that includes user stops
     there, its events inserted but not committed."""
-    conn = psycopg.connect(database_url)
+    conn = sql_connection(database_url)
     conn.execute("select 1 from usage_periods where user_id = %s for update", (user,))
     return conn
 
 
 def blocked_batch_backend(database_url: str) -> int | None:
     """The server process of a record_usage_batch call waiting for a lock, if any."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with sql_connection(database_url, autocommit=True) as conn:
         row = conn.execute(
             "select pid from pg_stat_activity where wait_event_type = 'Lock' "
             "and query like %s and datname = current_database()",
@@ -258,7 +258,7 @@ def blocked_batch_backend(database_url: str) -> int | None:
 
 
 def backend_alive(database_url: str, pid: int) -> bool:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with sql_connection(database_url, autocommit=True) as conn:
         row = conn.execute("select 1 from pg_stat_activity where pid = %s", (pid,)).fetchone()
     return row is not None
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import uuid
 
-import psycopg
 import pytest
 from celery import Celery
 
 import tests.agents_for_tests  # noqa: F401 - registers the `explode` agent
 from conveyor import runs
 from conveyor.constants import TASK_EXECUTE_RUN
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from tests.support import ECHO_STEPS, ApiClient, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 
 def event_log(database_url: str, run_id: str) -> list[tuple[int, str, str | None]]:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         rows = conn.execute(
             "select seq, event, data->>'status' from run_events where run_id = %s order by seq",
             (run_id,),

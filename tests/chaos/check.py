@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from conveyor.db import sql_connection
 from tests.chaos.load import Tally
 from tests.chaos.system import CREDITS_PER_PACK
 
@@ -47,7 +48,7 @@ def outcome(database_url: str, tally: Tally) -> Outcome:
     result = Outcome(
         runs_accepted=len(runs), usage_accepted=len(usage), webhooks_accepted=len(webhooks)
     )
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+    with sql_connection(database_url, autocommit=True, connect_timeout=5) as conn:
         count_runs(conn, runs, result)
         count_usage(conn, usage, result)
         count_webhooks(conn, webhooks, result)

@@ -58,7 +58,7 @@ def test_a_subscriber_gets_no_calendar_grant_because_invoices_pay_their_credits(
 
     with db.transaction() as conn:
         row = conn.execute(
-            "select public.conveyor_grant_period_credits(%s, %s) as granted", (user, next_month)
+            "select conveyor.conveyor_grant_period_credits(%s, %s) as granted", (user, next_month)
         ).fetchone()
 
     assert row is not None
@@ -73,7 +73,7 @@ def test_a_user_without_a_live_subscription_still_gets_the_calendar_grant(
 
     with db.transaction() as conn:
         row = conn.execute(
-            "select public.conveyor_grant_period_credits(%s, %s) as granted",
+            "select conveyor.conveyor_grant_period_credits(%s, %s) as granted",
             (user, date(2099, 1, 1)),
         ).fetchone()
 

@@ -7,10 +7,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 
-import psycopg
-
 from conveyor import ledger
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.ledger import UsageRecord
 
 THREADS = 8
@@ -34,7 +32,7 @@ def hammer(database_url: str, statement: str, args: tuple[object, ...]) -> list[
     """Run statement THREADS x CALLS_PER_THREAD times from THREADS connections at once."""
 
     def one_thread(_: int) -> list[bool]:
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with sql_connection(database_url, autocommit=True) as conn:
             return [
                 bool(conn.execute(statement, args).fetchone()[0]) for _ in range(CALLS_PER_THREAD)
             ]  # type: ignore[index]

@@ -1,7 +1,11 @@
-"""Migrations apply in order, once, atomically, and never touch what Supabase owns."""
+"""Migrations apply in order, once, atomically, into Conveyor's own schema, and never touch what
+Supabase or the host app owns."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +14,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conveyor.migrate import SQL_DIR, MigrationError, discover, migrate, pending
+from conveyor.db import sql_connection
+from conveyor.migrate import MigrationError, discover, migrate, pending
 from tests.conftest import database_named
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+# What a wheel is built from: the package folders and the files pyproject.toml reads.
+WHEEL_SOURCES = ("conveyor", "sql", "web", "worker", "tasks", "beat_schedule.py", "pyproject.toml")
 
 
 @pytest.fixture
@@ -25,9 +34,25 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
+def public_objects(url: str) -> set[tuple[str, str]]:
+    """(kind, name) of every relation, function and type in schema public."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """
+            select 'relation', relname from pg_class
+             where relnamespace = 'public'::regnamespace
+            union all
+            select 'function', proname from pg_proc where pronamespace = 'public'::regnamespace
+            union all
+            select 'type', typname from pg_type where typnamespace = 'public'::regnamespace
+            """
+        ).fetchall()
+    return {(str(kind), str(name)) for kind, name in rows}
+
+
 def test_every_sql_file_follows_supabase_cli_naming() -> None:
-    names = [m.path.name for m in discover()]
-    assert names == sorted(p.name for p in SQL_DIR.glob("*.sql"))
+    names = [m.filename for m in discover()]
+    assert names == sorted(p.name for p in (CHECKOUT / "sql").glob("*.sql"))
     assert names
 
 
@@ -36,17 +61,31 @@ def test_rerunning_migrations_applies_nothing(database_url: str) -> None:
     assert pending(database_url) == []
 
 
-def test_each_applied_migration_is_recorded(database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
+def test_each_applied_migration_is_recorded_in_conveyors_schema(database_url: str) -> None:
+    with sql_connection(database_url) as conn:
         versions = [
-            r[0] for r in conn.execute("select version from conveyor_migrations order by 1")
+            r[0]
+            for r in conn.execute("select version from conveyor.schema_migrations order by 1")
         ]
     assert versions == [m.version for m in discover()]
 
 
+def test_a_fresh_install_creates_nothing_in_public(empty_database_url: str) -> None:
+    before = public_objects(empty_database_url)
+    migrate(empty_database_url)
+    assert public_objects(empty_database_url) == before
+
+
+def test_every_pending_migration_is_listed_on_a_database_never_migrated(
+    empty_database_url: str,
+) -> None:
+    assert pending(empty_database_url) == [m.version for m in discover()]
+
+
 def test_shim_leaves_an_existing_supabase_auth_schema_alone(empty_database_url: str) -> None:
-    """On a real Supabase project the auth schema exists: the shim adds or replaces nothing."""
-    with psycopg.connect(empty_database_url) as conn:
+    """On a real Supabase project the auth schema exists: the shim replaces nothing in it and
+    creates only a helper that is missing."""
+    with sql_connection(empty_database_url) as conn:
         conn.execute("create schema auth")
         # Supabase's own helpers (stand-ins that answer differently from the shim's).
         conn.execute(
@@ -58,16 +97,20 @@ def test_shim_leaves_an_existing_supabase_auth_schema_alone(empty_database_url: 
             "as $$ select '{}'::jsonb $$"
         )
     migrate(empty_database_url)
-    with psycopg.connect(empty_database_url) as conn:
+    with sql_connection(empty_database_url) as conn:
         assert conn.execute("select to_regclass('auth.users')").fetchone() == (None,)
-        assert conn.execute("select auth.uid()::text").fetchone() == (
+        assert conn.execute("select auth.uid()::text, auth.jwt()").fetchone() == (
             "00000000-0000-0000-0000-0000000000aa",
+            {},
+        )
+        assert conn.execute("select to_regprocedure('auth.role()') is not null").fetchone() == (
+            True,
         )
 
 
 def test_auth_uid_reads_the_request_claims_like_supabase(database_url: str) -> None:
     user = str(uuid.uuid4())
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         conn.execute(
             "select set_config('request.jwt.claims', %s, true)",
             (f'{{"sub": "{user}", "role": "authenticated"}}',),
@@ -93,8 +136,92 @@ def test_a_failing_migration_applies_nothing_of_itself(
     )
     with pytest.raises(MigrationError, match=r"20260101000100_bad\.sql"):
         migrate(empty_database_url, tmp_path)
-    with psycopg.connect(empty_database_url) as conn:
+    with sql_connection(empty_database_url) as conn:
         assert conn.execute(
-            "select to_regclass('good') is not null, to_regclass('half') is null"
+            "select to_regclass('conveyor.good') is not null, to_regclass('conveyor.half') is null"
         ).fetchone() == (True, True)
         assert pending(empty_database_url, tmp_path) == ["20260101000100"]
+
+
+def test_an_object_a_migration_names_plainly_lands_in_conveyors_schema(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "20260101000000_plain.sql").write_text("create table plain (id int);")
+    migrate(empty_database_url, tmp_path)
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute(
+            "select to_regclass('conveyor.plain') is not null, to_regclass('public.plain') is null"
+        ).fetchone() == (True, True)
+
+
+def test_an_applied_migration_whose_file_changed_is_refused(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    migration = tmp_path / "20260101000000_table.sql"
+    migration.write_text("create table edited (id int);")
+    migrate(empty_database_url, tmp_path)
+    migration.write_text("create table edited (id int, more text);")
+    (tmp_path / "20260101000100_later.sql").write_text("create table later (id int);")
+
+    with pytest.raises(MigrationError, match=r"20260101000000_table\.sql was applied with diff"):
+        migrate(empty_database_url, tmp_path)
+    with sql_connection(empty_database_url) as conn:
+        assert conn.execute("select to_regclass('conveyor.later')").fetchone() == (None,)
+
+
+def test_a_pre_release_database_is_refused_with_how_to_reset_it(
+    empty_database_url: str,
+) -> None:
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute("create table public.conveyor_migrations (version text primary key)")
+    with pytest.raises(MigrationError, match=r"pre-release.*drop it and create it again"):
+        migrate(empty_database_url)
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("select to_regnamespace('conveyor')").fetchone() == (None,)
+
+
+def test_an_installed_wheel_carries_its_sql_and_migrates_a_fresh_database(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in WHEEL_SOURCES:
+        origin = CHECKOUT / name
+        if origin.is_dir():
+            shutil.copytree(origin, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(origin, source / name)
+    (source / "README.md").write_text("Conveyor\n")
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, source],
+        check=True,
+        timeout=240,
+    )
+    (wheel,) = wheels.glob("conveyor-*.whl")
+    installed = tmp_path / "installed"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-t", installed, wheel],
+        check=True,
+        timeout=120,
+    )
+    # Run from an empty folder, the installed copy first on the path: the checkout's sql/ is
+    # nowhere in reach.
+    script = (
+        "import sys, conveyor.migrate as m; "
+        "assert m.__file__.startswith(sys.argv[2]), m.__file__; "
+        "print(len(m.migrate(sys.argv[1])))"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    applied = subprocess.run(
+        [sys.executable, "-c", script, empty_database_url, str(installed)],
+        cwd=elsewhere,
+        env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert int(applied.stdout.strip()) == len(discover())
+    assert pending(empty_database_url) == []

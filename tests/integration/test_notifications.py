@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from conveyor import notifications, runs
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.notifications import NotificationNotFound, notify
 from conveyor.usage_ingest import UsageEventIn, record_batch
 from tests.support import ECHO_STEPS
@@ -79,7 +79,7 @@ def test_a_stranger_cannot_mark_a_notification_read(db: Database) -> None:
 def test_users_cannot_create_or_rewrite_notifications(db: Database, database_url: str) -> None:
     user = uuid.uuid4()
     notify_user(db, user, "t")
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         conn.execute("set role authenticated")
         conn.execute(
             "select set_config('request.jwt.claims', %s, false)", (f'{{"sub": "{user}"}}',)

@@ -44,7 +44,7 @@ def register(db: Database, user: uuid.UUID, *events: str) -> uuid.UUID:
 
 def count(db: Database, table: str) -> int:
     with db.transaction() as conn:
-        row = conn.execute(f"select count(*) as n from public.{table}").fetchone()  # noqa: S608
+        row = conn.execute(f"select count(*) as n from conveyor.{table}").fetchone()  # noqa: S608
     assert row is not None
     return int(row["n"])
 
@@ -79,7 +79,7 @@ def test_a_finish_that_lost_its_lease_creates_no_delivery(db: Database) -> None:
     assert first is not None
     with db.transaction() as conn:
         conn.execute(
-            "update public.workflow_runs set lease_expires_at = now() - interval '1 s' "
+            "update conveyor.workflow_runs set lease_expires_at = now() - interval '1 s' "
             "where id = %s",
             (created.id,),
         )
@@ -104,7 +104,7 @@ def test_the_result_of_an_attempt_that_lost_its_lease_is_not_recorded(
     assert webhook_delivery.claim(db, delivery, settings) is None, "held by the slow worker"
     with db.transaction() as conn:
         conn.execute(
-            "update public.webhook_deliveries set lease_until = now() - interval '1 s' "
+            "update conveyor.webhook_deliveries set lease_until = now() - interval '1 s' "
             "where id = %s",
             (delivery,),
         )
@@ -119,6 +119,6 @@ def test_the_result_of_an_attempt_that_lost_its_lease_is_not_recorded(
     assert done.outcome is webhook_delivery.DeliveryOutcome.SUCCEEDED
     with db.transaction() as conn:
         attempts = conn.execute(
-            "select attempt, status_code from public.webhook_delivery_attempts"
+            "select attempt, status_code from conveyor.webhook_delivery_attempts"
         ).fetchall()
     assert [(a["attempt"], a["status_code"]) for a in attempts] == [(2, 200)]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 
-import psycopg
 import pytest
 
 from conveyor import reaper, run_queries, runs
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.events import EventPublisher
 from conveyor.execution import Result, execute_run
 from conveyor.settings import Settings
@@ -31,7 +30,7 @@ def run_id(db: Database) -> uuid.UUID:
 
 
 def expire_lease(database_url: str, run_id: uuid.UUID) -> None:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         conn.execute(
             "update workflow_runs set lease_expires_at = now() - interval '1 second' where id = %s",
             (run_id,),
@@ -39,7 +38,7 @@ def expire_lease(database_url: str, run_id: uuid.UUID) -> None:
 
 
 def age(database_url: str, run_id: uuid.UUID, seconds: int) -> None:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         conn.execute(
             "update workflow_runs set created_at = now() - make_interval(secs => %s) where id = %s",
             (seconds, run_id),
@@ -102,7 +101,7 @@ def test_the_status_payload_built_in_sql_matches_the_one_built_in_python(
             (progress, updated_at, run_id),
         )
         row = conn.execute(
-            "select r.*, public.conveyor_status_data(r) as sql_payload "
+            "select r.*, conveyor.conveyor_status_data(r) as sql_payload "
             "from workflow_runs r where id = %s",
             (run_id,),
         ).fetchone()

@@ -10,11 +10,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 
 from conveyor import ledger
-from conveyor.db import Database
+from conveyor.db import Database, sql_connection
 from conveyor.usage_ingest import BatchResult, UsageEventIn, record_batch
 
 # model_prices as the migration seeds them: micro-USD per million prompt / completion tokens.
@@ -105,7 +104,7 @@ def expected_periods(events: Sequence[UsageEventIn]) -> dict[tuple[str, str], tu
 def recorded_periods(
     database_url: str, users: Sequence[uuid.UUID]
 ) -> dict[tuple[str, str], tuple[int, int, int]]:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         rows = conn.execute(
             "select user_id::text, period_start::text, tokens_used, cost_used_micro_usd, "
             "requests_used from usage_periods where user_id = any(%s) and requests_used > 0",
@@ -115,7 +114,7 @@ def recorded_periods(
 
 
 def balances(database_url: str, users: Sequence[uuid.UUID]) -> dict[str, int]:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         rows = conn.execute(
             "select user_id::text, credit_balance from user_accounts where user_id = any(%s)",
             (list(users),),
@@ -213,7 +212,7 @@ def test_concurrent_batches_with_overlapping_keys_record_each_event_once(
     assert balances(database_url, users) == {
         str(u): FREE_PLAN_CREDITS - spent[str(u)] for u in users
     }
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         (events_stored,) = conn.execute("select count(*) from usage_events").fetchone() or (0,)
     assert events_stored == len(events)
 
@@ -248,7 +247,7 @@ def test_credits_stop_at_zero_charging_events_in_the_order_they_happened(
     )
 
     assert result.credits_charged == 10
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         charged = conn.execute(
             "select idempotency_key, credits_charged from usage_events order by occurred_at"
         ).fetchall()
@@ -303,9 +302,9 @@ def test_missing_costs_are_priced_from_the_model_price_table(
 
 
 def test_only_the_service_role_may_record_batches(database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
+    with sql_connection(database_url) as conn:
         allowed = conn.execute(
-            "select has_function_privilege(r, 'public.record_usage_batch(json)', 'execute') "
+            "select has_function_privilege(r, 'conveyor.record_usage_batch(json)', 'execute') "
             "from unnest(array['service_role', 'authenticated', 'anon']) r"
         ).fetchall()
     assert [row[0] for row in allowed] == [True, False, False]

@@ -3,12 +3,12 @@
 
 -- One counter row per user: taking it in the notifying transaction orders a user's notifications
 -- by commit, so a client that has seen seq n has seen everything numbered below n.
-create table public.notification_counters (
+create table conveyor.notification_counters (
   user_id uuid primary key,
   last_seq bigint not null default 0 check (last_seq >= 0)
 );
 
-create table public.notifications (
+create table conveyor.notifications (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null,
   seq bigint not null check (seq > 0),
@@ -28,29 +28,25 @@ create table public.notifications (
 );
 
 create index notifications_user_created
-  on public.notifications (user_id, created_at desc, id desc);
+  on conveyor.notifications (user_id, created_at desc, id desc);
 create index notifications_user_unread
-  on public.notifications (user_id, created_at desc, id desc) where read_at is null;
+  on conveyor.notifications (user_id, created_at desc, id desc) where read_at is null;
 
-alter table public.notifications enable row level security;
-alter table public.notification_counters enable row level security;
+alter table conveyor.notifications enable row level security;
+alter table conveyor.notification_counters enable row level security;
 
 -- Read: the addressee, or an admin (support, the `user:<id>` websocket topic); mark read: only
 -- the addressee.
-create policy notifications_owner_or_admin_select on public.notifications
-  for select to authenticated using (user_id = auth.uid() or public.conveyor_is_admin());
-create policy notifications_owner_mark_read on public.notifications
+create policy notifications_owner_or_admin_select on conveyor.notifications
+  for select to authenticated using (user_id = auth.uid() or conveyor.conveyor_is_admin());
+create policy notifications_owner_mark_read on conveyor.notifications
   for update to authenticated using (user_id = auth.uid()) with check (user_id = auth.uid());
 
-grant select on public.notifications to authenticated;
+revoke all on conveyor.notifications, conveyor.notification_counters
+  from public, anon, authenticated;
+grant select on conveyor.notifications to authenticated;
 -- Marking as read is the one write a user makes, through the policy above.
-grant update (read_at) on public.notifications to authenticated;
-grant all on public.notifications, public.notification_counters to service_role;
-revoke insert, delete, truncate on public.notifications from anon, authenticated;
-revoke all on public.notification_counters from anon, authenticated;
-
--- Analytics over all users (admins) scan by time (usage_events by occurred_at is indexed by
--- 20261123001000_maintenance.sql, for retention).
-create index workflow_runs_created on public.workflow_runs (created_at);
-create index credit_transactions_created on public.credit_transactions (created_at)
-  where kind = 'purchase';
+grant update (read_at) on conveyor.notifications to authenticated;
+grant all on conveyor.notifications, conveyor.notification_counters to service_role;
+revoke all on type conveyor.notification_counters, conveyor.notifications
+  from public, anon, authenticated;

@@ -2,7 +2,7 @@
 -- (event, target) with a row per attempt. webhook_deliveries is the outbox: a delivery is created
 -- in the transaction of what it reports, and a periodic job queues again whatever is due.
 
-create table public.webhook_endpoints (
+create table conveyor.webhook_endpoints (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null,
   url text not null check (char_length(url) between 1 and 2000),
@@ -20,16 +20,16 @@ create table public.webhook_endpoints (
 );
 
 create index webhook_endpoints_user_created
-  on public.webhook_endpoints (user_id, created_at desc, id desc);
+  on conveyor.webhook_endpoints (user_id, created_at desc, id desc);
 
 -- Signs the deliveries to a run's own `webhook_url` (created on first use, one per user).
-create table public.webhook_signing_secrets (
+create table conveyor.webhook_signing_secrets (
   user_id uuid primary key,
   secret text not null check (char_length(secret) between 16 and 200),
   created_at timestamptz not null default now()
 );
 
-create table public.webhook_events (
+create table conveyor.webhook_events (
   id text primary key check (id ~ '^evt_[0-9a-f]{32}$'),
   user_id uuid not null,
   type text not null check (type ~ '^[a-z]+\.[a-z_]+$'),
@@ -37,12 +37,12 @@ create table public.webhook_events (
   created_at timestamptz not null default now()
 );
 
-create table public.webhook_deliveries (
+create table conveyor.webhook_deliveries (
   id uuid primary key default gen_random_uuid(),
-  event_id text not null references public.webhook_events (id) on delete cascade,
+  event_id text not null references conveyor.webhook_events (id) on delete cascade,
   user_id uuid not null,
   -- Null for a run's own webhook_url, signed with the user's signing secret.
-  endpoint_id uuid references public.webhook_endpoints (id) on delete cascade,
+  endpoint_id uuid references conveyor.webhook_endpoints (id) on delete cascade,
   url text not null check (char_length(url) between 1 and 2000),
   status text not null default 'pending' check (status in ('pending', 'succeeded', 'failed')),
   attempts integer not null default 0 check (attempts >= 0),
@@ -59,15 +59,15 @@ create table public.webhook_deliveries (
 );
 
 create index webhook_deliveries_endpoint_created
-  on public.webhook_deliveries (endpoint_id, created_at desc, id desc);
-create index webhook_deliveries_event on public.webhook_deliveries (event_id);
+  on conveyor.webhook_deliveries (endpoint_id, created_at desc, id desc);
+create index webhook_deliveries_event on conveyor.webhook_deliveries (event_id);
 -- The re-queue job's scan: only pending deliveries are ever looked at.
-create index webhook_deliveries_due on public.webhook_deliveries (next_attempt_at)
+create index webhook_deliveries_due on conveyor.webhook_deliveries (next_attempt_at)
   where status = 'pending';
 
-create table public.webhook_delivery_attempts (
+create table conveyor.webhook_delivery_attempts (
   id bigint generated always as identity primary key,
-  delivery_id uuid not null references public.webhook_deliveries (id) on delete cascade,
+  delivery_id uuid not null references conveyor.webhook_deliveries (id) on delete cascade,
   attempt integer not null check (attempt > 0),
   status_code integer,
   latency_ms integer not null check (latency_ms >= 0),
@@ -77,33 +77,35 @@ create table public.webhook_delivery_attempts (
   constraint webhook_delivery_attempts_once unique (delivery_id, attempt)
 );
 
-alter table public.webhook_endpoints enable row level security;
-alter table public.webhook_signing_secrets enable row level security;
-alter table public.webhook_events enable row level security;
-alter table public.webhook_deliveries enable row level security;
-alter table public.webhook_delivery_attempts enable row level security;
+alter table conveyor.webhook_endpoints enable row level security;
+alter table conveyor.webhook_signing_secrets enable row level security;
+alter table conveyor.webhook_events enable row level security;
+alter table conveyor.webhook_deliveries enable row level security;
+alter table conveyor.webhook_delivery_attempts enable row level security;
 
-create policy webhook_endpoints_owner_select on public.webhook_endpoints
+create policy webhook_endpoints_owner_select on conveyor.webhook_endpoints
   for select to authenticated using (user_id = auth.uid());
-create policy webhook_events_owner_select on public.webhook_events
+create policy webhook_events_owner_select on conveyor.webhook_events
   for select to authenticated using (user_id = auth.uid());
-create policy webhook_deliveries_owner_select on public.webhook_deliveries
+create policy webhook_deliveries_owner_select on conveyor.webhook_deliveries
   for select to authenticated using (user_id = auth.uid());
-create policy webhook_delivery_attempts_owner_select on public.webhook_delivery_attempts
+create policy webhook_delivery_attempts_owner_select on conveyor.webhook_delivery_attempts
   for select to authenticated using (exists (
-    select 1 from public.webhook_deliveries d
+    select 1 from conveyor.webhook_deliveries d
      where d.id = delivery_id and d.user_id = auth.uid()));
 
 -- Users read their rows but never a secret; every write goes through the service role.
+revoke all on conveyor.webhook_endpoints, conveyor.webhook_signing_secrets,
+  conveyor.webhook_events, conveyor.webhook_deliveries, conveyor.webhook_delivery_attempts
+  from public, anon, authenticated;
 grant select (id, user_id, url, events, description, previous_secret_expires_at,
               consecutive_failures, disabled_at, disabled_reason, created_at)
-  on public.webhook_endpoints to authenticated;
-grant select on public.webhook_events, public.webhook_deliveries,
-  public.webhook_delivery_attempts to authenticated;
-grant all on public.webhook_endpoints, public.webhook_signing_secrets, public.webhook_events,
-  public.webhook_deliveries, public.webhook_delivery_attempts to service_role;
-revoke all on public.webhook_signing_secrets from anon, authenticated;
-
--- A run may name its own callback URL at submit.
-alter table public.workflow_runs
-  add column webhook_url text check (char_length(webhook_url) <= 2000);
+  on conveyor.webhook_endpoints to authenticated;
+grant select on conveyor.webhook_events, conveyor.webhook_deliveries,
+  conveyor.webhook_delivery_attempts to authenticated;
+grant all on conveyor.webhook_endpoints, conveyor.webhook_signing_secrets,
+  conveyor.webhook_events, conveyor.webhook_deliveries, conveyor.webhook_delivery_attempts
+  to service_role;
+revoke all on type conveyor.webhook_endpoints, conveyor.webhook_signing_secrets,
+  conveyor.webhook_events, conveyor.webhook_deliveries, conveyor.webhook_delivery_attempts
+  from public, anon, authenticated;

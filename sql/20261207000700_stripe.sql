@@ -5,7 +5,7 @@
 
 -- Events are stored before they are acknowledged to Stripe and processed from this table, so a
 -- crash, a Redis outage or a bug never loses one: the reconciler retries what is not final.
-create table public.stripe_events (
+create table conveyor.stripe_events (
   id text primary key check (id ~ '^evt_[A-Za-z0-9_]{1,250}$'),
   type text not null,
   created timestamptz not null,  -- Stripe's event.created: the order of state changes
@@ -22,18 +22,18 @@ create table public.stripe_events (
   processed_at timestamptz
 );
 
-create index stripe_events_pending on public.stripe_events (next_attempt_at)
+create index stripe_events_pending on conveyor.stripe_events (next_attempt_at)
   where status in ('received', 'failed');
-create index stripe_events_listing on public.stripe_events (received_at desc, id desc);
+create index stripe_events_listing on conveyor.stripe_events (received_at desc, id desc);
 
 -- One row per Stripe subscription. state_at is the `created` time of the event the state came
 -- from: an event older than it is recorded and skipped, so state only moves forward.
-create table public.user_subscriptions (
+create table conveyor.user_subscriptions (
   stripe_subscription_id text primary key,
   user_id uuid not null,
   stripe_customer_id text,
   price_id text,
-  plan_id text not null references public.plans (id),
+  plan_id text not null references conveyor.plans (id),
   status text not null check (status in (
     'incomplete', 'incomplete_expired', 'trialing', 'active', 'past_due', 'canceled', 'unpaid',
     'paused')),
@@ -46,12 +46,12 @@ create table public.user_subscriptions (
   updated_at timestamptz not null default now()
 );
 
-create index user_subscriptions_user on public.user_subscriptions (user_id, state_at desc);
+create index user_subscriptions_user on conveyor.user_subscriptions (user_id, state_at desc);
 
 -- What one payment (a credit pack's checkout session, or a subscription invoice) bought. Refunds
 -- take back credits in proportion to the amount refunded, never below a zero balance; what the
 -- balance could not cover is kept in refund_shortfall.
-create table public.stripe_payments (
+create table conveyor.stripe_payments (
   id text primary key,  -- checkout session id (cs_...) or invoice id (in_...)
   user_id uuid not null,
   payment_intent text unique,
@@ -65,36 +65,12 @@ create table public.stripe_payments (
   created_at timestamptz not null default now()
 );
 
-create index stripe_payments_user on public.stripe_payments (user_id);
-
--- Plan credits of a subscriber come with each paid invoice (invoice.paid, once per invoice);
--- the month's opening grant is for users without a live subscription, so nobody is paid twice.
-create or replace function public.conveyor_grant_period_credits(p_user uuid, p_period date)
-returns boolean
-language plpgsql as $$
-declare
-  v_grant bigint;
-  v_applied boolean := false;
-begin
-  if exists (select 1 from public.user_subscriptions s
-              where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')) then
-    return false;
-  end if;
-  select p.monthly_credit_grant into v_grant
-    from public.user_accounts a join public.plans p on p.id = a.plan_id
-   where a.user_id = p_user;
-  if v_grant > 0 then
-    select r.applied into v_applied from public.add_credits(
-      p_user, v_grant, 'grant', 'Monthly plan credits', 'grant:' || p_user || ':' || p_period) r;
-  end if;
-  return v_applied;
-end
-$$;
+create index stripe_payments_user on conveyor.stripe_payments (user_id);
 
 -- Store a subscription's state from an event unless a state from a later event is already
 -- stored (ties go to the new event unless the stored one is final). One statement, so two
 -- workers applying events of the same subscription cannot interleave. Returns whether applied.
-create function public.conveyor_apply_subscription_state(
+create function conveyor.conveyor_apply_subscription_state(
   p_subscription text, p_user uuid, p_customer text, p_price text, p_plan text, p_status text,
   p_period_start timestamptz, p_period_end timestamptz, p_cancel_at_period_end boolean,
   p_state_at timestamptz, p_event text
@@ -103,7 +79,7 @@ language plpgsql as $$
 declare
   v_applied boolean;
 begin
-  insert into public.user_subscriptions as s
+  insert into conveyor.user_subscriptions as s
     (stripe_subscription_id, user_id, stripe_customer_id, price_id, plan_id, status,
      current_period_start, current_period_end, cancel_at_period_end, state_at, state_event_id)
   values (p_subscription, p_user, p_customer, p_price, p_plan, p_status, p_period_start,
@@ -130,32 +106,32 @@ $$;
 
 -- The user's plan follows their most recent live subscription (free without one); the current
 -- month's period takes the new plan's limits at once. Returns the plan now in force.
-create function public.conveyor_sync_plan(p_user uuid) returns text
+create function conveyor.conveyor_sync_plan(p_user uuid) returns text
 language plpgsql as $$
 declare
   v_plan text;
 begin
-  perform public.conveyor_ensure_account(p_user);
-  select s.plan_id into v_plan from public.user_subscriptions s
+  perform conveyor.conveyor_ensure_account(p_user);
+  select s.plan_id into v_plan from conveyor.user_subscriptions s
    where s.user_id = p_user and s.status in ('active', 'trialing', 'past_due')
    order by s.state_at desc, s.stripe_subscription_id
    limit 1;
   v_plan := coalesce(v_plan, 'free');
-  update public.user_accounts set plan_id = v_plan, updated_at = now()
+  update conveyor.user_accounts set plan_id = v_plan, updated_at = now()
    where user_id = p_user and plan_id is distinct from v_plan;
-  update public.usage_periods up
+  update conveyor.usage_periods up
      set token_quota = p.monthly_token_quota,
          cost_quota_micro_usd = p.monthly_cost_quota_micro_usd
-    from public.plans p
+    from conveyor.plans p
    where p.id = v_plan and up.user_id = p_user
-     and up.period_start = public.conveyor_period_start(now());
+     and up.period_start = conveyor.conveyor_period_start(now());
   return v_plan;
 end
 $$;
 
 -- Take back up to p_amount credits for a refund: what the balance holds, never below zero.
 -- Returns the credits taken and the balance after. Once per reference, like every movement.
-create function public.conveyor_take_back_credits(
+create function conveyor.conveyor_take_back_credits(
   p_user uuid, p_amount bigint, p_description text, p_reference text
 ) returns table (taken bigint, balance bigint)
 language plpgsql as $$
@@ -166,43 +142,43 @@ begin
   if p_amount <= 0 then
     raise exception 'amount must be positive' using errcode = '22023';
   end if;
-  perform public.conveyor_ensure_account(p_user);
-  select a.credit_balance into v_balance from public.user_accounts a
+  perform conveyor.conveyor_ensure_account(p_user);
+  select a.credit_balance into v_balance from conveyor.user_accounts a
    where a.user_id = p_user for update;
   v_take := least(p_amount, v_balance);
   if v_take > 0 then
-    select m.balance into v_balance from public.conveyor_move_credits(
+    select m.balance into v_balance from conveyor.conveyor_move_credits(
       p_user, -v_take, 'refund', p_description, p_reference, null) m;
   end if;
   return query select v_take, v_balance;
 end
 $$;
 
-alter table public.stripe_events enable row level security;
-alter table public.user_subscriptions enable row level security;
-alter table public.stripe_payments enable row level security;
+alter table conveyor.stripe_events enable row level security;
+alter table conveyor.user_subscriptions enable row level security;
+alter table conveyor.stripe_payments enable row level security;
 
 -- Users read their own subscription and payments; events are for the service role and admins
 -- (through the API, which checks the role).
-create policy user_subscriptions_owner_or_admin_select on public.user_subscriptions
-  for select to authenticated using (user_id = auth.uid() or public.conveyor_is_admin());
-create policy stripe_payments_owner_or_admin_select on public.stripe_payments
-  for select to authenticated using (user_id = auth.uid() or public.conveyor_is_admin());
+create policy user_subscriptions_owner_or_admin_select on conveyor.user_subscriptions
+  for select to authenticated using (user_id = auth.uid() or conveyor.conveyor_is_admin());
+create policy stripe_payments_owner_or_admin_select on conveyor.stripe_payments
+  for select to authenticated using (user_id = auth.uid() or conveyor.conveyor_is_admin());
 
-grant select on public.user_subscriptions, public.stripe_payments to authenticated;
-grant all on public.stripe_events, public.user_subscriptions, public.stripe_payments
-  to service_role;
-revoke all on public.stripe_events from anon, authenticated;
-revoke insert, update, delete, truncate on public.user_subscriptions, public.stripe_payments
-  from anon, authenticated;
-
-revoke all on function public.conveyor_apply_subscription_state(
-    text, uuid, text, text, text, text, timestamptz, timestamptz, boolean, timestamptz, text),
-  public.conveyor_sync_plan(uuid),
-  public.conveyor_take_back_credits(uuid, bigint, text, text)
+revoke all on conveyor.stripe_events, conveyor.user_subscriptions, conveyor.stripe_payments
   from public, anon, authenticated;
-grant execute on function public.conveyor_apply_subscription_state(
-    text, uuid, text, text, text, text, timestamptz, timestamptz, boolean, timestamptz, text),
-  public.conveyor_sync_plan(uuid),
-  public.conveyor_take_back_credits(uuid, bigint, text, text)
+grant select on conveyor.user_subscriptions, conveyor.stripe_payments to authenticated;
+grant all on conveyor.stripe_events, conveyor.user_subscriptions, conveyor.stripe_payments
   to service_role;
+revoke all on function conveyor.conveyor_apply_subscription_state(
+    text, uuid, text, text, text, text, timestamptz, timestamptz, boolean, timestamptz, text),
+  conveyor.conveyor_sync_plan(uuid),
+  conveyor.conveyor_take_back_credits(uuid, bigint, text, text)
+  from public, anon, authenticated;
+grant execute on function conveyor.conveyor_apply_subscription_state(
+    text, uuid, text, text, text, text, timestamptz, timestamptz, boolean, timestamptz, text),
+  conveyor.conveyor_sync_plan(uuid),
+  conveyor.conveyor_take_back_credits(uuid, bigint, text, text)
+  to service_role;
+revoke all on type conveyor.stripe_events, conveyor.user_subscriptions, conveyor.stripe_payments
+  from public, anon, authenticated;

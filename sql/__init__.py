@@ -1,0 +1,1 @@
+"""Conveyor's SQL migrations, shipped as package data (conveyor.migrate reads them)."""

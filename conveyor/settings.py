@@ -255,7 +255,11 @@ class Settings(BaseSettings):
                 for name, value in (
                     ("DATABASE_URL", self.database_url),
                     ("REDIS_URL", self.redis_url),
-                    ("SUPABASE_JWT_SECRET", self.supabase_jwt_secret),
+                    # A project on asymmetric signing keys has no HS256 secret: its JWKS will do.
+                    (
+                        "SUPABASE_JWT_SECRET or SUPABASE_URL",
+                        self.supabase_jwt_secret or self.jwks_url(),
+                    ),
                     ("API_JWT_SECRET", self.api_jwt_secret),
                 )
                 if not value
@@ -269,6 +273,13 @@ class Settings(BaseSettings):
     def jwt_secret(self) -> str:
         """The HS256 secret for Supabase JWTs; in development, one generated under data_dir."""
         return self._secret(self.supabase_jwt_secret, "SUPABASE_JWT_SECRET", DEV_SECRET_FILE)
+
+    def supabase_hs256_secret(self) -> str | None:
+        """The HS256 secret to verify Supabase JWTs with, if any: in production none is needed
+        when the project signs with asymmetric keys (SUPABASE_URL's JWKS)."""
+        if self.supabase_jwt_secret is None and self.environment == "production":
+            return None
+        return self.jwt_secret()
 
     def api_secret(self) -> str:
         """The HS256 secret for backend and service tokens; in development, one under data_dir."""

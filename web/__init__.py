@@ -103,7 +103,7 @@ def build_verifier(settings: Settings) -> TokenVerifier:
         else None
     )
     return TokenVerifier(
-        supabase_secret=settings.jwt_secret(),
+        supabase_secret=settings.supabase_hs256_secret(),
         api_secret=settings.api_secret(),
         jwks=jwks,
         audience=settings.jwt_audience,

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -29,6 +30,8 @@ from conveyor.auth import (
 )
 from conveyor.errors import InvalidToken, ServiceUnavailable, TokenExpired, Unauthorized
 from conveyor.jwks import JwksCache
+from conveyor.settings import Settings
+from web import build_verifier
 
 HS_SECRET = "supabase-legacy-jwt-secret-of-at-least-32-bytes"
 API_SECRET = "conveyor-api-secret-of-at-least-32-bytes-long"
@@ -135,6 +138,27 @@ def test_es256_token_verifies_with_the_published_key(verifier: TokenVerifier, ec
 def test_rs256_token_verifies_with_the_published_key(verifier: TokenVerifier, rsa_key: Any) -> None:
     token = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
     assert verifier.verify(token).kind == "supabase"
+
+
+def test_production_without_an_hs256_secret_verifies_with_supabase_urls_jwks(
+    jwks_server: JwksServer, ec_key: Any, tmp_path: Path
+) -> None:
+    jwks_server.publish(public_jwk(ec_key, "ec-1", "ES256"))
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        environment="production",
+        database_url="postgresql://127.0.0.1/unused",
+        redis_url="redis://127.0.0.1:6379/0",
+        api_jwt_secret=API_SECRET,
+        supabase_jwt_secret=None,
+        supabase_url=jwks_server.url.removesuffix("/auth/v1/.well-known/jwks.json"),
+        data_dir=tmp_path,
+    )
+    verifier = build_verifier(settings)
+    token = jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec-1"})
+    assert verifier.verify(token).kind == "supabase"
+    with pytest.raises(InvalidToken):
+        verifier.verify(jwt.encode(claims(), HS_SECRET, algorithm="HS256"))
 
 
 def test_rotated_key_verifies_without_restart(

@@ -27,6 +27,23 @@ def test_production_without_required_values_names_each_missing_one(
     assert "DATABASE_URL" not in message
 
 
+def test_production_on_asymmetric_keys_needs_no_hs256_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
+    loaded = settings(
+        environment="production",
+        database_url="postgresql://db/x",
+        redis_url="redis://cache:6379/0",
+        api_jwt_secret="x" * 40,
+        supabase_url="https://project.supabase.co",
+        data_dir=tmp_path,
+    )
+    assert loaded.supabase_hs256_secret() is None
+    assert loaded.jwks_url() == "https://project.supabase.co/auth/v1/.well-known/jwks.json"
+    assert not list(tmp_path.iterdir())  # no development secret was made up
+
+
 def test_unknown_timezone_is_refused_with_a_hint() -> None:
     with pytest.raises(ValidationError, match="IANA"):
         settings(timezone="Mars/Olympus")

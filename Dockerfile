@@ -9,8 +9,8 @@ COPY worker ./worker
 COPY tasks ./tasks
 COPY sql ./sql
 COPY beat_schedule.py ./
-# Editable so conveyor/migrate.py finds sql/ beside the packages.
-RUN pip install --no-cache-dir -e . && useradd --create-home conveyor
+# A regular install: the package carries sql/ (conveyor.sql), so `conveyor migrate` needs no checkout.
+RUN pip install --no-cache-dir . && useradd --create-home conveyor
 USER conveyor
 EXPOSE 8000
 # Each open websocket holds a gthread thread: size --threads for the sockets one worker serves

@@ -1,5 +1,5 @@
 """Usage, quotas and credits: thin calls to the SQL functions that hold the rules
-(sql/20261207000500_ledger.sql). Nothing here does arithmetic on money."""
+(sql/20261207000600_ledger.sql). Nothing here does arithmetic on money."""
 
 from __future__ import annotations
 

@@ -22,20 +22,9 @@ SQL_PACKAGE = "conveyor.sql"
 MIGRATION_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every process that migrates.
 MIGRATION_LOCK_KEY = 0x636F6E76  # "conv"
-# The record is the runner's own state, so it exists before the first file runs; nothing of it
-# is granted to anyone (the schema's first migration states the rest of its privileges).
-BOOTSTRAP = """
-create schema if not exists conveyor;
-create table if not exists conveyor.schema_migrations (
-  version text primary key,
-  name text not null,
-  checksum text not null,
-  applied_at timestamptz not null default now()
-);
-alter table conveyor.schema_migrations enable row level security;
-revoke all on conveyor.schema_migrations from public;
-"""
 PRE_RELEASE_RECORD = "public.conveyor_migrations"
+# Where the Supabase CLI records the migrations `supabase db push` applied.
+SUPABASE_RECORD = "supabase_migrations.schema_migrations"
 
 
 class MigrationError(ConveyorError):
@@ -112,6 +101,19 @@ def applied_checksums(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {str(version): str(checksum) for version, checksum in rows}
 
 
+def pushed_versions(conn: psycopg.Connection[Any]) -> set[str]:
+    """Versions the Supabase CLI recorded as applied: `supabase db push` of the files that
+    `conveyor sql --out` wrote (they are Conveyor's own files, so they count as applied)."""
+    row = conn.execute(f"select to_regclass('{SUPABASE_RECORD}') is not null").fetchone()
+    if not (row and row[0]):
+        return set()
+    try:
+        rows = conn.execute(f"select version from {SUPABASE_RECORD}").fetchall()  # noqa: S608
+    except psycopg.errors.InsufficientPrivilege:
+        return set()  # not ours to read: only `conveyor migrate`'s own record counts then
+    return {str(version) for (version,) in rows}
+
+
 def refuse_edited(migrations: list[Migration], done: dict[str, str]) -> None:
     """An applied migration must not change afterwards: later files are what change a schema."""
     for migration in migrations:
@@ -123,6 +125,14 @@ def refuse_edited(migrations: list[Migration], done: dict[str, str]) -> None:
                 "and put the change in a new file",
                 version=migration.version,
             )
+
+
+def record(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    """Note in Conveyor's record that a migration is applied."""
+    conn.execute(
+        "insert into conveyor.schema_migrations (version, name, checksum) values (%s, %s, %s)",
+        (migration.version, migration.name, migration.checksum),
+    )
 
 
 def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
@@ -138,18 +148,19 @@ def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
             refuse_pre_release_schema(conn)
             done = applied_checksums(conn)
             refuse_edited(migrations, done)
+            pushed = pushed_versions(conn)
             for migration in migrations:
                 if migration.version in done:
                     continue
+                if migration.version in pushed:
+                    # Applied by `supabase db push`: adopted into Conveyor's record as it is now.
+                    record(conn, migration)
+                    continue
                 try:
                     with conn.transaction():
-                        conn.execute(BOOTSTRAP.encode())
+                        # The first file creates the record table this insert writes to.
                         conn.execute(migration.sql.encode())
-                        conn.execute(
-                            "insert into conveyor.schema_migrations (version, name, checksum) "
-                            "values (%s, %s, %s)",
-                            (migration.version, migration.name, migration.checksum),
-                        )
+                        record(conn, migration)
                 except psycopg.Error as exc:
                     raise MigrationError(
                         f"migration {migration.filename} failed, and nothing of it was "
@@ -164,6 +175,6 @@ def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
 
 def pending(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
     """Versions not yet applied to the database (every one where Conveyor was never installed)."""
-    with sql_connection(database_url) as conn:
-        done = applied_checksums(conn)
+    with sql_connection(database_url, autocommit=True) as conn:
+        done = set(applied_checksums(conn)) | pushed_versions(conn)
     return [m.version for m in discover(sql_dir) if m.version not in done]

@@ -1,6 +1,6 @@
 """Usage ingestion in batches: the events other backends report through `POST /api/usage`, stored
 in `usage_batches` (the outbox) and recorded by `record_usage_batch` (both in
-sql/20261207000600_usage_batches.sql) in one transaction per batch with the exactly-once rules of
+sql/20261207000700_usage_batches.sql) in one transaction per batch with the exactly-once rules of
 `record_usage`."""
 
 from __future__ import annotations

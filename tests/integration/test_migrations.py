@@ -34,6 +34,13 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
+def folder_of_migrations(tmp_path: Path) -> Path:
+    """A folder of migrations that starts, like sql/, with the file creating Conveyor's schema
+    and its migration record."""
+    (tmp_path / "20250101000000_schema.sql").write_text(discover()[0].sql)
+    return tmp_path
+
+
 def public_objects(url: str) -> set[tuple[str, str]]:
     """(kind, name) of every relation, function and type in schema public."""
     with psycopg.connect(url) as conn:
@@ -64,8 +71,7 @@ def test_rerunning_migrations_applies_nothing(database_url: str) -> None:
 def test_each_applied_migration_is_recorded_in_conveyors_schema(database_url: str) -> None:
     with sql_connection(database_url) as conn:
         versions = [
-            r[0]
-            for r in conn.execute("select version from conveyor.schema_migrations order by 1")
+            r[0] for r in conn.execute("select version from conveyor.schema_migrations order by 1")
         ]
     assert versions == [m.version for m in discover()]
 
@@ -130,6 +136,7 @@ def test_a_misnamed_migration_is_refused(tmp_path: Path) -> None:
 def test_a_failing_migration_applies_nothing_of_itself(
     empty_database_url: str, tmp_path: Path
 ) -> None:
+    tmp_path = folder_of_migrations(tmp_path)
     (tmp_path / "20260101000000_good.sql").write_text("create table good (id int);")
     (tmp_path / "20260101000100_bad.sql").write_text(
         "create table half (id int); select * from no_such_table;"
@@ -146,6 +153,7 @@ def test_a_failing_migration_applies_nothing_of_itself(
 def test_an_object_a_migration_names_plainly_lands_in_conveyors_schema(
     empty_database_url: str, tmp_path: Path
 ) -> None:
+    tmp_path = folder_of_migrations(tmp_path)
     (tmp_path / "20260101000000_plain.sql").write_text("create table plain (id int);")
     migrate(empty_database_url, tmp_path)
     with psycopg.connect(empty_database_url) as conn:
@@ -157,6 +165,7 @@ def test_an_object_a_migration_names_plainly_lands_in_conveyors_schema(
 def test_an_applied_migration_whose_file_changed_is_refused(
     empty_database_url: str, tmp_path: Path
 ) -> None:
+    tmp_path = folder_of_migrations(tmp_path)
     migration = tmp_path / "20260101000000_table.sql"
     migration.write_text("create table edited (id int);")
     migrate(empty_database_url, tmp_path)
@@ -178,6 +187,32 @@ def test_a_pre_release_database_is_refused_with_how_to_reset_it(
         migrate(empty_database_url)
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("select to_regnamespace('conveyor')").fetchone() == (None,)
+
+
+def test_files_pushed_by_the_supabase_cli_apply_on_their_own_and_count_as_applied(
+    empty_database_url: str,
+) -> None:
+    """`conveyor sql --out` + `supabase db push`: each file in its own transaction on a plain
+    session (no search_path of Conveyor's), recorded in the Supabase CLI's table."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("create schema supabase_migrations")
+        conn.execute(
+            "create table supabase_migrations.schema_migrations "
+            "(version text primary key, statements text[], name text)"
+        )
+        for migration in discover():
+            with conn.transaction():
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "insert into supabase_migrations.schema_migrations (version, name) "
+                    "values (%s, %s)",
+                    (migration.version, migration.name),
+                )
+    assert pending(empty_database_url) == []
+    assert migrate(empty_database_url) == []
+    with sql_connection(empty_database_url) as conn:
+        recorded = [r[0] for r in conn.execute("select version from schema_migrations order by 1")]
+    assert recorded == [m.version for m in discover()]
 
 
 def test_an_installed_wheel_carries_its_sql_and_migrates_a_fresh_database(

@@ -1,4 +1,7 @@
-"""The `conveyor` command: run the whole system, migrate, check the setup, mint dev tokens."""
+"""The `conveyor` command: run the whole system, migrate, check the setup, mint dev tokens.
+
+A command that reads Conveyor's schema refuses a database with pending migrations in one line
+(exit 2), and a database error any command meets ends it in one line (exit 2), not a traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import psycopg
 
 from conveyor import doctor as doctor_checks
 from conveyor.auth import (
@@ -21,6 +25,8 @@ from conveyor.auth import (
     mint_service_token,
     mint_token,
 )
+from conveyor.errors import ConveyorError
+from conveyor.migrate import discover, pending
 from conveyor.migrate import migrate as apply_migrations
 from conveyor.services import EmbeddedPostgres, EmbeddedRedis
 from conveyor.settings import Settings, get_settings
@@ -49,6 +55,50 @@ def database(settings: Settings) -> Iterator[str]:
         postgres.stop()
 
 
+class CommandFailed(click.ClickException):
+    """A command cannot go on (its database is not migrated, unreachable or refused a
+    statement, or a file is in the way): click prints `Error: <message>` on stderr, exit 2."""
+
+    exit_code = 2
+
+
+def one_line(exc: Exception) -> str:
+    """An error's message on one line: a server error's primary message (without its LINE/^
+    pointer), else the text joined (psycopg's connection errors span several lines)."""
+    if isinstance(exc, ConveyorError):
+        text = exc.message
+    elif isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def require_migrated(url: str, *, unreachable_ok: bool = False) -> None:
+    """Exit 2 saying to run `conveyor migrate` unless every migration is applied at url: the one
+    check before every command that needs Conveyor's schema. An unreachable server exits 2 too,
+    in one line, unless unreachable_ok (the command then reports it in its own words)."""
+    try:
+        todo = pending(url)
+    except psycopg.OperationalError as exc:
+        if unreachable_ok:
+            return
+        raise CommandFailed(f"cannot reach the database: {one_line(exc)}") from exc
+    if todo:
+        raise CommandFailed(
+            f"the database is not migrated ({len(todo)} migration(s) pending): "
+            "run `conveyor migrate` first"
+        )
+
+
+@contextmanager
+def migrated_database(settings: Settings, *, unreachable_ok: bool = False) -> Iterator[str]:
+    """database(settings), once require_migrated has passed there."""
+    with database(settings) as url:
+        require_migrated(url, unreachable_ok=unreachable_ok)
+        yield url
+
+
 @contextmanager
 def redis_server(settings: Settings) -> Iterator[str]:
     """Yield REDIS_URL, or the URL of an embedded Redis started (and stopped) here."""
@@ -75,10 +125,12 @@ def child_environment(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
     """The environment web, worker and beat run with: the resolved URLs, the JWT secrets and a
     fresh folder where every process writes its Prometheus samples (GET /metrics sums them)."""
     env = dict(os.environ)
+    hs256_secret = settings.supabase_hs256_secret()
+    if hs256_secret is not None:  # none in production on asymmetric keys: the JWKS is used
+        env["SUPABASE_JWT_SECRET"] = hs256_secret
     env.update(
         DATABASE_URL=urls.database_url,
         REDIS_URL=urls.redis_url,
-        SUPABASE_JWT_SECRET=settings.jwt_secret(),
         API_JWT_SECRET=settings.api_secret(),
         CONVEYOR_DATA_DIR=str(settings.data_dir.resolve()),
         PROMETHEUS_MULTIPROC_DIR=str(fresh_metrics_dir(settings.data_dir.resolve() / "metrics")),
@@ -110,7 +162,20 @@ def gunicorn_command(python: str, *, host: str, port: int, workers: int, threads
     )
 
 
-@click.group()
+class ConveyorGroup(click.Group):
+    """The command group: a database (psycopg) or Conveyor error escaping any command becomes
+    one line on stderr and exit 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except psycopg.Error as exc:
+            raise CommandFailed(f"database error: {one_line(exc)}") from exc
+        except ConveyorError as exc:
+            raise CommandFailed(one_line(exc)) from exc
+
+
+@click.group(cls=ConveyorGroup)
 def main() -> None:
     """Conveyor: background jobs for AI products on Supabase and Stripe."""
 
@@ -170,6 +235,54 @@ def migrate() -> None:
         applied = apply_migrations(database_url)
     click.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
+
+
+@main.command("sql")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the files to, e.g. supabase/migrations (created if missing).",
+)
+def sql_export(out_dir: Path) -> None:
+    """Write the migrations into a folder as Supabase CLI files, for `supabase db push`.
+
+    For a project that applies its schema with the Supabase CLI instead of `conveyor migrate`:
+    each file keeps its name, <timestamp>_<name>.sql. A file of the same name already in the
+    folder must have the same content (it is then left as is); a different one stops the
+    export before anything is written (exit 2)."""
+    migrations = discover()
+    conflicts = [
+        m.filename
+        for m in migrations
+        if (out_dir / m.filename).exists()
+        and (
+            not (out_dir / m.filename).is_file()
+            or (out_dir / m.filename).read_bytes() != m.sql.encode()
+        )
+    ]
+    if conflicts:
+        raise CommandFailed(
+            f"{out_dir} already holds {', '.join(conflicts)} with different content; "
+            "nothing was written (a migration is never edited once applied: move that file "
+            "away or write to an empty folder)"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for migration in migrations:
+            target = out_dir / migration.filename
+            if target.exists():
+                click.echo(f"unchanged {target}")
+            else:
+                target.write_bytes(migration.sql.encode())
+                click.echo(f"wrote {target}")
+    except OSError as exc:
+        raise CommandFailed(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
+    click.echo(
+        f"{len(migrations)} migration(s) in {out_dir}: apply them with `supabase db push` "
+        "(from the project whose supabase/migrations folder holds them)"
     )
 
 

@@ -6,9 +6,53 @@ from dataclasses import dataclass
 
 import psycopg
 import redis
+from psycopg.rows import TupleRow
 
+from conveyor.constants import SCHEMA
 from conveyor.migrate import pending
 from conveyor.settings import Settings
+
+# Supabase's role for requests carrying only the project's public (anon) key: anyone's.
+ANON_ROLE = "anon"
+TABLE_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]
+COLUMN_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "REFERENCES"]
+# (kind, object, privilege) for each privilege `role` holds on `schema` and what is in it,
+# directly, through PUBLIC or through a role it inherits: the schema, tables, views, sequences,
+# columns granted one by one, functions and procedures.
+ROLE_PRIVILEGES_SQL = """
+select 'schema', n.nspname::text, p.privilege
+  from pg_namespace n, unnest(array['USAGE', 'CREATE']) as p(privilege)
+ where n.nspname = %(schema)s and has_schema_privilege(%(role)s::name, n.oid, p.privilege)
+union all
+select case c.relkind when 'v' then 'view' when 'm' then 'materialized view'
+                      when 'f' then 'foreign table' else 'table' end,
+       format('%%I.%%I', n.nspname, c.relname), p.privilege
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace,
+       unnest(%(table_privileges)s::text[]) as p(privilege)
+ where n.nspname = %(schema)s and c.relkind in ('r', 'p', 'v', 'm', 'f')
+   and has_table_privilege(%(role)s::name, c.oid, p.privilege)
+union all
+select 'column', format('%%I.%%I.%%I', n.nspname, c.relname, a.attname), p.privilege
+  from pg_attribute a join pg_class c on c.oid = a.attrelid
+       join pg_namespace n on n.oid = c.relnamespace,
+       unnest(%(column_privileges)s::text[]) as p(privilege)
+ where n.nspname = %(schema)s and c.relkind in ('r', 'p', 'v', 'm', 'f')
+   and a.attnum > 0 and not a.attisdropped
+   and has_column_privilege(%(role)s::name, c.oid, a.attnum, p.privilege)
+   and not has_table_privilege(%(role)s::name, c.oid, p.privilege)
+union all
+select 'sequence', format('%%I.%%I', n.nspname, c.relname), p.privilege
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace,
+       unnest(array['USAGE', 'SELECT', 'UPDATE']) as p(privilege)
+ where n.nspname = %(schema)s and c.relkind = 'S'
+   and has_sequence_privilege(%(role)s::name, c.oid, p.privilege)
+union all
+select case f.prokind when 'p' then 'procedure' when 'a' then 'aggregate' else 'function' end,
+       format('%%I.%%I(%%s)', n.nspname, f.proname, pg_get_function_identity_arguments(f.oid)),
+       'EXECUTE'
+  from pg_proc f join pg_namespace n on n.oid = f.pronamespace
+ where n.nspname = %(schema)s and has_function_privilege(%(role)s::name, f.oid, 'EXECUTE')
+"""
 
 
 @dataclass(frozen=True)
@@ -31,7 +75,7 @@ def check_postgres(url: str | None) -> list[Check]:
             row = conn.execute("show server_version").fetchone()
         todo = pending(url)
     except psycopg.Error as exc:
-        return [Check("postgres", False, f"unreachable: {exc}".strip())]
+        return [Check("postgres", False, f"unreachable: {' '.join(str(exc).split())}")]
     version = row[0] if row else "?"
     return [
         Check("postgres", True, f"reachable, server {version}"),
@@ -40,6 +84,54 @@ def check_postgres(url: str | None) -> list[Check]:
             not todo,
             "up to date" if not todo else f"{len(todo)} pending: run `conveyor migrate`",
         ),
+        *check_anon(url),
+    ]
+
+
+def role_privileges(
+    conn: psycopg.Connection[TupleRow], role: str, schema: str = SCHEMA
+) -> dict[tuple[str, str], list[str]]:
+    """(kind, object) -> the privileges role holds on schema and each object in it."""
+    held: dict[tuple[str, str], list[str]] = {}
+    rows = conn.execute(
+        ROLE_PRIVILEGES_SQL,
+        {
+            "role": role,
+            "schema": schema,
+            "table_privileges": TABLE_PRIVILEGES,
+            "column_privileges": COLUMN_PRIVILEGES,
+        },
+    )
+    for kind, name, privilege in rows:
+        held.setdefault((kind, name), []).append(privilege)
+    return held
+
+
+def schema_first(item: tuple[tuple[str, str], list[str]]) -> tuple[bool, str, str]:
+    """Sort key of role_privileges' items: the schema, then objects by name (a table's columns
+    after it)."""
+    (kind, name), _ = item
+    return (kind != "schema", name, kind)
+
+
+def check_anon(url: str, role: str = ANON_ROLE) -> list[Check]:
+    """One failing check per object of Conveyor's schema that role (Supabase's `anon`: anyone
+    holding the public key) holds any privilege on; one passing check when it holds none."""
+    name = f"{role} access"
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            if conn.execute("select to_regrole(%s) is null", (role,)).fetchone() == (True,):
+                return [Check(name, True, f"role {role} does not exist: not checked")]
+            if conn.execute("select to_regnamespace(%s) is null", (SCHEMA,)).fetchone() == (True,):
+                return [Check(name, True, f"schema {SCHEMA} does not exist yet: not checked")]
+            held = role_privileges(conn, role)
+    except psycopg.Error as exc:
+        return [Check(name, False, f"could not be checked: {' '.join(str(exc).split())}")]
+    if not held:
+        return [Check(name, True, f"{role} holds no privilege on schema {SCHEMA} or its objects")]
+    return [
+        Check(name, False, f"{role} holds {', '.join(privileges)} on {kind} {obj}: revoke it")
+        for (kind, obj), privileges in sorted(held.items(), key=schema_first)
     ]
 
 

@@ -23,12 +23,12 @@ def maintenance_group() -> None:
 def list_jobs() -> None:
     """Each job: schedule, next fire time, last runs."""
     import beat_schedule
-    from conveyor.cli import database  # cli imports this module
+    from conveyor.cli import migrated_database  # cli imports this module
 
     settings = get_settings()
     tz = ZoneInfo(settings.timezone)
     now = datetime.now(UTC)
-    with database(settings) as url:
+    with migrated_database(settings) as url:
         db = Database(url, max_size=1)
         try:
             recent = maintenance_runs.recent_runs(db, limit=3)
@@ -53,7 +53,7 @@ def list_jobs() -> None:
 def run_job(job: str, period: str | None) -> None:
     """Run JOB for a period now, unless that period already ran (then it says skipped)."""
     import beat_schedule
-    from conveyor.cli import database  # cli imports this module
+    from conveyor.cli import migrated_database  # cli imports this module
 
     body = maintenance.BODIES.get(job)
     if body is None:
@@ -68,7 +68,7 @@ def run_job(job: str, period: str | None) -> None:
         raise click.UsageError(
             f"{key!r} is not a period of {job}; use the form {cadence.period_format!r}"
         )
-    with database(settings) as url:
+    with migrated_database(settings) as url:
         db = Database(url, max_size=2)
         try:
             outcome = maintenance_runs.run_once(

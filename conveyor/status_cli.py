@@ -1,5 +1,6 @@
 """`conveyor status`: queues, workers, runs by status and the last maintenance runs, in a
-terminal (or as JSON with `--json`). Exit 1 when Postgres or Redis could not be read."""
+terminal (or as JSON with `--json`). Exit 1 when Postgres or Redis could not be read, 2 when the
+database is not migrated."""
 
 from __future__ import annotations
 
@@ -120,10 +121,11 @@ def render(report: StatusReport) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def status(hours: int, as_json: bool) -> None:
     """Queues, workers, runs by status and the last maintenance runs."""
-    from conveyor.cli import database  # cli imports this module
+    from conveyor.cli import migrated_database  # cli imports this module
 
     settings = get_settings()
-    with database(settings) as url:
+    # An unreachable database is part of the report (exit 1), beside what Redis says.
+    with migrated_database(settings, unreachable_ok=True) as url:
         report = collect(settings, url, hours=hours)
     if as_json:
         click.echo(report.model_dump_json(indent=2))

@@ -1,5 +1,6 @@
 """`conveyor submit WORKFLOW --input '{...}' [--follow]`: submit a run over the HTTP API and
-follow its events over the workflows websocket, with a progress bar, until it ends."""
+follow its events over the workflows websocket, with a progress bar, until it ends. Without
+--url, a DATABASE_URL that is not migrated is refused first (exit 2)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def submit(workflow: str, raw_input: str, follow: bool, url: str | None, token: 
     except ValueError as exc:
         raise click.UsageError(f"--input is not JSON: {exc}") from exc
     settings = get_settings()
+    if url is None and settings.database_url is not None:
+        # The local API serves this DATABASE_URL: an unmigrated one would fail every request.
+        # (Another --url is a server whose database is not known here; nothing to check. One
+        # this machine cannot reach is left to the API to report.)
+        from conveyor.cli import require_migrated  # cli imports this module
+
+        require_migrated(settings.database_url, unreachable_ok=True)
     base = (url or f"http://{settings.web_host}:{settings.web_port}").rstrip("/")
     token = token or mint_token(
         uuid.uuid4(), secret=settings.jwt_secret(), audience=settings.jwt_audience

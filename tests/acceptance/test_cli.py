@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -76,6 +77,37 @@ def test_doctor_fails_naming_an_unreachable_redis(database_url: str, tmp_path: P
     result = conveyor("doctor", env=base_env(tmp_path, DATABASE_URL=database_url, REDIS_URL=dead))
     assert result.returncode == 1
     assert "[FAIL] redis: unreachable" in result.stdout
+
+
+def test_doctor_reports_no_anon_privilege_on_a_migrated_database(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    result = conveyor(
+        "doctor", env=base_env(tmp_path, DATABASE_URL=database_url, REDIS_URL=redis_url)
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    anon_lines = [line for line in result.stdout.splitlines() if "anon access" in line]
+    assert anon_lines == [
+        "[ok ] anon access: anon holds no privilege on schema conveyor or its objects"
+    ]
+
+
+def test_doctor_fails_naming_a_privilege_granted_to_anon(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("grant select on conveyor.workflow_runs to anon")
+
+    result = conveyor(
+        "doctor", env=base_env(tmp_path, DATABASE_URL=database_url, REDIS_URL=redis_url)
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    anon_lines = [line for line in result.stdout.splitlines() if "anon access" in line]
+    assert anon_lines == [
+        "[FAIL] anon access: anon holds SELECT on table conveyor.workflow_runs: revoke it"
+    ]
 
 
 def test_token_mints_a_token_for_the_given_user(tmp_path: Path) -> None:

@@ -1,0 +1,128 @@
+"""The `conveyor` commands that read Conveyor's schema, on a database that does not have it (or
+cannot be reached, or fails a statement): one line on stderr and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from conveyor.migrate import discover
+from conveyor.services import free_port
+from tests.acceptance.test_cli import base_env, conveyor
+
+# Every subcommand that reads or writes Conveyor's schema (migrate, doctor, run and sql do not
+# need it: they create it, report on it or only read the files).
+SCHEMA_COMMANDS = {
+    "status": ["status"],
+    "maintenance list": ["maintenance", "list"],
+    "maintenance run": ["maintenance", "run", "usage_rollup"],
+    "submit": ["submit", "echo"],
+}
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A new database Conveyor was never installed in."""
+    name = f"conveyor_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(pg_admin_url, dbname=name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+def dead_database_url() -> str:
+    """A Postgres URL on a loopback port nothing listens on."""
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/conveyor"
+
+
+@pytest.mark.parametrize("args", SCHEMA_COMMANDS.values(), ids=SCHEMA_COMMANDS.keys())
+def test_a_command_needing_the_schema_on_an_unmigrated_database_exits_2_saying_run_conveyor_migrate(
+    args: list[str], empty_database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = base_env(tmp_path, DATABASE_URL=empty_database_url, REDIS_URL=redis_url)
+
+    result = conveyor(*args, env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    [line] = result.stderr.strip().splitlines()
+    assert "not migrated" in line
+    assert f"{len(discover())} migration(s) pending" in line
+    assert "run `conveyor migrate`" in line
+
+
+def test_submit_to_an_explicit_url_does_not_judge_the_local_database(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    api = f"http://127.0.0.1:{free_port()}"
+    env = base_env(tmp_path, DATABASE_URL=empty_database_url)
+
+    result = conveyor("submit", "echo", "--url", api, env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"cannot reach {api}" in result.stderr
+    assert "not migrated" not in result.stderr
+
+
+def test_maintenance_on_an_unreachable_database_fails_in_one_line_with_exit_2(
+    tmp_path: Path,
+) -> None:
+    result = conveyor(
+        "maintenance", "list", env=base_env(tmp_path, DATABASE_URL=dead_database_url())
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot reach the database: ")
+
+
+def test_status_on_an_unreachable_database_still_reports_it_with_exit_1(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = base_env(tmp_path, DATABASE_URL=dead_database_url(), REDIS_URL=redis_url)
+
+    result = conveyor("status", env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Runs and maintenance: unknown: The database is unreachable" in result.stdout
+
+
+def test_migrate_on_an_unreachable_database_fails_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    result = conveyor("migrate", env=base_env(tmp_path, DATABASE_URL=dead_database_url()))
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: database error: connection failed")
+
+
+def test_a_database_error_inside_a_command_is_one_line_with_exit_2(
+    database_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("drop table conveyor.maintenance_runs cascade")
+
+    result = conveyor("maintenance", "list", env=base_env(tmp_path, DATABASE_URL=database_url))
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: database error: relation ")
+    assert line.endswith('maintenance_runs" does not exist')

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from conveyor.constants import SCHEMA
@@ -50,12 +50,31 @@ def connect_options(url: str, statement_timeout_seconds: float) -> dict[str, str
     return {"options": " ".join(option for option in options if option)}
 
 
+def ensure_search_path(conn: psycopg.Connection[Any]) -> None:
+    """Make sure a new connection resolves plain names in Conveyor's schema. Some poolers drop
+    startup options (Supavisor, PgBouncer with ignore_startup_parameters); a session left on the
+    server's default search_path would read and write the host app's tables of the same name
+    (`public.user_roles`). One round trip per new connection, none per checkout."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute("select current_schema() = %s", (SCHEMA,)).fetchone()
+    if not (row and row[0]):
+        conn.execute(f"set search_path to {SCHEMA}")
+    if not conn.autocommit:
+        conn.commit()
+
+
 def sql_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """One connection outside a pool, with the session settings of Conveyor's pools (its
     schema first on the search_path): for the CLI's one-off work, scripts and tests."""
     settings: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **kwargs}
     settings.update(connect_options(url, 0))
-    return psycopg.connect(url, **settings)
+    conn = psycopg.connect(url, **settings)
+    try:
+        ensure_search_path(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class Database:
@@ -92,6 +111,7 @@ class Database:
                         },
                         timeout=CONNECT_TIMEOUT_SECONDS,
                         check=check_if_disturbed,
+                        configure=ensure_search_path,
                         open=True,
                         name="conveyor",
                     )

@@ -85,10 +85,12 @@ def refuse_pre_release_schema(conn: psycopg.Connection[Any]) -> None:
         raise MigrationError(
             f"this database holds a pre-release Conveyor schema in `public` "
             f"({PRE_RELEASE_RECORD} exists); Conveyor now keeps everything in schema "
-            f"`{SCHEMA}` and cannot migrate that one forward. It was only ever a development "
-            "database: drop it and create it again (for `conveyor run`'s embedded Postgres, "
-            "stop Conveyor and delete the `pg` folder under CONVEYOR_DATA_DIR, `.conveyor/` by "
-            "default), then run `conveyor migrate`."
+            f"`{SCHEMA}` and cannot migrate that one forward. For a development database, drop it "
+            "and create it again (for `conveyor run`'s embedded Postgres, stop Conveyor and delete "
+            "the `pg` folder under CONVEYOR_DATA_DIR, `.conveyor/` by default); where an app "
+            "shares the database, drop only Conveyor's pre-release objects from `public` (listed "
+            "in docs/operations.md, 'Upgrading from the pre-release layout'), never the "
+            "database. Then run `conveyor migrate`."
         )
 
 
@@ -102,16 +104,17 @@ def applied_checksums(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 
 def pushed_versions(conn: psycopg.Connection[Any]) -> set[str]:
-    """Versions the Supabase CLI recorded as applied: `supabase db push` of the files that
-    `conveyor sql --out` wrote (they are Conveyor's own files, so they count as applied)."""
+    """`<version>_<name>` of what the Supabase CLI recorded as applied: `supabase db push` of
+    the files `conveyor sql --out` wrote (Conveyor's own files, so they count as applied)."""
     row = conn.execute(f"select to_regclass('{SUPABASE_RECORD}') is not null").fetchone()
     if not (row and row[0]):
         return set()
     try:
-        rows = conn.execute(f"select version from {SUPABASE_RECORD}").fetchall()  # noqa: S608
+        rows = conn.execute(f"select version, name from {SUPABASE_RECORD}").fetchall()  # noqa: S608
     except psycopg.errors.InsufficientPrivilege:
         return set()  # not ours to read: only `conveyor migrate`'s own record counts then
-    return {str(version) for (version,) in rows}
+    # Version and name both: the host app's own migrations are recorded in the same table.
+    return {f"{version}_{name}" for version, name in rows}
 
 
 def refuse_edited(migrations: list[Migration], done: dict[str, str]) -> None:
@@ -152,7 +155,7 @@ def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
             for migration in migrations:
                 if migration.version in done:
                     continue
-                if migration.version in pushed:
+                if migration.filename.removesuffix(".sql") in pushed:
                     # Applied by `supabase db push`: adopted into Conveyor's record as it is now.
                     record(conn, migration)
                     continue
@@ -176,5 +179,10 @@ def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
 def pending(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
     """Versions not yet applied to the database (every one where Conveyor was never installed)."""
     with sql_connection(database_url, autocommit=True) as conn:
-        done = set(applied_checksums(conn)) | pushed_versions(conn)
-    return [m.version for m in discover(sql_dir) if m.version not in done]
+        done = set(applied_checksums(conn))
+        pushed = pushed_versions(conn)
+    return [
+        m.version
+        for m in discover(sql_dir)
+        if m.version not in done and m.filename.removesuffix(".sql") not in pushed
+    ]

@@ -212,6 +212,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("supabase_jwt_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: object) -> object:
+        # docker-compose passes an unset secret as "" (a project on asymmetric keys has none);
+        # an empty HMAC key must never verify anything.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:

@@ -44,6 +44,18 @@ def test_production_on_asymmetric_keys_needs_no_hs256_secret(
     assert not list(tmp_path.iterdir())  # no development secret was made up
 
 
+def test_an_empty_hs256_secret_counts_as_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    with pytest.raises(ValidationError, match="SUPABASE_JWT_SECRET or SUPABASE_URL"):
+        settings(
+            environment="production",
+            database_url="postgresql://db/x",
+            redis_url="redis://cache:6379/0",
+            api_jwt_secret="x" * 40,
+            supabase_jwt_secret="",
+        )
+
+
 def test_unknown_timezone_is_refused_with_a_hint() -> None:
     with pytest.raises(ValidationError, match="IANA"):
         settings(timezone="Mars/Olympus")

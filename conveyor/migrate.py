@@ -103,9 +103,9 @@ def applied_checksums(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {str(version): str(checksum) for version, checksum in rows}
 
 
-def pushed_versions(conn: psycopg.Connection[Any]) -> set[str]:
-    """`<version>_<name>` of what the Supabase CLI recorded as applied: `supabase db push` of
-    the files `conveyor sql --out` wrote (Conveyor's own files, so they count as applied)."""
+def pushed_versions(conn: psycopg.Connection[Any], migrations: list[Migration]) -> set[str]:
+    """Versions of migrations the Supabase CLI recorded as applied: `supabase db push` of the
+    files `conveyor sql --out` wrote (Conveyor's own files, so they count as applied)."""
     row = conn.execute(f"select to_regclass('{SUPABASE_RECORD}') is not null").fetchone()
     if not (row and row[0]):
         return set()
@@ -114,7 +114,8 @@ def pushed_versions(conn: psycopg.Connection[Any]) -> set[str]:
     except psycopg.errors.InsufficientPrivilege:
         return set()  # not ours to read: only `conveyor migrate`'s own record counts then
     # Version and name both: the host app's own migrations are recorded in the same table.
-    return {f"{version}_{name}" for version, name in rows}
+    recorded = {(str(version), str(name)) for version, name in rows}
+    return {m.version for m in migrations if (m.version, m.name) in recorded}
 
 
 def refuse_edited(migrations: list[Migration], done: dict[str, str]) -> None:
@@ -151,11 +152,11 @@ def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
             refuse_pre_release_schema(conn)
             done = applied_checksums(conn)
             refuse_edited(migrations, done)
-            pushed = pushed_versions(conn)
+            pushed = pushed_versions(conn, migrations)
             for migration in migrations:
                 if migration.version in done:
                     continue
-                if migration.filename.removesuffix(".sql") in pushed:
+                if migration.version in pushed:
                     # Applied by `supabase db push`: adopted into Conveyor's record as it is now.
                     record(conn, migration)
                     continue
@@ -178,11 +179,7 @@ def migrate(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
 
 def pending(database_url: str, sql_dir: Traversable | None = None) -> list[str]:
     """Versions not yet applied to the database (every one where Conveyor was never installed)."""
+    migrations = discover(sql_dir)
     with sql_connection(database_url, autocommit=True) as conn:
-        done = set(applied_checksums(conn))
-        pushed = pushed_versions(conn)
-    return [
-        m.version
-        for m in discover(sql_dir)
-        if m.version not in done and m.filename.removesuffix(".sql") not in pushed
-    ]
+        done = applied_checksums(conn).keys() | pushed_versions(conn, migrations)
+    return [m.version for m in migrations if m.version not in done]

@@ -108,6 +108,21 @@ def database_url(pg_admin_url: str, template_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A new database Conveyor was never installed in."""
+    name = f"conveyor_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield database_named(pg_admin_url, name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
 def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
     """The session's Redis, emptied of everything but kombu's queue bindings."""
     client = redis.Redis.from_url(redis_url)

@@ -34,6 +34,15 @@ def conveyor(
     )
 
 
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a command that failed cleanly: exit 2, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    [line] = result.stderr.strip().splitlines()
+    return line
+
+
 def base_env(tmp_path: Path, **values: str) -> dict[str, str]:
     """The caller's environment without Conveyor's variables, plus values."""
     env = {

@@ -7,31 +7,17 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from conveyor.db import sql_connection
 from conveyor.migrate import MigrationError, discover, migrate, pending
-from tests.conftest import database_named
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 # What a wheel is built from: the package folders and the files pyproject.toml reads.
 WHEEL_SOURCES = ("conveyor", "sql", "web", "worker", "tasks", "beat_schedule.py", "pyproject.toml")
-
-
-@pytest.fixture
-def empty_database_url(pg_admin_url: str) -> Iterator[str]:
-    """A database with nothing in it."""
-    name = f"conveyor_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    yield database_named(pg_admin_url, name)
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
 def folder_of_migrations(tmp_path: Path) -> Path:

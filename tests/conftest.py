@@ -10,6 +10,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,54 +73,45 @@ def database_named(admin_url: str, name: str) -> str:
     return make_conninfo(admin_url, dbname=name)
 
 
-@pytest.fixture(scope="session")
-def template_database(pg_admin_url: str) -> Iterator[str]:
-    """A database migrated once per session, cloned by each test."""
-    name = f"conveyor_template_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    migrate(database_named(pg_admin_url, name))
+@contextmanager
+def scratch_database(admin_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a copy of template, if given) named prefix_<random>, dropped on exit;
+    yields its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("create database {}").format(sql.Identifier(name))
+    if template is not None:
+        create = sql.SQL("{} template {}").format(create, sql.Identifier(template))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(create)
     try:
         yield name
     finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_admin_url: str) -> Iterator[str]:
+    """A database migrated once per session, cloned by each test."""
+    with scratch_database(pg_admin_url, "conveyor_template") as name:
+        migrate(database_named(pg_admin_url, name))
+        yield name
 
 
 @pytest.fixture
 def database_url(pg_admin_url: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database for this test alone."""
-    name = f"conveyor_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_database)
-            )
-        )
-    try:
+    with scratch_database(pg_admin_url, "conveyor_test", template_database) as name:
         yield database_named(pg_admin_url, name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     """A new database Conveyor was never installed in."""
-    name = f"conveyor_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
+    with scratch_database(pg_admin_url, "conveyor_empty") as name:
         yield database_named(pg_admin_url, name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

@@ -7,13 +7,10 @@ import json
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit
-
-import httpx
+from urllib.parse import unquote, urlsplit
 
 from conveyor.settings import Settings
-
-STORAGE_TIMEOUT_SECONDS = 30
+from conveyor.supabase_storage import SupabaseArtifactStore
 
 
 class ArtifactStore(Protocol):
@@ -49,35 +46,6 @@ class LocalArtifactStore:
         if not path.is_relative_to(self.root):
             raise ValueError(f"{url} is not in the artifact folder {self.root}")
         return path.read_bytes()
-
-
-class SupabaseArtifactStore:
-    """Objects in a Supabase Storage bucket, written and read with the service role key."""
-
-    def __init__(self, supabase_url: str, service_key: str, bucket: str) -> None:
-        self.base = supabase_url.rstrip("/") + "/storage/v1/object"
-        self.bucket = bucket
-        self.headers = {"Authorization": f"Bearer {service_key}", "apikey": service_key}
-
-    def put(self, key: str, data: bytes) -> str:
-        """Upload (overwriting: a retried step writes the same key)."""
-        url = f"{self.base}/{self.bucket}/{quote(key)}"
-        response = httpx.post(
-            url,
-            content=data,
-            headers={**self.headers, "Content-Type": "application/json", "x-upsert": "true"},
-            timeout=STORAGE_TIMEOUT_SECONDS,
-        )
-        response.raise_for_status()
-        return url
-
-    def get(self, url: str) -> bytes:
-        """Download an object this store wrote."""
-        if not url.startswith(self.base + "/"):
-            raise ValueError(f"{url} is not in this project's storage")
-        response = httpx.get(url, headers=self.headers, timeout=STORAGE_TIMEOUT_SECONDS)
-        response.raise_for_status()
-        return response.content
 
 
 def store_for(settings: Settings) -> ArtifactStore:

@@ -19,6 +19,7 @@ import click
 import psycopg
 
 from conveyor import doctor as doctor_checks
+from conveyor.artifacts import store_for
 from conveyor.auth import (
     DEV_TOKEN_TTL_SECONDS,
     SERVICE_TOKEN_TTL_SECONDS,
@@ -30,6 +31,7 @@ from conveyor.migrate import discover, pending
 from conveyor.migrate import migrate as apply_migrations
 from conveyor.services import EmbeddedPostgres, EmbeddedRedis
 from conveyor.settings import Settings, get_settings
+from conveyor.supabase_storage import StorageUnavailable, SupabaseArtifactStore
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,13 @@ def run(
     with backing_services(settings) as urls:
         applied = apply_migrations(urls.database_url)
         click.echo(f"migrations applied: {len(applied)}")
+        store = store_for(settings)
+        if isinstance(store, SupabaseArtifactStore):
+            try:
+                click.echo(store.ensure_bucket())
+            except StorageUnavailable as exc:
+                # Runs that need it wait for Storage; everything else works meanwhile.
+                click.echo(f"warning: {exc.message}", err=True)
         env = child_environment(settings, urls)
         manager = Manager()
         manager.add_process(
@@ -231,11 +240,15 @@ def run(
 @main.command()
 def migrate() -> None:
     """Apply pending SQL migrations (starting embedded Postgres when DATABASE_URL is unset)."""
-    with database(get_settings()) as database_url:
+    settings = get_settings()
+    with database(settings) as database_url:
         applied = apply_migrations(database_url)
     click.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
     )
+    store = store_for(settings)
+    if isinstance(store, SupabaseArtifactStore):
+        click.echo(store.ensure_bucket())  # StorageUnavailable: one line, exit 2 (ConveyorGroup)
 
 
 @main.command("sql")

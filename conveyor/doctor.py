@@ -8,9 +8,11 @@ import psycopg
 import redis
 from psycopg.rows import TupleRow
 
+from conveyor.artifacts import store_for
 from conveyor.constants import SCHEMA
 from conveyor.migrate import pending
 from conveyor.settings import Settings
+from conveyor.supabase_storage import StorageUnavailable, SupabaseArtifactStore
 
 # Supabase's role for requests carrying only the project's public (anon) key: anyone's.
 ANON_ROLE = "anon"
@@ -149,6 +151,32 @@ def check_redis(url: str | None) -> Check:
     return Check("redis", True, f"reachable, server {version}")
 
 
+def check_storage(settings: Settings) -> Check:
+    """Where large step outputs go; for Supabase Storage, that its bucket exists and is private."""
+    store = store_for(settings)
+    if not isinstance(store, SupabaseArtifactStore):
+        return Check(
+            "storage",
+            True,
+            f"SUPABASE_URL or SUPABASE_SERVICE_ROLE_KEY unset: large outputs in "
+            f"{settings.data_dir}/artifacts (readable on this host only)",
+        )
+    try:
+        state = store.bucket_state()
+    except StorageUnavailable as exc:
+        return Check("storage", False, exc.message)
+    if not state.exists:
+        return Check("storage", False, f"bucket {store.bucket!r} missing: run `conveyor migrate`")
+    if state.public:
+        return Check(
+            "storage",
+            False,
+            f"bucket {store.bucket!r} is public: anyone with an object's URL reads step outputs; "
+            "make it private in the Storage settings",
+        )
+    return Check("storage", True, f"Supabase Storage bucket {store.bucket!r} exists, private")
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order a person would fix them."""
     secret = (
@@ -160,6 +188,7 @@ def run_checks(settings: Settings) -> list[Check]:
         Check("environment", True, settings.environment),
         *check_postgres(settings.database_url),
         check_redis(settings.redis_url),
+        check_storage(settings),
         Check("jwt", True, secret),
         Check("timezone", True, settings.timezone),
         Check(

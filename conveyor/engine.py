@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import ValidationError
@@ -16,14 +17,19 @@ from conveyor import artifacts, checkpoints, metrics, steps, templates
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events import EventPublisher
-from conveyor.runs import ClaimedRun, Outcome
+from conveyor.runs import ClaimedRun, Outcome, StepState
 from conveyor.settings import Settings
 from conveyor.step_rows import CompletedStep
 from conveyor.steps import StepContext, StepFailure, StepResult
-from conveyor.supervision import LeaseLost, RunInterrupted, RunTimedOut, Watch
+from conveyor.supabase_storage import StorageUnavailable
+from conveyor.supervision import HandedBack, LeaseLost, RunInterrupted, RunTimedOut, Watch
 from conveyor.workflows import StepSpec, Workflow
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+STORAGE_RETRY_FIRST_SECONDS = 0.5
+STORAGE_RETRY_MAX_SECONDS = 10.0
 
 
 @dataclass
@@ -59,7 +65,7 @@ class Engine:
                 error_code="DEFINITION_CHANGED",
             )
         outputs = {
-            state.name: {"output": artifacts.load(self.store, state.output, state.output_url)}
+            state.name: {"output": self._load(watch, state)}
             for state in self.claim.steps
             if state.status == "completed"
         }
@@ -81,8 +87,8 @@ class Engine:
                     failed_position=position,
                 )
             outputs[spec.name] = {"output": result.output}
-            last_step = self._checkpoint(position, spec, result, plan)
-        return self._completed(context, outputs, last_step)
+            last_step = self._checkpoint(watch, position, spec, result, plan)
+        return self._completed(watch, context, outputs, last_step)
 
     def _run_facts(self) -> dict[str, Any]:
         return {"id": str(self.claim.id), "attempt": self.claim.attempt}
@@ -168,16 +174,45 @@ class Engine:
         finally:
             metrics.STEP_DURATION.labels(spec.kind, outcome).observe(time.monotonic() - started)
 
+    def _with_storage(self, watch: Watch, action: Callable[[], T]) -> T:
+        """action, tried again with backoff while Supabase Storage is unavailable, for up to
+        STORAGE_WAIT_SECONDS. The claim is kept meanwhile (the watch renews the lease), so a step
+        that finished is not run again; past the wait, StorageUnavailable reaches execute_run."""
+        give_up = time.monotonic() + self.settings.storage_wait_seconds
+        delay = STORAGE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return action()
+            except StorageUnavailable as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("storage_unavailable", error=exc.message, retry_in=delay)
+                try:
+                    watch.sleep(delay)
+                except HandedBack as stopping:
+                    # The attempt that made this output is given back: it runs again elsewhere.
+                    raise HandedBack() from stopping
+                delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
+
+    def _load(self, watch: Watch, state: StepState) -> Any:
+        """A completed step's full output, fetched from storage when it was offloaded."""
+        return self._with_storage(
+            watch, lambda: artifacts.load(self.store, state.output, state.output_url)
+        )
+
+    def _offload(self, watch: Watch, name: str, value: Any) -> tuple[Any, str | None]:
+        """value, or a stub and its URL once stored (see artifacts.offload)."""
+        key = f"{self.claim.id}/{self.claim.attempt}/{name}.json"
+        limit = self.settings.output_inline_max_bytes
+        return self._with_storage(
+            watch, lambda: artifacts.offload(self.store, key, value, limit=limit)
+        )
+
     def _checkpoint(
-        self, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]
+        self, watch: Watch, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]
     ) -> CompletedStep | None:
         """Commit a finished step and start the next; the last one is returned for finish_run."""
-        stored, url = artifacts.offload(
-            self.store,
-            f"{self.claim.id}/{self.claim.attempt}/{spec.name}.json",
-            result.output,
-            limit=self.settings.output_inline_max_bytes,
-        )
+        stored, url = self._offload(watch, spec.name, result.output)
         step = CompletedStep(position, stored, url, result.usage)
         following = position + 1
         if following == len(plan):
@@ -202,7 +237,11 @@ class Engine:
         return Outcome(error=failure.message, error_code=code, failed_position=position)
 
     def _completed(
-        self, context: dict[str, Any], outputs: dict[str, Any], last_step: CompletedStep | None
+        self,
+        watch: Watch,
+        context: dict[str, Any],
+        outputs: dict[str, Any],
+        last_step: CompletedStep | None,
     ) -> Outcome:
         if self.workflow.output is None:
             output = outputs[self.workflow.steps[-1].name]["output"]
@@ -215,12 +254,11 @@ class Engine:
                     error_code="TEMPLATE_ERROR",
                     last_step=last_step,
                 )
-        stored, url = artifacts.offload(
-            self.store,
-            f"{self.claim.id}/{self.claim.attempt}/output.json",
-            output,
-            limit=self.settings.output_inline_max_bytes,
-        )
+        if self.workflow.output is None and last_step is not None:
+            # The run's output is its last step's, stored once (an upload fewer when it is large).
+            stored, url = last_step.output, last_step.output_url
+        else:
+            stored, url = self._offload(watch, "output", output)
         return Outcome(output=stored, output_url=url, reply=reply_text(output), last_step=last_step)
 
 

@@ -16,6 +16,7 @@ from conveyor.errors import ConveyorError, ServiceUnavailable
 from conveyor.events import EventPublisher
 from conveyor.runs import Outcome
 from conveyor.settings import Settings
+from conveyor.supabase_storage import StorageUnavailable
 from conveyor.supervision import HandedBack, LeaseLost, RunCancelled
 
 log = structlog.get_logger(__name__)
@@ -67,9 +68,17 @@ def execute_run(
             workflows.get(claim.workflow_id),
         )
         outcome = engine.run()
+    except StorageUnavailable:
+        # Storage stayed down past the engine's wait, Postgres is up: queue the run again with its
+        # step's attempt given back, and let the task retry with backoff.
+        queued = checkpoints.hand_back(db, claim, uncount_attempt=True)
+        if queued is not None:
+            publisher.publish(queued)
+            raise
+        outcome = Outcome()  # a cancel came in meanwhile: finish_run records it
     except ServiceUnavailable:
-        # Postgres or storage unreachable: the run stays claimed; the task retries with backoff
-        # and the reaper hands the run on once the lease expires.
+        # Postgres unreachable: the run stays claimed; the task retries with backoff and the
+        # reaper hands the run on once the lease expires.
         raise
     except ConveyorError as exc:  # unknown workflow, input no longer valid for its definition
         outcome = Outcome(error=exc.message, error_code=exc.code)

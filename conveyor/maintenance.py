@@ -11,7 +11,6 @@ import shutil
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import structlog
 from psycopg import sql
@@ -22,6 +21,7 @@ from conveyor.db import Database
 from conveyor.errors import InvalidInput
 from conveyor.notifications import notify
 from conveyor.settings import Settings
+from conveyor.supabase_storage import SupabaseArtifactStore
 
 log = structlog.get_logger(__name__)
 
@@ -217,15 +217,22 @@ def rollup_usage(db: Database, day: date) -> int:
 
 
 def delete_orphaned_artifacts(db: Database, settings: Settings) -> int:
-    """Folders of runs that no longer exist, in the local artifact store. (Objects in Supabase
-    Storage are left to a bucket lifecycle rule: listing a bucket is not batched here.)"""
+    """The stored outputs of runs that no longer exist (each run's outputs are under a folder
+    named by its id): in Supabase Storage or the local folder. How many runs' were deleted."""
     store = store_for(settings)
-    if not isinstance(store, LocalArtifactStore) or not store.root.is_dir():
+    delete: Callable[[str], object]
+    if isinstance(store, SupabaseArtifactStore):
+        names, delete = store.run_folders(), store.delete_folder
+    elif isinstance(store, LocalArtifactStore) and store.root.is_dir():
+        root = store.root
+        names = [folder.name for folder in root.iterdir()]
+        delete = lambda name: shutil.rmtree(root / name, ignore_errors=True)  # noqa: E731
+    else:
         return 0
-    folders: dict[uuid.UUID, Path] = {}
-    for folder in store.root.iterdir():
+    folders: dict[uuid.UUID, str] = {}
+    for name in names:
         try:
-            folders[uuid.UUID(folder.name)] = folder
+            folders[uuid.UUID(name)] = name
         except ValueError:
             continue
     if not folders:
@@ -236,7 +243,7 @@ def delete_orphaned_artifacts(db: Database, settings: Settings) -> int:
         ).fetchall()
     orphaned = set(folders) - {row["id"] for row in rows}
     for run_id in orphaned:
-        shutil.rmtree(folders[run_id], ignore_errors=True)
+        delete(folders[run_id])
     return len(orphaned)
 
 

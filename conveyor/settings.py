@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     # Step outputs bigger than this are stored outside the row and referenced by URL.
     output_inline_max_bytes: int = Field(65_536, ge=1024)
     artifacts_bucket: str = "conveyor-artifacts"
+    # While Supabase Storage is unavailable a worker keeps its run (and the output it could not
+    # store) and tries again for this long; then the run goes back to the queue, its step's
+    # attempt uncounted, and the task retries with backoff.
+    storage_wait_seconds: float = Field(60.0, ge=0, le=3600)
 
     # Any OpenAI-compatible chat completions API: OpenAI, Ollama, vLLM, LiteLLM.
     llm_base_url: str = "https://api.openai.com/v1"

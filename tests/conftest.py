@@ -28,11 +28,13 @@ from conveyor.services import EmbeddedRedis
 from conveyor.settings import Settings
 from tests import fake_stripe as fake_stripe_module
 from tests.fake_llm import FakeLlm
+from tests.fake_storage import StorageServer
 from tests.fake_stripe import FakeStripe
 from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
 from worker.celery_app import create_celery
 
 KOMBU_BINDINGS = b"_kombu.binding."
+STORAGE_SERVICE_KEY = "service-role-key"
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +138,12 @@ def settings(
 ) -> Settings:
     """Settings pointing at this test's database and the session's Redis. A test module may set
     SETTINGS (overrides), USES_FAKE_LLM = True (model calls go to the `fake_llm` server) and
-    USES_FAKE_STRIPE = True (Stripe API calls go to the `fake_stripe` server)."""
+    USES_FAKE_STRIPE = True (Stripe API calls go to the `fake_stripe` server) and
+    USES_FAKE_STORAGE = True (large outputs go to the `storage` server's bucket)."""
     overrides = dict(getattr(request.module, "SETTINGS", {}))
+    if getattr(request.module, "USES_FAKE_STORAGE", False):
+        overrides["supabase_url"] = request.getfixturevalue("storage").url
+        overrides["supabase_service_role_key"] = STORAGE_SERVICE_KEY
     if getattr(request.module, "USES_FAKE_LLM", False):
         overrides["llm_base_url"] = request.getfixturevalue("fake_llm").base_url
     if getattr(request.module, "USES_FAKE_STRIPE", False):
@@ -151,6 +157,15 @@ def fake_stripe() -> Iterator[FakeStripe]:
     """A server speaking Stripe's API on loopback, scripted by the test."""
     with FakeStripe() as server:
         yield server
+
+
+@pytest.fixture
+def storage() -> Iterator[StorageServer]:
+    """A server speaking Supabase Storage's API on loopback, with the artifact bucket made."""
+    server = StorageServer(STORAGE_SERVICE_KEY)
+    server.create_bucket("conveyor-artifacts")
+    yield server
+    server.close()
 
 
 @pytest.fixture

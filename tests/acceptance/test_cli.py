@@ -53,6 +53,8 @@ def base_env(tmp_path: Path, **values: str) -> dict[str, str]:
             "DATABASE_URL",
             "REDIS_URL",
             "SUPABASE_JWT_SECRET",
+            "SUPABASE_URL",
+            "SUPABASE_SERVICE_ROLE_KEY",
             "API_JWT_SECRET",
             "CONVEYOR_ENV",
         }

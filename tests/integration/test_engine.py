@@ -1,17 +1,14 @@
-"""The engine against real Postgres and Redis, called directly: leases, heartbeats, artifacts."""
+"""The engine against real Postgres and Redis, called directly: leases, heartbeats, attempts."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor import reaper, runs, waiting, workflows
@@ -74,83 +71,6 @@ def test_a_step_longer_than_the_lease_keeps_its_run_by_heartbeat(
     assert len(stolen) > 2 * LEASE_SECONDS  # attempts spanned more than one lease
     assert stolen == [None] * len(stolen)
     assert republished == []
-
-
-class StorageServer:
-    """Supabase Storage's object endpoints, enough to write and read objects, on loopback."""
-
-    def __init__(self, key: str) -> None:
-        self.objects: dict[str, bytes] = {}
-        store = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _authorized(self) -> bool:
-                if self.headers.get("Authorization") != f"Bearer {key}":
-                    self.send_response(403)
-                    self.end_headers()
-                    return False
-                return True
-
-            def do_POST(self) -> None:
-                if not self._authorized():
-                    return
-                store.objects[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
-                body = json.dumps({"Key": self.path.removeprefix("/storage/v1/object/")}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                if not self._authorized():
-                    return
-                data = store.objects.get(self.path)
-                self.send_response(200 if data is not None else 404)
-                self.send_header("Content-Length", str(len(data or b"")))
-                self.end_headers()
-                self.wfile.write(data or b"")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop serving and release the listening socket."""
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def storage() -> Iterator[StorageServer]:
-    """A Storage stand-in accepting the service key `service-key`."""
-    server = StorageServer("service-key")
-    yield server
-    server.close()
-
-
-def test_large_outputs_go_to_supabase_storage_when_it_is_configured(
-    db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
-) -> None:
-    configured = settings.model_copy(
-        update={"supabase_url": storage.url, "supabase_service_role_key": SecretStr("service-key")}
-    )
-    run_id = new_run(db, "big_output", {"size": 20_000})
-
-    assert execute_run(db, publisher, configured, run_id) is Result.COMPLETED
-
-    with db.connection() as conn:
-        step = conn.execute(
-            "select output, output_url from workflow_steps where run_id = %s", (run_id,)
-        ).fetchone()
-    assert step is not None
-    path = f"/storage/v1/object/conveyor-artifacts/{run_id}/1/make.json"  # run/attempt/step
-    assert step["output_url"] == storage.url + path
-    assert json.loads(storage.objects[path]) == {"blob": "x" * 20_000}
-    assert step["output"] == {"stored_at": step["output_url"], "bytes": len(storage.objects[path])}
 
 
 def test_a_step_whose_workers_keep_dying_fails_once_its_attempts_are_used(

@@ -10,6 +10,7 @@ from psycopg.rows import TupleRow
 
 from conveyor.artifacts import store_for
 from conveyor.constants import SCHEMA
+from conveyor.erasure import TRIGGER_FUNCTION, TRIGGER_SQL
 from conveyor.migrate import pending
 from conveyor.settings import Settings
 from conveyor.supabase_storage import StorageUnavailable, SupabaseArtifactStore
@@ -64,6 +65,9 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # A check that is not ok only advises (printed `warn`, exit code unchanged): something the
+    # host may do on purpose another way.
+    warn_only: bool = False
 
 
 def check_postgres(url: str | None) -> list[Check]:
@@ -87,6 +91,7 @@ def check_postgres(url: str | None) -> list[Check]:
             "up to date" if not todo else f"{len(todo)} pending: run `conveyor migrate`",
         ),
         *check_anon(url),
+        check_user_deletion(url),
     ]
 
 
@@ -135,6 +140,60 @@ def check_anon(url: str, role: str = ANON_ROLE) -> list[Check]:
         Check(name, False, f"{role} holds {', '.join(privileges)} on {kind} {obj}: revoke it")
         for (kind, obj), privileges in sorted(held.items(), key=schema_first)
     ]
+
+
+USER_DELETION = "user deletion"
+# The enabled row-level triggers on auth.users that run after a delete and call Conveyor's trigger
+# function (tgtype bits: 1 row, 2 before, 8 delete). Catalogs only: no privilege on auth needed.
+ERASURE_TRIGGERS_SQL = """
+select t.tgname::text
+  from pg_trigger t join pg_class c on c.oid = t.tgrelid
+       join pg_namespace n on n.oid = c.relnamespace
+ where n.nspname = 'auth' and c.relname = 'users' and not t.tgisinternal
+   and t.tgenabled <> 'D' and t.tgtype & 9 = 9 and t.tgtype & 2 = 0
+   and t.tgfoid = to_regprocedure(%(function)s)
+ order by 1
+"""
+
+
+def check_user_deletion(url: str) -> Check:
+    """Does deleting a user in Supabase Auth forget their Conveyor rows? A warning, not a failure,
+    when no trigger on auth.users does: the host may run `conveyor users forget` instead."""
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            has_users = conn.execute(
+                "select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = 'auth' and c.relname = 'users'"
+            ).fetchone()
+            if has_users is None:
+                return Check(
+                    USER_DELETION,
+                    True,
+                    "no auth.users table: nothing here deletes users "
+                    "(`conveyor users forget USER_ID` forgets one)",
+                )
+            function = f"{TRIGGER_FUNCTION}()"
+            if conn.execute("select to_regprocedure(%s)", (function,)).fetchone() == (None,):
+                return Check(USER_DELETION, True, "not checked until the migrations are applied")
+            triggers = [
+                row[0] for row in conn.execute(ERASURE_TRIGGERS_SQL, {"function": function})
+            ]
+    except psycopg.Error as exc:
+        detail = f"could not be checked: {' '.join(str(exc).split())}"
+        return Check(USER_DELETION, False, detail, warn_only=True)
+    if triggers:
+        return Check(
+            USER_DELETION,
+            True,
+            f"trigger {', '.join(triggers)} on auth.users forgets a deleted user's Conveyor rows",
+        )
+    return Check(
+        USER_DELETION,
+        False,
+        "a user deleted in Supabase Auth keeps their Conveyor rows (until `conveyor users "
+        f"forget USER_ID`); to forget them with the user, run once as postgres: {TRIGGER_SQL}",
+        warn_only=True,
+    )
 
 
 def check_redis(url: str | None) -> Check:

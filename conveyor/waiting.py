@@ -9,6 +9,7 @@ import redis
 
 from conveyor.constants import run_topic
 from conveyor.db import Database
+from conveyor.errors import RunNotFound
 from conveyor.events import EventPublisher
 from conveyor.models import FINAL_STATUSES
 
@@ -17,10 +18,11 @@ POLL_SECONDS = 0.25
 
 
 def run_status(db: Database, run_id: UUID) -> str:
-    """The run's current status."""
+    """The run's current status; RunNotFound once it is gone (its user was forgotten meanwhile)."""
     with db.connection() as conn:
         row = conn.execute("select status from workflow_runs where id = %s", (run_id,)).fetchone()
-    assert row is not None, "waiting on a run that was never created"
+    if row is None:
+        raise RunNotFound(f"run {run_id} no longer exists")
     return str(row["status"])
 
 

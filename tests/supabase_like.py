@@ -223,6 +223,7 @@ class SupabaseDatabase:
     admin_url: str  # supabase_admin, the superuser
     postgres_url: str  # postgres, the non-superuser Conveyor installs with
     authenticator_url: str  # what PostgREST logs in as before switching role
+    auth_admin_url: str  # supabase_auth_admin: what Supabase Auth signs up and deletes users as
     users: ClassVar[Mapping[str, uuid.UUID]] = SEED_USERS
 
     def snapshot(self, schemas: tuple[str, ...] = ("public", "auth")) -> Snapshot:
@@ -357,6 +358,7 @@ class SupabaseCluster:
             admin_url=self.url("supabase_admin", name),
             postgres_url=self.url("postgres", name),
             authenticator_url=self.url("authenticator", name),
+            auth_admin_url=self.url("supabase_auth_admin", name),
         )
 
     def drop_database(self, database: SupabaseDatabase) -> None:

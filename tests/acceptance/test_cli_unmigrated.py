@@ -19,6 +19,7 @@ SCHEMA_COMMANDS = {
     "maintenance list": ["maintenance", "list"],
     "maintenance run": ["maintenance", "run", "usage_rollup"],
     "submit": ["submit", "echo"],
+    "users forget": ["users", "forget", "00000000-0000-4000-8000-000000000001"],
 }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from conveyor.doctor import Check, check_anon
+from conveyor.doctor import Check, check_anon, check_user_deletion
+from conveyor.erasure import TRIGGER_SQL
 
 
 def test_check_anon_says_so_and_skips_when_the_role_does_not_exist(database_url: str) -> None:
@@ -49,3 +50,39 @@ def test_check_anon_reports_a_column_granted_to_anon(database_url: str) -> None:
             "anon holds UPDATE on column conveyor.workflow_runs.status: revoke it",
         )
     ]
+
+
+def test_check_user_deletion_passes_when_a_trigger_on_auth_users_forgets_deleted_users(
+    database_url: str,
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(TRIGGER_SQL)
+
+    check = check_user_deletion(database_url)
+
+    assert check == Check(
+        "user deletion",
+        True,
+        "trigger conveyor_forget_deleted_user on auth.users forgets a deleted user's Conveyor rows",
+    )
+
+
+def test_check_user_deletion_warns_with_the_trigger_to_create_when_there_is_none(
+    database_url: str,
+) -> None:
+    check = check_user_deletion(database_url)
+
+    assert (check.ok, check.warn_only) == (False, True)
+    assert check.detail.endswith(f"run once as postgres: {TRIGGER_SQL}")
+
+
+def test_check_user_deletion_passes_saying_so_when_there_is_no_auth_users_table(
+    database_url: str,
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("drop table auth.users")
+
+    check = check_user_deletion(database_url)
+
+    assert check.ok
+    assert check.detail.startswith("no auth.users table")

@@ -46,6 +46,7 @@ INTERNAL_FUNCTIONS = frozenset(
         "conveyor_status_data",
         "claim_maintenance_run",
         "admit_run",
+        "forget_user",
     }
 )
 OBJECT_KINDS = ("schema", "table", "column", "sequence", "function", "type")

@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 from conveyor.db import Database
 from conveyor.errors import UnknownUser
 from conveyor.ledger import MAX_CREDITS
-from conveyor.models import Payload
 from conveyor.pagination import newest_first
+from conveyor.payload import Payload
 
 
 class CreditAmount(Payload):

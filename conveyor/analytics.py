@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from conveyor.db import Connection, Database
 from conveyor.events import EventPublisher
-from conveyor.models import Payload
+from conveyor.payload import Payload
 
 # Routed to the `maintenance` queue by its prefix; beat fires it every PUSH_SECONDS.
 TASK_PUSH_ANALYTICS = "maintenance.push_analytics"

@@ -15,7 +15,7 @@ from stripe.params.checkout import SessionCreateParams
 from conveyor.billing_context import META_CREDITS, META_PLAN, META_PRICE, META_USER
 from conveyor.db import Database
 from conveyor.errors import InvalidInput, UnknownPrice
-from conveyor.models import Payload
+from conveyor.payload import Payload
 from conveyor.settings import Settings, StripePrice
 from conveyor.stripe_api import provider_errors
 

@@ -1,4 +1,4 @@
-"""Pydantic models for every payload that crosses the HTTP boundary."""
+"""The payloads of runs that cross the HTTP boundary: submits, views, listings."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor.payload import Payload
+
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-
-
-class Payload(BaseModel):
-    """A request body: unknown fields are refused so typos do not pass silently."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class InvokeRequest(Payload):
@@ -120,14 +116,6 @@ class RunView(RunSummary):
     updated_at: datetime
 
 
-class HealthView(BaseModel):
-    """`GET /api/health`: each dependency's state."""
-
-    status: Literal["ok", "degraded"]
-    postgres: Literal["ok", "down"]
-    redis: Literal["ok", "down"]
-
-
 class RunListQuery(Payload):
     """`GET /api/runs` query parameters."""
 
@@ -143,20 +131,3 @@ class RunEventsQuery(Payload):
 
     since: int = Field(default=0, ge=0)
     limit: int = Field(default=100, ge=1, le=1000)
-
-
-class ExchangeResponse(BaseModel):
-    """`POST /api/auth/exchange-token`."""
-
-    backend_token: str
-    user_id: UUID
-    tenant_id: UUID
-    expires_in: int
-
-
-class ErrorView(BaseModel):
-    """Every error response: what went wrong, a stable code, and sometimes details."""
-
-    error: str
-    code: str
-    details: dict[str, Any] | None = None

@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field, ValidationError
 from conveyor.constants import QUEUES, REDIS_PREFIX
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
-from conveyor.models import Payload, RunStatus, RunSummary
+from conveyor.models import RunStatus, RunSummary
 from conveyor.pagination import newest_first
+from conveyor.payload import Payload
 
 # Each worker keeps `conveyor:workers:<hostname>` alive; a worker that dies simply expires.
 HEARTBEAT_PREFIX = f"{REDIS_PREFIX}workers:"

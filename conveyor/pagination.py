@@ -12,7 +12,7 @@ from pydantic import Field
 
 from conveyor.db import Connection
 from conveyor.errors import InvalidInput
-from conveyor.models import Payload
+from conveyor.payload import Payload
 
 IdType = Literal["uuid", "bigint", "text"]
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.db import Connection, Database
 from conveyor.errors import SessionNotFound
-from conveyor.models import Payload
 from conveyor.pagination import newest_first
+from conveyor.payload import Payload
 
 MessageRole = Literal["user", "assistant", "system", "tool"]
 

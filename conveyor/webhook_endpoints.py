@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 
 from conveyor.db import Database
 from conveyor.errors import BadRequest, NotFound
-from conveyor.models import Payload
 from conveyor.pagination import newest_first
+from conveyor.payload import Payload
 from conveyor.url_safety import check_webhook_url
 
 RUN_COMPLETED = "run.completed"

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from conveyor import maintenance_runs
 from conveyor.identity import audit_entries
-from conveyor.models import Payload
+from conveyor.payload import Payload
 from web.auth import require_admin
 from web.body import parse_query
 from web.context import get_db, get_settings

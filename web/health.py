@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
 
 from conveyor.errors import ServiceUnavailable
-from conveyor.models import HealthView
 from web.auth import public
 from web.context import get_db, get_publisher
 from web.errors import UNAVAILABLE_RETRY_AFTER_SECONDS
 from web.openapi import contract
+
+
+class HealthView(BaseModel):
+    """`GET /api/health`: each dependency's state."""
+
+    status: Literal["ok", "degraded"]
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "down"]
+
 
 bp = Blueprint("health", __name__)
 

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel
 
 from conveyor.auth import mint_backend_token
 from conveyor.errors import ConveyorError, Forbidden
 from conveyor.identity import personal_tenant, record_audit
-from conveyor.models import ExchangeResponse
 from web.auth import client_ip, public, verify_request_token
 from web.context import get_db, get_settings
 from web.openapi import contract
+
+
+class ExchangeResponse(BaseModel):
+    """`POST /api/auth/exchange-token`."""
+
+    backend_token: str
+    user_id: UUID
+    tenant_id: UUID
+    expires_in: int
+
 
 bp = Blueprint("identity", __name__)
 

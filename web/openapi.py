@@ -15,7 +15,14 @@ from pydantic import BaseModel, create_model
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from werkzeug.routing import Rule
 
-from conveyor.models import ErrorView
+
+class ErrorView(BaseModel):
+    """Every error response: what went wrong, a stable code, and sometimes details."""
+
+    error: str
+    code: str
+    details: dict[str, Any] | None = None
+
 
 View = TypeVar("View", bound=Callable[..., object])
 Auth = Literal["user", "admin", "service", "metrics"]

@@ -6,7 +6,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from conveyor import ops
-from conveyor.models import Payload
+from conveyor.payload import Payload
 from web.auth import require_admin
 from web.body import parse_query
 from web.context import get_db

@@ -13,8 +13,8 @@ from conveyor import stripe_events as inbox
 from conveyor.checkout import CheckoutRequest, CheckoutSession, create_checkout_session
 from conveyor.constants import TASK_PROCESS_STRIPE_EVENT
 from conveyor.errors import InvalidSignature
-from conveyor.models import Payload
 from conveyor.pagination import PageQuery
+from conveyor.payload import Payload
 from conveyor.stripe_api import client_for
 from conveyor.stripe_events import StripeEventView
 from web.auth import public, require_admin

@@ -26,7 +26,7 @@ import tests.workflows_for_tests  # noqa: F401 - registers tests.wait_cooperativ
 from conveyor import maintenance_runs, stripe_events, workflows
 from conveyor.db import Database
 from conveyor.ledger import UsageRecord, record_usage
-from conveyor.models import Payload
+from conveyor.payload import Payload
 from conveyor.workflows import StepSpec, Workflow
 from tests.support import ApiClient, LiveServer, close_worker_resources, token_for
 

@@ -2,12 +2,11 @@
 (worker/scheduler.py), `conveyor maintenance list` and `GET /api/admin/maintenance`.
 
 Times are in CONVEYOR_TIMEZONE (UTC by default). Each job's run claims its period in
-`maintenance_runs`, so it happens once per period whatever fires it (conveyor/schedule.py).
+`maintenance_runs`, so it happens once per period whatever fires it (conveyor/ops/schedule.py).
 """
 
 from __future__ import annotations
 
-from conveyor.analytics import PUSH_SECONDS, TASK_PUSH_ANALYTICS
 from conveyor.constants import (
     TASK_DAILY_MAINTENANCE,
     TASK_MONTHLY_QUOTA_RESET,
@@ -18,8 +17,9 @@ from conveyor.constants import (
     TASK_REQUEUE_WEBHOOK_DELIVERIES,
     TASK_USAGE_ROLLUP,
 )
-from conveyor.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
-from conveyor.schedule import Daily, Every, Hourly, Job, Monthly
+from conveyor.ops.analytics import PUSH_SECONDS, TASK_PUSH_ANALYTICS
+from conveyor.ops.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
+from conveyor.ops.schedule import Daily, Every, Hourly, Job, Monthly
 
 JOBS: tuple[Job, ...] = (
     Job(

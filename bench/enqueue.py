@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import conveyor.builtin  # noqa: F401 - the echo agent
+import conveyor.workflows.builtin  # noqa: F401 - the echo agent
 from bench.baseline_tasks import COUNTER_KEY
 from bench.harness import (
     BARE_TASK,

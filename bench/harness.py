@@ -18,14 +18,14 @@ import psycopg
 import redis
 from celery import Celery
 
-from conveyor.cli import backing_services
+from conveyor.cli.main import backing_services
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database, sql_connection
-from conveyor.events import EventPublisher
-from conveyor.migrate import migrate
-from conveyor.runs import create_run
+from conveyor.events.run_events import EventPublisher
+from conveyor.ops.migrations import migrate
+from conveyor.runs.store import create_run
 from conveyor.settings import Settings
-from conveyor.workflows import Workflow
+from conveyor.workflows.definitions import Workflow
 from worker.celery_app import create_celery
 
 DRAIN_TIMEOUT_SECONDS = 120

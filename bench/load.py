@@ -42,11 +42,11 @@ from bench.cpu import CpuMeter
 from bench.harness import process_env, stop_processes
 from bench.load_clients import Phase, PhaseResult, Target, follow_sockets, run_phase
 from bench.ws import wait_for_health
-from conveyor.auth import mint_token
-from conveyor.cli import backing_services, gunicorn_command
+from conveyor.auth.tokens import mint_token
+from conveyor.cli.main import backing_services, gunicorn_command
+from conveyor.cli.services import free_port
 from conveyor.db import sql_connection
-from conveyor.migrate import migrate
-from conveyor.services import free_port
+from conveyor.ops.migrations import migrate
 from conveyor.settings import Settings
 
 BENCH_SECRET = "l" * 40  # signs nothing that leaves the bench

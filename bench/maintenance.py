@@ -3,7 +3,7 @@
 Fills usage_events with N rows older than the retention, then measures, in one run:
   idle inserts     single-row inserts (one transaction each, as record_usage commits) from one
                    client for a few seconds: latency p50/p99 with nothing else running;
-  batched purge    conveyor.maintenance.purge (MAINTENANCE_BATCH_SIZE rows per transaction) of
+  batched purge    conveyor.ops.maintenance.purge (MAINTENANCE_BATCH_SIZE rows per transaction) of
                    the N rows, the insert client running beside it: purge rows/s, insert
                    latency p50/p99/max during it;
   one DELETE       baseline: the same N rows refilled and removed by a single DELETE statement,
@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from bench.harness import bench_environment, timed
 from conveyor.db import sql_connection
-from conveyor.maintenance import purge
+from conveyor.ops.maintenance import purge
 
 MAX_ROWS = 3_000_000
 FILL_CHUNK = 200_000

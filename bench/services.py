@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from bench.harness import BENCH_SECRET, Bench, process_env, stop_processes, wait_until
-from conveyor.services import free_port
+from conveyor.cli.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_WORKERS = 2  # `conveyor run`'s default

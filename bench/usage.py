@@ -5,7 +5,7 @@ Each round writes N fresh events (batches of 1,000, spread over 200 users with a
 half priced by the caller and half from model_prices) through each path:
   raw COPY     one COPY of the rows, costs already computed, into a scratch table shaped like
                usage_events (`like ... including all`: same columns, defaults, indexes);
-  batch SQL    conveyor.usage_ingest.record_batch from this process, one transaction per 1,000;
+  batch SQL    conveyor.ledger.ingest.record_batch from this process, one transaction per 1,000;
   end to end   4 client threads POST the batches to the app (gunicorn, 2 gthread workers, on
                127.0.0.1, see bench/services.py) which validates and queues them; a Celery
                worker on the `usage` queue (prefork, 2 processes, as `celery worker` runs on 2
@@ -34,9 +34,9 @@ import requests
 from bench.harness import Bench, bench_environment, rate, timed, wait_until
 from bench.services import app_processes
 from conveyor import ledger
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from conveyor.db import sql_connection
-from conveyor.usage_ingest import MAX_BATCH, UsageEventIn, record_batch
+from conveyor.ledger.ingest import MAX_BATCH, UsageEventIn, record_batch
 
 MAX_EVENTS = 100_000  # every drain must finish within the harness's DRAIN_TIMEOUT_SECONDS
 MAX_ROUNDS = 10

@@ -24,7 +24,7 @@ from bench.harness import (
     worker_pause,
 )
 from bench.noop_workflow import NOOP1, NOOP3
-from conveyor.workflows import Workflow
+from conveyor.workflows.definitions import Workflow
 
 MAX_RUNS = 2000  # every drain must finish within the harness's DRAIN_TIMEOUT_SECONDS
 MAX_ROUNDS = 20

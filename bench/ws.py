@@ -34,13 +34,13 @@ import requests
 from websockets.asyncio.client import connect
 
 from bench.harness import process_env
-from conveyor.auth import mint_token
-from conveyor.cli import backing_services, gunicorn_command
+from conveyor.auth.tokens import mint_token
+from conveyor.cli.main import backing_services, gunicorn_command
+from conveyor.cli.services import free_port
 from conveyor.constants import run_topic, topic_channel
 from conveyor.db import Database
-from conveyor.migrate import migrate
-from conveyor.runs import create_run
-from conveyor.services import free_port
+from conveyor.ops.migrations import migrate
+from conveyor.runs.store import create_run
 from conveyor.settings import Settings
 
 BENCH_SECRET = "w" * 40  # signs nothing that leaves the bench

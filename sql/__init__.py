@@ -1,1 +1,1 @@
-"""Conveyor's SQL migrations, shipped as package data (conveyor.migrate reads them)."""
+"""Conveyor's SQL migrations, shipped as package data (conveyor.ops.migrations reads them)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from conveyor.analytics import TASK_PUSH_ANALYTICS, push_analytics
+from conveyor.ops.analytics import TASK_PUSH_ANALYTICS, push_analytics
 from worker.base import PeriodicTask
 
 

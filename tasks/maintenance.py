@@ -1,11 +1,10 @@
 """Periodic upkeep. Fired by the scheduler with `job` and `period`, each runs once per period
-(worker.base.PeriodicTask); the bodies are conveyor.maintenance's."""
+(worker.base.PeriodicTask); the bodies are conveyor.ops.maintenance's."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from conveyor import maintenance
 from conveyor.constants import (
     TASK_DAILY_MAINTENANCE,
     TASK_EXECUTE_RUN,
@@ -13,7 +12,8 @@ from conveyor.constants import (
     TASK_REQUEUE_STALE_RUNS,
     TASK_USAGE_ROLLUP,
 )
-from conveyor.reaper import finalize_abandoned_cancellations, runs_to_republish
+from conveyor.ops import maintenance
+from conveyor.runs.reaper import finalize_abandoned_cancellations, runs_to_republish
 from worker.base import PeriodicTask
 
 

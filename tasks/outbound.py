@@ -8,9 +8,10 @@ from uuid import UUID
 import structlog
 from celery import Celery, shared_task
 
-from conveyor import metrics, outbound, webhook_delivery
+from conveyor import metrics, outbound
 from conveyor.constants import TASK_DELIVER_WEBHOOK, TASK_REQUEUE_WEBHOOK_DELIVERIES
-from conveyor.notifications import publish_notifications
+from conveyor.events.notifications import publish_notifications
+from conveyor.outbound import delivery as webhook_delivery
 from worker.base import ConveyorTask, PeriodicTask
 from worker.celery_app import send_or_log
 

@@ -7,7 +7,7 @@ from uuid import UUID
 from celery import shared_task
 
 from conveyor.constants import TASK_EXECUTE_RUN
-from conveyor.execution import Result, execute_run
+from conveyor.runs.execution import Result, execute_run
 from tasks.outbound import queue_deliveries
 from worker.base import ConveyorTask
 from worker.celery_app import send_or_log

@@ -9,14 +9,14 @@ import structlog
 from celery import shared_task
 
 from conveyor.constants import TASK_RECORD_USAGE, TASK_REQUEUE_USAGE_BATCHES
-from conveyor.notifications import publish_notifications
-from conveyor.usage import QUOTA_THRESHOLD_CROSSED
-from conveyor.usage_ingest import (
+from conveyor.events.notifications import publish_notifications
+from conveyor.ledger.ingest import (
     BatchResult,
     batches_to_republish,
     record_batch_json,
     record_stored_batch,
 )
+from conveyor.ledger.usage import QUOTA_THRESHOLD_CROSSED
 from worker.base import ConveyorTask, PeriodicTask
 
 log = structlog.get_logger(__name__)

@@ -1,4 +1,5 @@
-"""Stripe events: applied once each (conveyor/billing.py), and the reconciler that retries."""
+"""Stripe events: applied once each (conveyor/billing/handlers.py), and the reconciler that
+retries."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import structlog
 from celery import shared_task
 
 from conveyor import billing, metrics
+from conveyor.billing.reconcile import reconcile, requeue_due
 from conveyor.constants import (
     TASK_PROCESS_STRIPE_EVENT,
     TASK_RECONCILE_STRIPE_EVENTS,
     TASK_REQUEUE_STRIPE_EVENTS,
 )
-from conveyor.notifications import publish_notifications
-from conveyor.stripe_reconcile import reconcile, requeue_due
+from conveyor.events.notifications import publish_notifications
 from worker.base import ConveyorTask, PeriodicTask
 
 log = structlog.get_logger(__name__)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from conveyor import agents
+from conveyor.workflows import agents
 
 
 class ExplodeInput(BaseModel):

@@ -22,9 +22,9 @@ from celery.contrib.testing.worker import start_worker
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from conveyor.cli.services import EmbeddedRedis
 from conveyor.db import Database
-from conveyor.migrate import migrate
-from conveyor.services import EmbeddedRedis
+from conveyor.ops.migrations import migrate
 from conveyor.settings import Settings
 from tests import fake_stripe as fake_stripe_module
 from tests.fake_llm import FakeLlm

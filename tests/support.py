@@ -18,11 +18,11 @@ import requests
 from celery import Celery
 from werkzeug.serving import BaseWSGIServer, make_server
 
-import conveyor.builtin  # noqa: F401 - the built-in agents tests run
-from conveyor.auth import mint_token
-from conveyor.cli import gunicorn_command
-from conveyor.models import FINAL_STATUSES
-from conveyor.services import free_port
+import conveyor.workflows.builtin  # noqa: F401 - the built-in agents tests run
+from conveyor.auth.tokens import mint_token
+from conveyor.cli.main import gunicorn_command
+from conveyor.cli.services import free_port
+from conveyor.runs.payloads import FINAL_STATUSES
 from conveyor.settings import Settings
 from web import create_app
 

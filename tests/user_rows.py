@@ -35,7 +35,7 @@ select c.table_name::text from information_schema.columns c
 
 
 def usage_event(user: uuid.UUID, key: str) -> dict[str, Any]:
-    """One event as a usage batch stores it (conveyor.usage_ingest.events_json's form)."""
+    """One event as a usage batch stores it (conveyor.ledger.ingest.events_json's form)."""
     return {
         "user_id": str(user),
         "idempotency_key": key,

@@ -5,14 +5,14 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from conveyor.artifacts import store_for
-from conveyor.auth import TokenVerifier
-from conveyor.catalog import load_catalog
+from conveyor.auth.jwks import JwksCache
+from conveyor.auth.tokens import TokenVerifier
 from conveyor.db import Database
-from conveyor.events import EventPublisher
-from conveyor.jwks import JwksCache
+from conveyor.events.run_events import EventPublisher
 from conveyor.logs import configure_logging
+from conveyor.runs.artifacts import store_for
 from conveyor.settings import Settings, get_settings
+from conveyor.workflows.catalog import load_catalog
 from web import (
     admin,
     agents,

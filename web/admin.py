@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, jsonify
 from pydantic import Field
 
-from conveyor import maintenance_runs
-from conveyor.identity import audit_entries
+from conveyor.auth.tenancy import audit_entries
+from conveyor.ops import job_runs
 from conveyor.payload import Payload
 from web.auth import require_admin
 from web.body import parse_query
@@ -47,7 +47,7 @@ def maintenance_jobs() -> Response:
     settings = get_settings()
     tz = ZoneInfo(settings.timezone)
     now = datetime.now(UTC)
-    recent = maintenance_runs.recent_runs(get_db(), limit=5)
+    recent = job_runs.recent_runs(get_db(), limit=5)
     return jsonify(
         {
             "timezone": settings.timezone,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from conveyor import workflows
-from conveyor.models import InvokeRequest, InvokeResponse, RunLinks
+from conveyor.runs.payloads import InvokeRequest, InvokeResponse, RunLinks
 from web.body import parse_body
 from web.openapi import contract
 from web.submit import submit_run

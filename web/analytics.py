@@ -7,8 +7,8 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify
 
-from conveyor import analytics
-from conveyor.identity import has_admin_role
+from conveyor.auth.tenancy import has_admin_role
+from conveyor.ops import analytics
 from web.body import parse_query
 from web.context import get_db, get_principal
 from web.openapi import contract

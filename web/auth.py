@@ -8,8 +8,8 @@ from typing import TypeVar
 import structlog
 from flask import Flask, current_app, g, request
 
-from conveyor.auth import Principal, TokenVerifier, bearer_token
-from conveyor.identity import has_admin_role
+from conveyor.auth.tenancy import has_admin_role
+from conveyor.auth.tokens import Principal, TokenVerifier, bearer_token
 from web.context import get_db, get_principal
 
 View = TypeVar("View", bound=Callable[..., object])

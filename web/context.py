@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from conveyor.artifacts import ArtifactStore
-from conveyor.auth import Principal
+from conveyor.auth.tokens import Principal
 from conveyor.db import Database
-from conveyor.events import EventPublisher
+from conveyor.events.run_events import EventPublisher
+from conveyor.runs.artifacts import ArtifactStore
 from conveyor.settings import Settings
 from web.enqueue import Enqueuer
 

@@ -1,5 +1,5 @@
 """`/api/credits`, `/api/tokens` (the same balance under the names some clients use) and the
-admin top-up `/api/users/<id>/add_credits`. Money moves only through `conveyor.ledger`."""
+admin top-up `/api/users/<id>/add_credits`. Money moves only through `conveyor.ledger.balances`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify, request
 
-from conveyor import accounts, ledger
-from conveyor.auth import Principal
+from conveyor import ledger
+from conveyor.auth.tenancy import record_audit
+from conveyor.auth.tokens import Principal
 from conveyor.errors import InsufficientCredits
-from conveyor.identity import record_audit
+from conveyor.ledger import accounts
 from conveyor.pagination import PageQuery
 from web.auth import client_ip, require_admin
 from web.body import parse_body

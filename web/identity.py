@@ -7,9 +7,9 @@ from uuid import UUID
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
-from conveyor.auth import mint_backend_token
+from conveyor.auth.tenancy import personal_tenant, record_audit
+from conveyor.auth.tokens import mint_backend_token
 from conveyor.errors import ConveyorError, Forbidden
-from conveyor.identity import personal_tenant, record_audit
 from web.auth import client_ip, public, verify_request_token
 from web.context import get_db, get_settings
 from web.openapi import contract

@@ -1,10 +1,10 @@
-"""Requests without valid credentials are rate-limited per client address (conveyor.rate_limit).
+"""Requests without valid credentials are rate-limited per client address
+(conveyor.auth.rate_limit).
 
 Counted: anything not authenticated by the auth hook and carrying no token that verifies (health,
-the dashboard and its assets, token exchange, /metrics without its token, unknown paths), and
-every 401, so guessing tokens is limited too. Not counted: authenticated requests and the Stripe
-webhook, which Stripe signs and retries. Over the limit: 429 `RATE_LIMITED` with Retry-After.
-"""
+the dashboard and its assets, token exchange, /metrics without its token, unknown paths), and every
+401, so guessing tokens is limited too. Not counted: authenticated requests and the Stripe webhook,
+which Stripe signs and retries. Over the limit: 429 `RATE_LIMITED` with Retry-After."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 import redis
 from flask import Flask, Response, current_app, g, request
 
-from conveyor.auth import TokenVerifier, bearer_token
+from conveyor.auth.rate_limit import RateLimiter
+from conveyor.auth.tokens import TokenVerifier, bearer_token
 from conveyor.errors import ConveyorError, RateLimited
-from conveyor.rate_limit import RateLimiter
 from conveyor.settings import Settings
 from web.auth import client_ip
 from web.errors import handle_conveyor_error

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify
 
-from conveyor import notifications
+from conveyor.events import notifications
 from conveyor.pagination import PageQuery
 from web.body import parse_query
 from web.context import get_db, get_principal

@@ -1,5 +1,5 @@
 """`/api/payments`: Stripe Checkout for users, the Stripe webhook, and the admin view of the
-webhook inbox. What payments change is applied by the worker (conveyor/billing.py)."""
+webhook inbox. What payments change is applied by the worker (conveyor/billing/handlers.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import Field
 
 from conveyor import metrics
-from conveyor import stripe_events as inbox
-from conveyor.checkout import CheckoutRequest, CheckoutSession, create_checkout_session
+from conveyor.billing import inbox
+from conveyor.billing.checkout import CheckoutRequest, CheckoutSession, create_checkout_session
+from conveyor.billing.inbox import StripeEventView
+from conveyor.billing.stripe_api import client_for
 from conveyor.constants import TASK_PROCESS_STRIPE_EVENT
 from conveyor.errors import InvalidSignature
 from conveyor.pagination import PageQuery
 from conveyor.payload import Payload
-from conveyor.stripe_api import client_for
-from conveyor.stripe_events import StripeEventView
 from web.auth import public, require_admin
 from web.body import idempotency_key, parse_body, parse_query, read_body
 from web.context import get_db, get_enqueuer, get_principal, get_settings

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from conveyor import artifacts, run_queries, runs
-from conveyor.identity import record_audit
-from conveyor.models import RunEventsQuery, RunListQuery, RunSummary, RunView
+from conveyor import runs
+from conveyor.auth.tenancy import record_audit
+from conveyor.runs import artifacts, views
+from conveyor.runs.payloads import RunEventsQuery, RunListQuery, RunSummary, RunView
 from web.auth import client_ip, require_admin
 from web.body import parse_query
 from web.context import get_db, get_principal, get_publisher, get_store
@@ -19,9 +20,7 @@ bp = Blueprint("runs", __name__)
 @contract({200: RunView})
 def get_run(run_id: str) -> Response:
     """A run with its steps; someone else's run answers 404 like a missing one."""
-    view = run_queries.get_run(
-        get_db(), get_principal().rls_claims(), run_queries.parse_run_id(run_id)
-    )
+    view = views.get_run(get_db(), get_principal().rls_claims(), views.parse_run_id(run_id))
     return jsonify(view.model_dump(mode="json"))
 
 
@@ -36,7 +35,7 @@ def list_runs() -> Response:
     if query.user_id is not None and query.user_id != user_id:
         principal = require_admin()
         user_id = query.user_id
-    page = run_queries.list_runs(
+    page = views.list_runs(
         get_db(),
         principal.rls_claims(),
         user_id=user_id,
@@ -58,10 +57,10 @@ def list_runs() -> Response:
 def list_events(run_id: str) -> Response:
     """The run's event log after `?since=<seq>` (default 0), oldest first, at most `limit`."""
     query = parse_query(RunEventsQuery)
-    events = run_queries.list_events(
+    events = views.list_events(
         get_db(),
         get_principal().rls_claims(),
-        run_queries.parse_run_id(run_id),
+        views.parse_run_id(run_id),
         since=query.since,
         limit=query.limit,
     )
@@ -75,8 +74,8 @@ def list_events(run_id: str) -> Response:
 @contract({200: "application/json"})
 def get_output(run_id: str, step: str | None = None) -> Response:
     """The full output of a run or a step, fetched from storage when it was too large to inline."""
-    output, url = run_queries.stored_output(
-        get_db(), get_principal().rls_claims(), run_queries.parse_run_id(run_id), step
+    output, url = views.stored_output(
+        get_db(), get_principal().rls_claims(), views.parse_run_id(run_id), step
     )
     return jsonify({"output": artifacts.load(get_store(), output, url)})
 
@@ -88,7 +87,7 @@ def cancel_run(run_id: str) -> Response:
     principal = get_principal()
     principal.require_user()
     db = get_db()
-    target = run_queries.parse_run_id(run_id)
+    target = views.parse_run_id(run_id)
     # RLS decides: the owner or an admin sees the run; anyone else gets 404, as for a missing run.
     view, event, owner = runs.cancel_run(db, principal.rls_claims(), target)
     get_publisher().publish(event)

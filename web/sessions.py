@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from conveyor import sessions
 from conveyor.pagination import PageQuery
+from conveyor.runs import sessions
 from web.body import parse_body, parse_query
 from web.context import get_db, get_principal
 from web.openapi import contract, listing

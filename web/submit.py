@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from conveyor import metrics, runs, sessions, webhook_endpoints
+from conveyor import metrics, runs
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.errors import Forbidden
-from conveyor.runs import NewRun
-from conveyor.url_safety import check_webhook_url
-from conveyor.workflows import Workflow
+from conveyor.outbound import endpoints
+from conveyor.outbound.url_safety import check_webhook_url
+from conveyor.runs import sessions
+from conveyor.runs.store import NewRun
+from conveyor.workflows.definitions import Workflow
 from web.body import idempotency_key
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
 
@@ -37,7 +39,7 @@ def submit_run(
     if webhook_url is not None:
         check_webhook_url(webhook_url, allow_private=get_settings().allow_private_webhooks)
         # Created now so the owner can fetch it before the first delivery is signed.
-        webhook_endpoints.signing_secret(db, caller)
+        endpoints.signing_secret(db, caller)
     run = runs.create_run(
         db,
         user_id=caller,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from conveyor import accounts, ledger
+from conveyor import ledger
+from conveyor.ledger import accounts
 from conveyor.pagination import PageQuery
 from web.body import parse_query
 from web.context import get_db, get_principal

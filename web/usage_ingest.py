@@ -2,7 +2,7 @@
 
 The request is validated, stored in `usage_batches` (the outbox) and its id handed to the `usage`
 queue; the worker records the batch in one transaction and deletes the row with it
-(conveyor.usage_ingest.record_stored_batch). 202 means the batch is in Postgres: if Redis is down
+(conveyor.ledger.ingest.record_stored_batch). 202 means the batch is in Postgres: if Redis is down
 or drops the message, the requeue_usage_batches job publishes it again. When Postgres cannot take
 it the answer is 503 with Retry-After; the caller sends the same batch again, and the idempotency
 keys make that safe.
@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from conveyor import metrics
 from conveyor.constants import TASK_RECORD_USAGE
 from conveyor.errors import Forbidden
-from conveyor.usage_ingest import USAGE_WRITE_SCOPE, UsageBatchIn, events_json, store_batch
+from conveyor.ledger.ingest import USAGE_WRITE_SCOPE, UsageBatchIn, events_json, store_batch
 from web.body import parse_body
 from web.context import get_db, get_enqueuer, get_principal, get_settings
 from web.openapi import contract

@@ -7,17 +7,18 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify
 
-from conveyor import outbound, webhook_endpoints
+from conveyor import outbound
 from conveyor.constants import TASK_DELIVER_WEBHOOK
-from conveyor.outbound import DeliveryView
-from conveyor.pagination import PageQuery
-from conveyor.webhook_endpoints import (
+from conveyor.outbound import endpoints as webhook_endpoints
+from conveyor.outbound.endpoints import (
     CreatedEndpoint,
     EndpointCreate,
     EndpointView,
     RotatedSecret,
     WebhookEndpointNotFound,
 )
+from conveyor.outbound.outbox import DeliveryView
+from conveyor.pagination import PageQuery
 from web.body import parse_body, parse_query
 from web.context import get_db, get_enqueuer, get_principal, get_settings
 from web.openapi import contract, listing

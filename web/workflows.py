@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from conveyor import run_queries, waiting, workflows
-from conveyor.models import (
+from conveyor import workflows
+from conveyor.runs import views, waiting
+from conveyor.runs.payloads import (
     FINAL_STATUSES,
     RunLinks,
     WorkflowExecuteRequest,
@@ -54,7 +55,7 @@ def execute() -> tuple[Response, int]:
         links=RunLinks(self=f"/api/runs/{run.id}"),
     )
     if status in FINAL_STATUSES:
-        view = run_queries.get_run(get_db(), get_principal().rls_claims(), run.id)
+        view = views.get_run(get_db(), get_principal().rls_claims(), run.id)
         response.outputs, response.error, response.error_code = (
             view.output,
             view.error,

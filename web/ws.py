@@ -15,17 +15,17 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from conveyor import metrics
-from conveyor.auth import Principal, TokenVerifier, bearer_token
+from conveyor.auth.tokens import Principal, TokenVerifier, bearer_token
 from conveyor.errors import ConveyorError, Unauthorized
-from conveyor.realtime import Hub, Outbox
-from conveyor.realtime_protocol import (
+from conveyor.settings import Settings
+from web.auth import public
+from web.openapi import contract
+from web.realtime import Hub, Outbox
+from web.realtime_protocol import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
     Channel,
 )
-from conveyor.settings import Settings
-from web.auth import public
-from web.openapi import contract
 from web.ws_session import MAX_CLOSE_REASON, SocketSession
 
 log = structlog.get_logger(__name__)

@@ -16,13 +16,15 @@ import structlog
 from simple_websocket import ConnectionClosed
 from wsproto.events import Ping as PingFrame
 
-from conveyor import analytics, notifications, run_queries
-from conveyor.auth import Principal
+from conveyor.auth.tenancy import has_admin_role
+from conveyor.auth.tokens import Principal
 from conveyor.db import Database
 from conveyor.errors import ConveyorError, RunNotFound
-from conveyor.identity import has_admin_role
-from conveyor.realtime import ANALYTICS_KEY, Delivery, Hub, Kind, Outbox
-from conveyor.realtime_protocol import (
+from conveyor.events import notifications
+from conveyor.ops import analytics
+from conveyor.runs import views
+from web.realtime import ANALYTICS_KEY, Delivery, Hub, Kind, Outbox
+from web.realtime_protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
@@ -244,7 +246,7 @@ class SocketSession:
             self.send(snapshot)
             return
         try:
-            run_queries.require_visible(self.db, self.claims, topic.target)
+            views.require_visible(self.db, self.claims, topic.target)
         except RunNotFound:
             raise refused from None
         subscription = Subscription(topic, last_seq=since)
@@ -256,7 +258,7 @@ class SocketSession:
         """Send the run's events after the subscription's last seq, from Postgres."""
         assert subscription.topic.target is not None
         while True:
-            events = run_queries.list_events(
+            events = views.list_events(
                 self.db,
                 self.claims,
                 subscription.topic.target,

@@ -8,13 +8,13 @@ from typing import Any
 import structlog
 from celery import Task
 
-from conveyor.artifacts import ArtifactStore, store_for
-from conveyor.catalog import load_catalog
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
-from conveyor.events import EventPublisher
-from conveyor.maintenance_runs import run_once
+from conveyor.events.run_events import EventPublisher
+from conveyor.ops.job_runs import run_once
+from conveyor.runs.artifacts import ArtifactStore, store_for
 from conveyor.settings import Settings
+from conveyor.workflows.catalog import load_catalog
 
 
 @dataclass

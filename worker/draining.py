@@ -15,7 +15,7 @@ from typing import Any
 from billiard.process import active_children
 from celery import signals
 
-from conveyor import shutdown
+from conveyor.runs import shutdown
 
 DRAIN_SIGNAL = signal.SIGUSR2
 

@@ -1,7 +1,7 @@
 """The beat scheduler: `celery beat -S worker.scheduler:ConveyorScheduler` (set as the app's
 default). Every beat process ticks, but only the one holding the Postgres scheduler lock sends;
 the others stand by and take over when its connection (its process) dies. What is due comes from
-beat_schedule.JOBS via conveyor.schedule.Dispatcher, not from Celery's own schedule."""
+beat_schedule.JOBS via conveyor.ops.schedule.Dispatcher, not from Celery's own schedule."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from kombu.exceptions import OperationalError
 import beat_schedule
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
-from conveyor.schedule import Clock, Dispatcher, Due, utc_now
-from conveyor.scheduler_lock import SchedulerLock
+from conveyor.ops.schedule import Clock, Dispatcher, Due, utc_now
+from conveyor.ops.scheduler_lock import SchedulerLock
 from conveyor.settings import Settings
 
 log = structlog.get_logger(__name__)

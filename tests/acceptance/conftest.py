@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from celery.signals import task_postrun
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from conveyor.constants import TASK_RECORD_USAGE
-from conveyor.events import EventPublisher
+from conveyor.events.run_events import EventPublisher
 from conveyor.settings import Settings
 from tests.acceptance.websocket_clients import Socket, ws_url
 from tests.support import API_SECRET, ApiClient, LiveServer, token_for

@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from conveyor import accounts
 from conveyor.db import Database
+from conveyor.ledger import accounts
 from tests.fake_stripe import sign
 from tests.support import LiveServer
 

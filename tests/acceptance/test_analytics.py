@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from conveyor.analytics import TASK_PUSH_ANALYTICS
+from conveyor.auth.tenancy import grant_admin
 from conveyor.db import Database
-from conveyor.identity import grant_admin
+from conveyor.ops.analytics import TASK_PUSH_ANALYTICS
 from tests.support import ApiClient
 
 ClientFactory = Callable[..., ApiClient]

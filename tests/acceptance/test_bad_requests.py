@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.auth import mint_token
+from conveyor.auth.tokens import mint_token
 from conveyor.db import sql_connection
 from tests.support import ApiClient, token_for
 

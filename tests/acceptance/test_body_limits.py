@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from tests.support import API_SECRET, ApiClient
 
 LIMIT = 64 * 1024

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 import requests
 
-from conveyor.auth import TokenVerifier
-from conveyor.services import free_port
+from conveyor.auth.tokens import TokenVerifier
+from conveyor.cli.services import free_port
 from tests.support import API_SECRET, JWT_SECRET, ApiClient, wait_for_run
 
 STARTUP_SECONDS = 90

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conveyor.migrate import discover
-from conveyor.services import free_port
+from conveyor.cli.services import free_port
+from conveyor.ops.migrations import discover
 from tests.acceptance.test_cli import base_env, conveyor, one_error_line
 from tests.conftest import STORAGE_SERVICE_KEY
 from tests.fake_storage import StorageServer

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conveyor.migrate import discover
-from conveyor.services import free_port
+from conveyor.cli.services import free_port
+from conveyor.ops.migrations import discover
 from tests.acceptance.test_cli import base_env, conveyor, one_error_line
 
 # Every subcommand that reads or writes Conveyor's schema (migrate, doctor, run and sql do not

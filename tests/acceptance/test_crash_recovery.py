@@ -14,8 +14,8 @@ from celery import Celery
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
-from conveyor.events import EventPublisher
-from conveyor.execution import Result, execute_run
+from conveyor.events.run_events import EventPublisher
+from conveyor.runs.execution import Result, execute_run
 from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
 from tests.support import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from conveyor.db import Database
 from tests.support import API_SECRET, ApiClient, token_for
 

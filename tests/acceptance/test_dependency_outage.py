@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from conveyor.cli.services import free_port
 from conveyor.db import sql_connection
-from conveyor.services import free_port
 from tests.support import ApiClient, LiveServer, make_settings, token_for
 
 

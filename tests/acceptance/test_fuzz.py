@@ -31,7 +31,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from tests import fake_stripe
 from tests.fake_stripe import FakeStripe
 from tests.support import API_SECRET, LiveServer, close_worker_resources, make_settings, token_for

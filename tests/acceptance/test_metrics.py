@@ -10,7 +10,7 @@ import websocket
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from conveyor.settings import Settings
 from tests.support import API_SECRET, ApiClient, LiveServer, token_for, wait_for_run
 

@@ -7,11 +7,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from conveyor import notifications
+from conveyor.auth.tenancy import grant_admin
 from conveyor.db import Database
-from conveyor.events import EventPublisher
-from conveyor.identity import grant_admin
-from conveyor.notifications import PAYMENT_FAILED, notify, publish_notifications
+from conveyor.events import notifications
+from conveyor.events.notifications import PAYMENT_FAILED, notify, publish_notifications
+from conveyor.events.run_events import EventPublisher
 from tests.support import ApiClient, wait_for_run
 
 ClientFactory = Callable[..., ApiClient]

@@ -14,10 +14,10 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
+from conveyor.cli.services import free_port
 from conveyor.constants import QUEUES
 from conveyor.db import Database
-from conveyor.ledger import check_and_consume_quota
-from conveyor.services import free_port
+from conveyor.ledger.balances import check_and_consume_quota
 from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
 
 ADMIN_ENDPOINTS = [

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor.db import Database
-from conveyor.webhook_endpoints import EndpointCreate, create_endpoint
+from conveyor.outbound.endpoints import EndpointCreate, create_endpoint
 from tests.support import ApiClient, wait_for_run
 from tests.webhook_receiver import Receiver
 

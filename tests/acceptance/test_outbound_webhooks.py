@@ -16,7 +16,7 @@ from celery import Celery
 import tests.agents_for_tests  # noqa: F401 - registers the `explode` agent
 from conveyor.constants import TASK_REQUEUE_WEBHOOK_DELIVERIES
 from conveyor.db import Database
-from conveyor.usage_ingest import UsageEventIn, record_batch
+from conveyor.ledger.ingest import UsageEventIn, record_batch
 from tests.support import ApiClient, wait_for_run, wait_until
 from tests.webhook_receiver import Receiver, self_signed_tls, verify
 

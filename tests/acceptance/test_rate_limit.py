@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from conveyor.services import free_port
+from conveyor.cli.services import free_port
 from tests.support import ApiClient, LiveServer, make_settings, token_for
 
 BURST = 3

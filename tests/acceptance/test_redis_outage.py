@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from celery.contrib.testing.worker import start_worker
 
+from conveyor.cli.services import EmbeddedRedis, free_port
 from conveyor.constants import TASK_REQUEUE_STALE_RUNS
-from conveyor.services import EmbeddedRedis, free_port
 from tests.support import (
     ApiClient,
     LiveServer,

@@ -21,11 +21,11 @@ from celery import Celery
 from click.testing import CliRunner
 
 from beat_schedule import JOBS
-from conveyor import maintenance_runs
-from conveyor.cli import main as cli
+from conveyor.cli.main import main as cli
+from conveyor.cli.services import EmbeddedRedis, free_port
 from conveyor.db import Database
-from conveyor.schedule import Every
-from conveyor.services import EmbeddedRedis, free_port
+from conveyor.ops import job_runs
+from conveyor.ops.schedule import Every
 from conveyor.settings import Settings, get_settings
 from tests.support import ApiClient, token_for, wait_until
 from worker.celery_app import create_celery
@@ -179,13 +179,13 @@ def test_a_second_message_for_a_done_period_is_a_recorded_no_op(
 
 
 def test_a_failed_period_can_be_claimed_again_but_a_done_one_cannot(db: Database) -> None:
-    first = maintenance_runs.claim(db, "daily_maintenance", "2026-11-20")
+    first = job_runs.claim(db, "daily_maintenance", "2026-11-20")
     assert first is not None
-    maintenance_runs.fail(db, first, "disk full")
+    job_runs.fail(db, first, "disk full")
 
-    assert maintenance_runs.claim(db, "daily_maintenance", "2026-11-20") == first
-    maintenance_runs.finish(db, first, {"run_events": 3})
-    assert maintenance_runs.claim(db, "daily_maintenance", "2026-11-20") is None
+    assert job_runs.claim(db, "daily_maintenance", "2026-11-20") == first
+    job_runs.finish(db, first, {"run_events": 3})
+    assert job_runs.claim(db, "daily_maintenance", "2026-11-20") is None
 
 
 def test_running_the_monthly_reset_twice_by_hand_changes_nothing_the_second_time(
@@ -227,9 +227,9 @@ def balances_of(db: Database) -> list[tuple[Any, ...]]:
 def test_admins_see_each_job_with_its_next_run_and_last_runs(
     make_client: Callable[..., ApiClient], db: Database
 ) -> None:
-    run_id = maintenance_runs.claim(db, "daily_maintenance", "2026-11-20")
+    run_id = job_runs.claim(db, "daily_maintenance", "2026-11-20")
     assert run_id is not None
-    maintenance_runs.finish(db, run_id, {"run_events": 12})
+    job_runs.finish(db, run_id, {"run_events": 12})
     admin = make_client(token=token_for(uuid.uuid4(), admin=True))
 
     response = admin.get("/api/admin/maintenance")

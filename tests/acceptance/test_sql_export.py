@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conveyor.migrate import discover
+from conveyor.ops.migrations import discover
 from tests.acceptance.test_cli import base_env, conveyor, one_error_line
 
 

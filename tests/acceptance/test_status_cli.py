@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from conveyor import maintenance_runs
+from conveyor.cli.services import free_port
 from conveyor.db import Database
-from conveyor.services import free_port
+from conveyor.ops import job_runs
 from conveyor.settings import Settings
 from tests.support import ApiClient, wait_for_run
 
@@ -54,7 +54,7 @@ def busy_system(settings: Settings, db: Database, client: ApiClient, worker: Any
     """One completed run (by a live worker) and one recorded maintenance period."""
     done = client.post("/api/agents/invoke", json={"agent_type": "echo", "input": {"n": 1}})
     wait_for_run(client, done.json()["request_id"])
-    outcome = maintenance_runs.run_once(db, "usage_rollup", "2026-11-22T10", lambda: {"rows": 7})
+    outcome = job_runs.run_once(db, "usage_rollup", "2026-11-22T10", lambda: {"rows": 7})
     assert outcome.ran
 
 

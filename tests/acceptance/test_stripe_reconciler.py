@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from conveyor import stripe_events as inbox
+from conveyor.billing import inbox
+from conveyor.billing.reconcile import reconcile
 from conveyor.constants import TASK_RECONCILE_STRIPE_EVENTS
 from conveyor.db import Database
 from conveyor.settings import Settings
-from conveyor.stripe_reconcile import reconcile
 from tests.acceptance.stripe_deliveries import SETTINGS as WEBHOOK_SETTINGS
 from tests.acceptance.stripe_deliveries import deliver_and_wait, wait_processed
 from tests.fake_stripe import FakeStripe, event, subscription

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
+from conveyor.cli.services import free_port
 from conveyor.db import Database
-from conveyor.services import free_port
 from tests.acceptance.stripe_deliveries import (
     OLD_SECRET,
     SECRET,

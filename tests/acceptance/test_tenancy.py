@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tenancy import grant_admin
+from conveyor.auth.tokens import mint_service_token
 from conveyor.db import Database, sql_connection
-from conveyor.identity import grant_admin
 from tests.support import API_SECRET, ApiClient, token_for
 
 ClientFactory = Callable[..., ApiClient]

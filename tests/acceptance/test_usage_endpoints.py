@@ -8,9 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from conveyor.db import Database
-from conveyor.ledger import UsageRecord, record_usage
+from conveyor.ledger.balances import UsageRecord, record_usage
 from tests.support import API_SECRET, ApiClient
 
 ClientFactory = Callable[..., ApiClient]

@@ -20,7 +20,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from conveyor import ledger
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from conveyor.db import Database, sql_connection
 from conveyor.settings import Settings
 from tests.support import (

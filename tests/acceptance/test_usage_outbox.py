@@ -15,11 +15,11 @@ import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
+from conveyor.cli.services import EmbeddedRedis, free_port
 from conveyor.constants import TASK_RECORD_USAGE, TASK_REQUEUE_USAGE_BATCHES
 from conveyor.db import Database
-from conveyor.services import EmbeddedRedis, free_port
-from conveyor.usage_ingest import UsageEventIn, batches_to_republish, events_json
+from conveyor.ledger.ingest import UsageEventIn, batches_to_republish, events_json
 from tests.acceptance.test_usage_ingest import stored_batches, stored_events, usage_event
 from tests.support import (
     API_SECRET,

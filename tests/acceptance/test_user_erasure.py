@@ -15,8 +15,8 @@ from celery.signals import task_postrun
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database
-from conveyor.erasure import forget_user
-from conveyor.execution import Result
+from conveyor.ops.erasure import forget_user
+from conveyor.runs.execution import Result
 from tests.fake_llm import FakeLlm
 from tests.support import ApiClient, wait_for_run, wait_until
 from tests.user_rows import rows_of

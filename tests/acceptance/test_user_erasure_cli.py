@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 
-from conveyor.erasure import TRIGGER_SQL
+from conveyor.ops.erasure import TRIGGER_SQL
 from tests.acceptance.test_cli import base_env, conveyor, one_error_line
 from tests.user_rows import FORGOTTEN_PER_TABLE, rows_of, seed_user
 

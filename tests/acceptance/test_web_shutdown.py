@@ -23,7 +23,7 @@ from tests.support import ApiClient, gunicorn_process, token_for
 
 # An `execute` without a worker waits this long for the run, then answers 202.
 WAIT_SECONDS = 3
-GRACEFUL_TIMEOUT_SECONDS = 20  # conveyor.cli.gunicorn_command's --graceful-timeout
+GRACEFUL_TIMEOUT_SECONDS = 20  # conveyor.cli.main.gunicorn_command's --graceful-timeout
 
 
 @pytest.fixture

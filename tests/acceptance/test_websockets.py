@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from conveyor import runs
+from conveyor.auth.tenancy import grant_admin
 from conveyor.db import Database
-from conveyor.events import EventPublisher
-from conveyor.identity import grant_admin
+from conveyor.events.run_events import EventPublisher
 from tests.acceptance.websocket_clients import (
     RunDriver,
     Socket,

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from conveyor.events import EventPublisher
+from conveyor.events.run_events import EventPublisher
 from tests.acceptance.test_websockets_fanout import BURST, publish_probes
 from tests.acceptance.websocket_clients import RunDriver
 from tests.support import LiveServer

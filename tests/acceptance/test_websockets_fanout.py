@@ -14,10 +14,10 @@ from typing import Any
 import redis
 
 from conveyor.constants import run_topic, topic_channel
-from conveyor.events import EventPublisher
-from conveyor.realtime import Delivery, Kind, Outbox
+from conveyor.events.run_events import EventPublisher
 from tests.acceptance.websocket_clients import RunDriver
 from tests.support import LiveServer
+from web.realtime import Delivery, Kind, Outbox
 
 QUEUE_SIZE = 256
 # A slow client has 10 s after its outbox overflowed to read up to the close frame.

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.db import Database
-from conveyor.events import EventPublisher
+from conveyor.events.run_events import EventPublisher
 from conveyor.settings import Settings
 from tests.acceptance.websocket_clients import RunDriver, Socket
 from tests.support import gunicorn_process, token_for, wait_until

@@ -15,9 +15,9 @@ import redis
 from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor import reaper
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database
+from conveyor.runs import reaper
 from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
 from tests.support import ApiClient, celery_process, wait_for_run, worker_args, worker_env

@@ -14,10 +14,10 @@ from urllib.parse import quote
 import websocket
 
 from conveyor import runs
-from conveyor.checkpoints import complete_step, record_retry
 from conveyor.db import Database
-from conveyor.events import EventPublisher, RunEvent
-from conveyor.step_rows import CompletedStep
+from conveyor.events.run_events import EventPublisher, RunEvent
+from conveyor.runs.checkpoints import complete_step, record_retry
+from conveyor.runs.step_rows import CompletedStep
 from tests.support import LiveServer
 
 THREE_STEPS = [("fetch", "python"), ("think", "python"), ("write", "python")]

@@ -23,11 +23,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 import tests.workflows_for_tests  # noqa: F401 - registers tests.wait_cooperatively
-from conveyor import maintenance_runs, stripe_events, workflows
+from conveyor import workflows
+from conveyor.billing import inbox
 from conveyor.db import Database
-from conveyor.ledger import UsageRecord, record_usage
+from conveyor.ledger.balances import UsageRecord, record_usage
+from conveyor.ops import job_runs
 from conveyor.payload import Payload
-from conveyor.workflows import StepSpec, Workflow
+from conveyor.workflows.definitions import StepSpec, Workflow
 from tests.support import ApiClient, LiveServer, close_worker_resources, token_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +116,7 @@ def seed_panels(db: Database, user_id: uuid.UUID) -> None:
                     occurred_at=max(now - timedelta(days=days_ago), now.replace(day=1)),
                 ),
             )
-    maintenance_runs.run_once(db, "usage_rollup", f"{now:%Y-%m-%dT%H}", lambda: {"rows": 4})
+    job_runs.run_once(db, "usage_rollup", f"{now:%Y-%m-%dT%H}", lambda: {"rows": 4})
     for event_id, event_type in (
         ("evt_tour_paid", "invoice.paid"),
         ("evt_tour_new", "customer.created"),
@@ -128,7 +130,7 @@ def seed_panels(db: Database, user_id: uuid.UUID) -> None:
                 "data": {"object": {"id": "in_tour"}},
             }
         ).encode()
-        stripe_events.store_event(db, stripe_events.parse_event(payload), payload)
+        inbox.store_event(db, inbox.parse_event(payload), payload)
 
 
 def sign_in(browser: webdriver.Chrome, url: str, token: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from conveyor.auth import mint_service_token
+from conveyor.auth.tokens import mint_service_token
 from tests.chaos.system import CREDITS_PER_PACK, PACK_PRICE, STRIPE_SECRET
 from tests.chaos.workflows import WORKFLOW
 from tests.fake_stripe import credit_pack_session, event, sign

@@ -19,9 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 import requests
 
-from conveyor.cli import gunicorn_command
-from conveyor.migrate import migrate
-from conveyor.services import APP_DATABASE, EmbeddedRedis, ensure_database, free_port
+from conveyor.cli.main import gunicorn_command
+from conveyor.cli.services import APP_DATABASE, EmbeddedRedis, ensure_database, free_port
+from conveyor.ops.migrations import migrate
 from tests.support import API_SECRET, JWT_SECRET, REPO, celery_process, wait_until, worker_args
 
 STRIPE_SECRET = "whsec_chaos_suite_secret"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor import steps, workflows
 from conveyor.steps import StepContext
-from conveyor.workflows import RetryPolicy, StepSpec, Workflow
+from conveyor.workflows.definitions import RetryPolicy, StepSpec, Workflow
 
 WORKFLOW = "chaos_three_steps"
 STEP_SECONDS = 0.15

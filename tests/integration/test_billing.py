@@ -1,5 +1,5 @@
-"""conveyor.billing against Postgres: once per event under concurrency, and plan credits paid
-once a month whether they come from the calendar or from invoices."""
+"""conveyor.billing.handlers against Postgres: once per event under concurrency, and plan credits
+paid once a month whether they come from the calendar or from invoices."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
-from conveyor import accounts, billing
-from conveyor import stripe_events as inbox
+from conveyor import billing
+from conveyor.billing import inbox
 from conveyor.db import Database
+from conveyor.ledger import accounts
 from conveyor.settings import Settings
 from tests.fake_stripe import credit_pack_session, event, subscription
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from conveyor.doctor import Check, check_anon, check_user_deletion
-from conveyor.erasure import TRIGGER_SQL
+from conveyor.cli.doctor import Check, check_anon, check_user_deletion
+from conveyor.ops.erasure import TRIGGER_SQL
 
 
 def test_check_anon_says_so_and_skips_when_the_role_does_not_exist(database_url: str) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor import reaper, runs, waiting, workflows
+from conveyor import runs, workflows
 from conveyor.db import Database
-from conveyor.events import EventPublisher
-from conveyor.execution import Result, execute_run
+from conveyor.events.run_events import EventPublisher
+from conveyor.runs import reaper, waiting
+from conveyor.runs.execution import Result, execute_run
 from conveyor.settings import Settings
 
 LEASE_SECONDS = 5

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 
 from conveyor import ledger
 from conveyor.db import Database, sql_connection
-from conveyor.ledger import UsageRecord
+from conveyor.ledger.balances import UsageRecord
 
 THREADS = 8
 CALLS_PER_THREAD = 500

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from conveyor import maintenance
 from conveyor.db import Database
+from conveyor.ops import maintenance
 from conveyor.settings import Settings
 
 SETTINGS = {"maintenance_batch_size": 100, "usage_events_retention_days": 30}

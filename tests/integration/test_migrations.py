@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from conveyor.db import sql_connection
-from conveyor.migrate import MigrationError, discover, migrate, pending
+from conveyor.ops.migrations import MigrationError, discover, migrate, pending
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 # What a wheel is built from: the package folders and the files pyproject.toml reads.
@@ -229,7 +229,7 @@ def test_an_installed_wheel_carries_its_sql_and_migrates_a_fresh_database(
     # Run from an empty folder, the installed copy first on the path: the checkout's sql/ is
     # nowhere in reach.
     script = (
-        "import sys, conveyor.migrate as m; "
+        "import sys, conveyor.ops.migrations as m; "
         "assert m.__file__.startswith(sys.argv[2]), m.__file__; "
         "print(len(m.migrate(sys.argv[1])))"
     )

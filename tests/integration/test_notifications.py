@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from conveyor import notifications, runs
+from conveyor import runs
 from conveyor.db import Database, sql_connection
-from conveyor.notifications import NotificationNotFound, notify
-from conveyor.usage_ingest import UsageEventIn, record_batch
+from conveyor.events import notifications
+from conveyor.events.notifications import NotificationNotFound, notify
+from conveyor.ledger.ingest import UsageEventIn, record_batch
 from tests.support import ECHO_STEPS
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from conveyor import runs, webhook_delivery
+from conveyor import runs
 from conveyor.db import Database
+from conveyor.outbound import delivery as webhook_delivery
+from conveyor.outbound.endpoints import EndpointCreate, create_endpoint
+from conveyor.outbound.http import SendResult
 from conveyor.settings import Settings
-from conveyor.webhook_endpoints import EndpointCreate, create_endpoint
-from conveyor.webhook_http import SendResult
 from tests.support import ECHO_STEPS
 
 URL = "http://127.0.0.1:9/hooks"  # never contacted: these tests record results themselves

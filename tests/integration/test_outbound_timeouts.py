@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from conveyor import jwks
+from conveyor.auth import jwks
+from conveyor.billing.stripe_api import client_for, provider_errors
 from conveyor.errors import PaymentProviderError
 from conveyor.settings import Settings
 from conveyor.steps import StepContext, StepFailure
 from conveyor.steps.http import HttpConfig, run_http
 from conveyor.steps.llm import LlmConfig, run_llm
-from conveyor.stripe_api import client_for, provider_errors
 from tests.support import make_settings
 
 

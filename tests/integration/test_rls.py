@@ -7,12 +7,13 @@ import uuid
 import psycopg
 import pytest
 
-from conveyor import run_queries, runs
+from conveyor import runs
+from conveyor.auth.tenancy import grant_admin, record_audit
 from conveyor.db import Database
 from conveyor.errors import RunNotFound
-from conveyor.events import EventPublisher
-from conveyor.execution import execute_run
-from conveyor.identity import grant_admin, record_audit
+from conveyor.events.run_events import EventPublisher
+from conveyor.runs import views
+from conveyor.runs.execution import execute_run
 from conveyor.settings import Settings
 from tests.support import ECHO_STEPS
 
@@ -75,7 +76,7 @@ def test_get_run_hides_another_users_run(
 ) -> None:
     _, run_id = owner_run
     with pytest.raises(RunNotFound):
-        run_queries.get_run(db, claims(uuid.uuid4()), run_id)
+        views.get_run(db, claims(uuid.uuid4()), run_id)
 
 
 def test_admin_claims_see_everyones_runs_under_rls(

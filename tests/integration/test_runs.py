@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 
-from conveyor import reaper, run_queries, runs
+from conveyor import runs
 from conveyor.db import Database, sql_connection
-from conveyor.events import EventPublisher
-from conveyor.execution import Result, execute_run
+from conveyor.events.run_events import EventPublisher
+from conveyor.runs import reaper, views
+from conveyor.runs.execution import Result, execute_run
 from conveyor.settings import Settings
 from tests.support import ECHO_STEPS
 
@@ -192,7 +193,7 @@ def test_a_run_cancelled_while_running_finishes_as_cancelled_without_output(
 
     runs.finish_run(db, claimed[0], runs.Outcome(output={"done": True}))
 
-    final = run_queries.get_run(db, owner_claims, run_id)
+    final = views.get_run(db, owner_claims, run_id)
     assert (final.status, final.output) == ("cancelled", None)
 
 

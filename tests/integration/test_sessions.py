@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from conveyor import sessions
 from conveyor.db import Database
 from conveyor.errors import SessionNotFound
+from conveyor.runs import sessions
 
 
 class Abort(Exception):

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conveyor.migrate import discover, migrate
+from conveyor.ops.migrations import discover, migrate
 
 if TYPE_CHECKING:
     from tests.supabase_like import Snapshot, SupabaseCluster, SupabaseDatabase

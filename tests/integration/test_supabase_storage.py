@@ -12,13 +12,13 @@ import pytest
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor import runs, workflows
-from conveyor.artifacts import store_for
 from conveyor.db import Database
-from conveyor.events import EventPublisher
-from conveyor.execution import Result, execute_run
-from conveyor.maintenance import delete_orphaned_artifacts
+from conveyor.events.run_events import EventPublisher
+from conveyor.ops.maintenance import delete_orphaned_artifacts
+from conveyor.runs.artifacts import store_for
+from conveyor.runs.execution import Result, execute_run
+from conveyor.runs.supabase_storage import BucketMissing, StorageUnavailable, SupabaseArtifactStore
 from conveyor.settings import Settings
-from conveyor.supabase_storage import BucketMissing, StorageUnavailable, SupabaseArtifactStore
 from tests.fake_storage import StorageServer
 
 USES_FAKE_STORAGE = True

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from conveyor.doctor import check_user_deletion
-from conveyor.erasure import TRIGGER_SQL
-from conveyor.migrate import migrate
+from conveyor.cli.doctor import check_user_deletion
+from conveyor.ops.erasure import TRIGGER_SQL
+from conveyor.ops.migrations import migrate
 from tests.user_rows import rows_of, seed_user
 
 if TYPE_CHECKING:

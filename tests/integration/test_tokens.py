@@ -20,7 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conveyor.auth import (
+from conveyor.auth.jwks import JwksCache
+from conveyor.auth.tokens import (
     TokenVerifier,
     bearer_token,
     mint_backend_token,
@@ -29,7 +30,6 @@ from conveyor.auth import (
     user_principal,
 )
 from conveyor.errors import InvalidToken, ServiceUnavailable, TokenExpired, Unauthorized
-from conveyor.jwks import JwksCache
 from conveyor.settings import Settings
 from web import build_verifier
 

@@ -14,7 +14,7 @@ import pytest
 
 from conveyor import ledger
 from conveyor.db import Database, sql_connection
-from conveyor.usage_ingest import BatchResult, UsageEventIn, record_batch
+from conveyor.ledger.ingest import BatchResult, UsageEventIn, record_batch
 
 # model_prices as the migration seeds them: micro-USD per million prompt / completion tokens.
 PRICES = {"gpt-4o-mini": (150_000, 600_000), "gpt-4o": (2_500_000, 10_000_000)}

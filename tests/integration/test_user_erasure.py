@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from conveyor.db import Database
-from conveyor.erasure import forget_user
+from conveyor.ops.erasure import forget_user
 from tests.user_rows import (
     FORGOTTEN_PER_TABLE,
     every_row,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from conveyor import templates
-from conveyor.catalog import load_file
-from conveyor.workflows import RetryPolicy, StepSpec, Workflow
+from conveyor.workflows import templates
+from conveyor.workflows.catalog import load_file
+from conveyor.workflows.definitions import RetryPolicy, StepSpec, Workflow
 
 
 class NoInput(BaseModel):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import stripe
 
+from conveyor.outbound.delivery import backoff_seconds
+from conveyor.outbound.http import signature
+from conveyor.outbound.url_safety import InvalidWebhookUrl, is_public, parse_url
 from conveyor.settings import Settings
-from conveyor.url_safety import InvalidWebhookUrl, is_public, parse_url
-from conveyor.webhook_delivery import backoff_seconds
-from conveyor.webhook_http import signature
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from conveyor.schedule import Daily, Every, Hourly, Job, Monthly, due_now
+from conveyor.ops.schedule import Daily, Every, Hourly, Job, Monthly, due_now
 
 UTC_ZONE = ZoneInfo("UTC")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from conveyor.ledger import UsageRecord
+from conveyor.ledger.balances import UsageRecord
 
 BASE: dict[str, Any] = {
     "idempotency_key": "k",

@@ -1,0 +1,1 @@
+"""The `conveyor` command and its subcommands, and the embedded Postgres and Redis it starts."""

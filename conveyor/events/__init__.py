@@ -1,0 +1,1 @@
+"""What is announced: a run's event log (published on Redis after commit) and user notifications."""

@@ -1,0 +1,273 @@
+"""Run a claimed workflow step by step: skip what is checkpointed, retry what may succeed, stop
+when asked, and say how it ended."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from pydantic import ValidationError
+
+from conveyor import metrics, steps
+from conveyor.db import Database
+from conveyor.errors import ServiceUnavailable
+from conveyor.events.run_events import EventPublisher
+from conveyor.runs import artifacts, checkpoints
+from conveyor.runs.step_rows import CompletedStep
+from conveyor.runs.store import ClaimedRun, Outcome, StepState
+from conveyor.runs.supabase_storage import StorageUnavailable
+from conveyor.runs.supervision import HandedBack, LeaseLost, RunInterrupted, RunTimedOut, Watch
+from conveyor.settings import Settings
+from conveyor.steps import StepContext, StepFailure, StepResult
+from conveyor.workflows import templates
+from conveyor.workflows.definitions import StepSpec, Workflow
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+STORAGE_RETRY_FIRST_SECONDS = 0.5
+STORAGE_RETRY_MAX_SECONDS = 10.0
+
+
+@dataclass
+class Engine:
+    """One execution attempt of one claimed run."""
+
+    db: Database
+    publisher: EventPublisher
+    settings: Settings
+    store: artifacts.ArtifactStore
+    claim: ClaimedRun
+    workflow: Workflow
+
+    def run(self) -> Outcome:
+        """Execute the remaining steps. Raises RunCancelled or LeaseLost when the run must stop."""
+        inputs = self.workflow.validate_input(self.claim.input).model_dump(mode="json")
+        elapsed = (datetime.now(UTC) - self.claim.started_at).total_seconds()
+        watch = Watch(
+            self.db,
+            self.claim,
+            lease_seconds=self.settings.run_lease_seconds,
+            check_every=self.settings.cancel_check_seconds,
+            run_deadline=time.monotonic() + self.workflow.timeout_seconds - elapsed,
+            drain_seconds=self.settings.worker_drain_seconds,
+        )
+        stored = {state.name: state for state in self.claim.steps}
+        if [state.name for state in self.claim.steps] != [
+            spec.name for spec in self.workflow.steps
+        ]:
+            return Outcome(
+                error=f"the definition of {self.workflow.name!r} changed while this run was in "
+                "flight (its steps differ); submit it again",
+                error_code="DEFINITION_CHANGED",
+            )
+        outputs = {
+            state.name: {"output": self._load(watch, state)}
+            for state in self.claim.steps
+            if state.status == "completed"
+        }
+        context: dict[str, Any] = {"inputs": inputs, "steps": outputs, "run": self._run_facts()}
+        plan = self.workflow.steps
+        last_step: CompletedStep | None = None
+        for position, spec in enumerate(plan):
+            if spec.name in outputs:
+                continue
+            try:
+                result = self._run_step(watch, position, spec, stored[spec.name].attempt, context)
+            except StepFailure as failure:
+                return self._failed(position, spec, failure)
+            except RunTimedOut:
+                return Outcome(
+                    error=f"the run exceeded its {self.workflow.timeout_seconds:g} s timeout "
+                    f"during step {spec.name!r}",
+                    error_code="RUN_TIMEOUT",
+                    failed_position=position,
+                )
+            outputs[spec.name] = {"output": result.output}
+            last_step = self._checkpoint(watch, position, spec, result, plan)
+        return self._completed(watch, context, outputs, last_step)
+
+    def _run_facts(self) -> dict[str, Any]:
+        return {"id": str(self.claim.id), "attempt": self.claim.attempt}
+
+    def _run_step(
+        self, watch: Watch, position: int, spec: StepSpec, attempt: int, context: dict[str, Any]
+    ) -> StepResult:
+        """Attempts of one step until one succeeds or the failure is final."""
+        if attempt > spec.retry.max_attempts:
+            # Earlier attempts ended with their worker (killed, out of memory): do not loop forever.
+            raise StepFailure(
+                f"step {spec.name!r} was interrupted {attempt - 1} time(s) without finishing; "
+                f"its limit is {spec.retry.max_attempts} attempt(s)",
+                retryable=False,
+                code="STEP_ATTEMPTS_EXHAUSTED",
+            )
+        while True:
+            watch.poll()
+            try:
+                return self._attempt(watch, spec, attempt, context)
+            except StepFailure as failure:
+                if not failure.retryable or attempt >= spec.retry.max_attempts:
+                    failure.message = (
+                        f"step {spec.name!r} failed after {attempt} attempt(s): {failure.message}"
+                    )
+                    raise
+                delay = spec.retry.delay(attempt, failure.retry_after)
+                log.info("step_retrying", step=spec.name, attempt=attempt, delay=round(delay, 3))
+                event = checkpoints.record_retry(
+                    self.db,
+                    self.claim,
+                    position=position,
+                    error=failure.message,
+                    error_code=failure.code,
+                    retry_in=delay,
+                    lease_seconds=self.settings.run_lease_seconds,
+                )
+                if event is None:
+                    raise LeaseLost() from failure
+                self.publisher.publish(event)
+                watch.sleep(delay)
+                # Counted only now, so a worker lost during the backoff does not use an attempt.
+                if not checkpoints.start_attempt(self.db, self.claim, position=position):
+                    raise LeaseLost() from failure
+                attempt += 1
+
+    def _attempt(
+        self, watch: Watch, spec: StepSpec, attempt: int, context: dict[str, Any]
+    ) -> StepResult:
+        kind = steps.KINDS[spec.kind]
+        try:
+            config = kind.config_model.model_validate(templates.render(spec.config, context))
+        except templates.TemplateFailure as exc:
+            raise StepFailure(str(exc), retryable=False, code="TEMPLATE_ERROR") from exc
+        except ValidationError as exc:
+            raise StepFailure(
+                f"rendered config is invalid: {exc}", retryable=False, code="INVALID_STEP_CONFIG"
+            ) from exc
+        ctx = StepContext(
+            run_id=self.claim.id,
+            user_id=self.claim.user_id,
+            step=spec.name,
+            attempt=attempt,
+            settings=self.settings,
+            deadline=min(time.monotonic() + spec.timeout_seconds, watch.run_deadline),
+        )
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            result = (
+                kind.run(ctx, config)
+                if kind.inline
+                else watch.supervise(lambda: kind.run(ctx, config), ctx)
+            )
+            outcome = "completed"
+            return result
+        except (StepFailure, RunInterrupted, ServiceUnavailable):
+            raise
+        except Exception as exc:
+            # A step's own exception: worth another attempt under its retry policy.
+            log.warning("step_raised", step=spec.name, error=repr(exc))
+            raise StepFailure(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        finally:
+            metrics.STEP_DURATION.labels(spec.kind, outcome).observe(time.monotonic() - started)
+
+    def _with_storage(self, watch: Watch, action: Callable[[], T]) -> T:
+        """action, tried again with backoff while Supabase Storage is unavailable, for up to
+        STORAGE_WAIT_SECONDS. The claim is kept meanwhile (the watch renews the lease), so a step
+        that finished is not run again; past the wait, StorageUnavailable reaches execute_run."""
+        give_up = time.monotonic() + self.settings.storage_wait_seconds
+        delay = STORAGE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return action()
+            except StorageUnavailable as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("storage_unavailable", error=exc.message, retry_in=delay)
+                try:
+                    watch.sleep(delay)
+                except HandedBack as stopping:
+                    # The attempt that made this output is given back: it runs again elsewhere.
+                    raise HandedBack() from stopping
+                delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
+
+    def _load(self, watch: Watch, state: StepState) -> Any:
+        """A completed step's full output, fetched from storage when it was offloaded."""
+        return self._with_storage(
+            watch, lambda: artifacts.load(self.store, state.output, state.output_url)
+        )
+
+    def _offload(self, watch: Watch, name: str, value: Any) -> tuple[Any, str | None]:
+        """value, or a stub and its URL once stored (see artifacts.offload)."""
+        key = f"{self.claim.id}/{self.claim.attempt}/{name}.json"
+        limit = self.settings.output_inline_max_bytes
+        return self._with_storage(
+            watch, lambda: artifacts.offload(self.store, key, value, limit=limit)
+        )
+
+    def _checkpoint(
+        self, watch: Watch, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]
+    ) -> CompletedStep | None:
+        """Commit a finished step and start the next; the last one is returned for finish_run."""
+        stored, url = self._offload(watch, spec.name, result.output)
+        step = CompletedStep(position, stored, url, result.usage)
+        following = position + 1
+        if following == len(plan):
+            return step
+        events = checkpoints.complete_step(
+            self.db,
+            self.claim,
+            step,
+            next_step=(following, plan[following].name),
+            progress=round(following / len(plan), 4),
+            lease_seconds=self.settings.run_lease_seconds,
+        )
+        if events is None:
+            raise LeaseLost()
+        self.publisher.publish(*events)
+        return None
+
+    def _failed(self, position: int, spec: StepSpec, failure: StepFailure) -> Outcome:
+        code = failure.code
+        if self.workflow.kind == "agent" and code == "STEP_FAILED":
+            code = "AGENT_FAILED"
+        return Outcome(error=failure.message, error_code=code, failed_position=position)
+
+    def _completed(
+        self,
+        watch: Watch,
+        context: dict[str, Any],
+        outputs: dict[str, Any],
+        last_step: CompletedStep | None,
+    ) -> Outcome:
+        if self.workflow.output is None:
+            output = outputs[self.workflow.steps[-1].name]["output"]
+        else:
+            try:
+                output = templates.render(self.workflow.output, context)
+            except templates.TemplateFailure as exc:
+                return Outcome(
+                    error=f"workflow output: {exc}",
+                    error_code="TEMPLATE_ERROR",
+                    last_step=last_step,
+                )
+        if self.workflow.output is None and last_step is not None:
+            # The run's output is its last step's, stored once (an upload fewer when it is large).
+            stored, url = last_step.output, last_step.output_url
+        else:
+            stored, url = self._offload(watch, "output", output)
+        return Outcome(output=stored, output_url=url, reply=reply_text(output), last_step=last_step)
+
+
+def reply_text(output: Any) -> str:
+    """What a run says in its session: the `text` of an LLM reply, else the output as JSON."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, dict) and isinstance(output.get("text"), str):
+        return str(output["text"])
+    return json.dumps(output)

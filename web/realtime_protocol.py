@@ -1,0 +1,199 @@
+"""The websocket protocol: client messages, topics per channel, close codes, and the event
+envelopes the server builds itself (snapshots). docs/realtime.md describes it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from conveyor.db import Database
+from conveyor.events.run_events import STATUS_UPDATE
+from conveyor.runs.store import status_data
+
+Channel = Literal["workflows", "notifications", "analytics"]
+ANALYTICS_TOPICS = frozenset({"lead_trends", "usage_trends", "run_stats", "revenue"})
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TOKEN_EXPIRED = 4001
+
+
+class ProtocolError(Exception):
+    """A client message the server refuses; the connection stays open."""
+
+    def __init__(self, code: str, message: str, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.topic = topic
+
+    def to_message(self) -> dict[str, Any]:
+        """The `{"type": "error"}` message the client receives."""
+        body: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        if self.topic is not None:
+            body["topic"] = self.topic
+        return body
+
+
+class _ClientMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Subscribe(_ClientMessage):
+    """Start receiving a topic; with `since`, first everything after that seq."""
+
+    type: Literal["subscribe"]
+    topic: str = Field(min_length=1, max_length=200)
+    since: int | None = Field(default=None, ge=0, le=2**62)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Unsubscribe(_ClientMessage):
+    """Stop receiving a topic."""
+
+    type: Literal["unsubscribe"]
+    topic: str = Field(min_length=1, max_length=200)
+
+
+class Ping(_ClientMessage):
+    """Answered with a pong."""
+
+    type: Literal["ping"]
+
+
+class Heartbeat(_ClientMessage):
+    """A client's keep-alive, answered with the server's time."""
+
+    type: Literal["heartbeat"]
+    timestamp: Any = None
+
+
+ClientMessage = Annotated[Subscribe | Unsubscribe | Ping | Heartbeat, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+def parse_client_message(text: object) -> ClientMessage:
+    """A client message, or ProtocolError BAD_REQUEST saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise ProtocolError("BAD_REQUEST", "Send JSON text messages, not binary ones.")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("BAD_REQUEST", f"The message is not valid JSON: {exc}.") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("BAD_REQUEST", "A message is a JSON object with a `type`.")
+    try:
+        return _CLIENT_MESSAGE.validate_python(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ProtocolError(
+            "BAD_REQUEST",
+            "Invalid message (types: subscribe, unsubscribe, ping, heartbeat): " + problems,
+        ) from None
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic a socket may subscribe to on its channel."""
+
+    name: str
+    kind: Literal["workflow_run", "user", "analytics"]
+    target: UUID | None = None
+
+    def key(self, channel: Channel) -> str:
+        """The hub's subscription key: the same topic means different streams per channel."""
+        return f"{channel}|{self.name}"
+
+
+def parse_topic(channel: Channel, raw: str) -> Topic:
+    """The topic named by raw on channel, or ProtocolError INVALID_TOPIC listing valid ones."""
+    prefix, _, rest = raw.partition(":")
+    if channel == "analytics":
+        if raw in ANALYTICS_TOPICS:
+            return Topic(raw, "analytics")
+        valid = ", ".join(sorted(ANALYTICS_TOPICS))
+        raise ProtocolError("INVALID_TOPIC", f"Unknown analytics topic; use one of {valid}.", raw)
+    kinds = {"workflows": ("workflow_run", "user"), "notifications": ("user",)}[channel]
+    if prefix in kinds and rest:
+        try:
+            return Topic(f"{prefix}:{UUID(rest)}", prefix, UUID(rest))  # type: ignore[arg-type]
+        except ValueError:
+            pass
+    shapes = " or ".join(f"`{kind}:<uuid>`" for kind in kinds)
+    raise ProtocolError("INVALID_TOPIC", f"Topics on /api/ws/{channel} are {shapes}.", raw)
+
+
+def event_message(
+    channel: Channel, topic: str, seq: int, event: str, data: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """An event envelope built here (snapshots, analytics), shaped like published ones."""
+    return {
+        "type": "event",
+        "channel": channel,
+        "topic": topic,
+        "seq": seq,
+        "event": event,
+        "data": data,
+        "ts": datetime.now(UTC).isoformat(),
+        **extra,
+    }
+
+
+def run_snapshot(db: Database, claims: dict[str, Any], run_id: UUID) -> dict[str, Any] | None:
+    """The run's current status as a `workflow_status_update` numbered with its last event's
+    seq, or None when the caller may not see the run (RLS)."""
+    with db.user_transaction(claims) as conn:
+        row = conn.execute("select * from workflow_runs where id = %s", (run_id,)).fetchone()
+    if row is None:
+        return None
+    message = event_message(
+        "workflows",
+        f"workflow_run:{run_id}",
+        row["last_event_seq"],
+        STATUS_UPDATE,
+        status_data(row),
+        snapshot=True,
+    )
+    message["ts"] = row["updated_at"].isoformat()
+    return message
+
+
+def active_runs_snapshot(
+    db: Database, claims: dict[str, Any], user_id: UUID, *, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Status snapshots of the user's unfinished runs, oldest first (a `user:` subscription)."""
+    with db.user_transaction(claims) as conn:
+        rows = conn.execute(
+            "select * from workflow_runs where user_id = %s "
+            "and status in ('queued', 'running') order by created_at limit %s",
+            (user_id, limit),
+        ).fetchall()
+    return [
+        event_message(
+            "workflows",
+            f"workflow_run:{row['id']}",
+            row["last_event_seq"],
+            STATUS_UPDATE,
+            status_data(row),
+            snapshot=True,
+        )
+        for row in rows
+    ]
+
+
+@dataclass
+class Subscription:
+    """One topic a socket follows and the last seq it sent on it."""
+
+    topic: Topic
+    last_seq: int = 0
+    days: int = 30

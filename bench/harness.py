@@ -18,7 +18,7 @@ import psycopg
 import redis
 from celery import Celery
 
-from conveyor.cli.main import backing_services
+from conveyor.cli.backing import backing_services
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database, sql_connection
 from conveyor.events.run_events import EventPublisher

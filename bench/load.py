@@ -43,7 +43,8 @@ from bench.harness import process_env, stop_processes
 from bench.load_clients import Phase, PhaseResult, Target, follow_sockets, run_phase
 from bench.ws import wait_for_health
 from conveyor.auth.tokens import mint_token
-from conveyor.cli.main import backing_services, gunicorn_command
+from conveyor.cli.backing import backing_services
+from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import free_port
 from conveyor.db import sql_connection
 from conveyor.ops.migrations import migrate

@@ -35,7 +35,8 @@ from websockets.asyncio.client import connect
 
 from bench.harness import process_env
 from conveyor.auth.tokens import mint_token
-from conveyor.cli.main import backing_services, gunicorn_command
+from conveyor.cli.backing import backing_services
+from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import free_port
 from conveyor.constants import run_topic, topic_channel
 from conveyor.db import Database

@@ -10,9 +10,6 @@ import shlex
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -25,102 +22,23 @@ from conveyor.auth.tokens import (
     mint_token,
 )
 from conveyor.cli import doctor as doctor_checks
-from conveyor.cli.services import EmbeddedPostgres, EmbeddedRedis
+from conveyor.cli.backing import (
+    CommandFailed,
+    ServiceURLs,
+    backing_services,
+    database,
+    one_line,
+)
+from conveyor.cli.maintenance import maintenance_group
+from conveyor.cli.status import status
+from conveyor.cli.submit import submit
+from conveyor.cli.users import users
 from conveyor.errors import ConveyorError
-from conveyor.ops.migrations import discover, pending
+from conveyor.ops.migrations import discover
 from conveyor.ops.migrations import migrate as apply_migrations
 from conveyor.runs.artifacts import store_for
 from conveyor.runs.supabase_storage import StorageUnavailable, SupabaseArtifactStore
 from conveyor.settings import Settings, get_settings
-
-
-@dataclass(frozen=True)
-class ServiceURLs:
-    """Where Postgres and Redis are, embedded or not."""
-
-    database_url: str
-    redis_url: str
-
-
-@contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """Yield DATABASE_URL, or the URL of an embedded PostgreSQL started (and stopped) here."""
-    if settings.database_url is not None:
-        yield settings.database_url
-        return
-    postgres = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
-    url = postgres.start()
-    click.echo(f"embedded PostgreSQL 16, data in {postgres.data_dir}")
-    try:
-        yield url
-    finally:
-        postgres.stop()
-
-
-class CommandFailed(click.ClickException):
-    """A command cannot go on (its database is not migrated, unreachable or refused a
-    statement, or a file is in the way): click prints `Error: <message>` on stderr, exit 2."""
-
-    exit_code = 2
-
-
-def one_line(exc: Exception) -> str:
-    """An error's message on one line: a server error's primary message (without its LINE/^
-    pointer), else the text joined (psycopg's connection errors span several lines)."""
-    if isinstance(exc, ConveyorError):
-        text = exc.message
-    elif isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        text = exc.diag.message_primary
-    else:
-        text = str(exc)
-    return " ".join(text.split()) or type(exc).__name__
-
-
-def require_migrated(url: str, *, unreachable_ok: bool = False) -> None:
-    """Exit 2 saying to run `conveyor migrate` unless every migration is applied at url: the one
-    check before every command that needs Conveyor's schema. An unreachable server exits 2 too,
-    in one line, unless unreachable_ok (the command then reports it in its own words)."""
-    try:
-        todo = pending(url)
-    except psycopg.OperationalError as exc:
-        if unreachable_ok:
-            return
-        raise CommandFailed(f"cannot reach the database: {one_line(exc)}") from exc
-    if todo:
-        raise CommandFailed(
-            f"the database is not migrated ({len(todo)} migration(s) pending): "
-            "run `conveyor migrate` first"
-        )
-
-
-@contextmanager
-def migrated_database(settings: Settings, *, unreachable_ok: bool = False) -> Iterator[str]:
-    """database(settings), once require_migrated has passed there."""
-    with database(settings) as url:
-        require_migrated(url, unreachable_ok=unreachable_ok)
-        yield url
-
-
-@contextmanager
-def redis_server(settings: Settings) -> Iterator[str]:
-    """Yield REDIS_URL, or the URL of an embedded Redis started (and stopped) here."""
-    if settings.redis_url is not None:
-        yield settings.redis_url
-        return
-    redis = EmbeddedRedis(settings.data_dir.resolve() / "redis")
-    url = redis.start()
-    click.echo(f"embedded Redis at {url}, data in {redis.data_dir}")
-    try:
-        yield url
-    finally:
-        redis.stop()
-
-
-@contextmanager
-def backing_services(settings: Settings) -> Iterator[ServiceURLs]:
-    """Both services, embedded where not configured."""
-    with database(settings) as database_url, redis_server(settings) as redis_url:
-        yield ServiceURLs(database_url, redis_url)
 
 
 def child_environment(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
@@ -352,12 +270,7 @@ def token(
     )
 
 
-from conveyor.cli.maintenance import maintenance_group  # noqa: E402 - needs `database` above
-from conveyor.cli.status import status  # noqa: E402
-from conveyor.cli.submit import submit  # noqa: E402
-from conveyor.cli.users import users_group  # noqa: E402
-
 main.add_command(maintenance_group, "maintenance")
 main.add_command(submit)
 main.add_command(status)
-main.add_command(users_group(migrated_database))
+main.add_command(users)

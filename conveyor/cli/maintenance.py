@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from conveyor.cli.backing import migrated_database
 from conveyor.db import Database
 from conveyor.ops import job_runs, maintenance
 from conveyor.ops.schedule import valid_period
@@ -23,7 +24,6 @@ def maintenance_group() -> None:
 def list_jobs() -> None:
     """Each job: schedule, next fire time, last runs."""
     import beat_schedule
-    from conveyor.cli.main import migrated_database  # cli imports this module
 
     settings = get_settings()
     tz = ZoneInfo(settings.timezone)
@@ -53,7 +53,6 @@ def list_jobs() -> None:
 def run_job(job: str, period: str | None) -> None:
     """Run JOB for a period now, unless that period already ran (then it says skipped)."""
     import beat_schedule
-    from conveyor.cli.main import migrated_database  # cli imports this module
 
     body = maintenance.BODIES.get(job)
     if body is None:

@@ -12,6 +12,7 @@ import redis
 from pydantic import BaseModel
 
 from conveyor import ops
+from conveyor.cli.backing import migrated_database
 from conveyor.db import Database
 from conveyor.errors import ConveyorError
 from conveyor.ops import job_runs
@@ -122,7 +123,6 @@ def render(report: StatusReport) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def status(hours: int, as_json: bool) -> None:
     """Queues, workers, runs by status and the last maintenance runs."""
-    from conveyor.cli.main import migrated_database  # cli imports this module
 
     settings = get_settings()
     # An unreachable database is part of the report (exit 1), beside what Redis says.

@@ -16,6 +16,7 @@ import httpx
 import simple_websocket  # type: ignore[import-untyped]
 
 from conveyor.auth.tokens import mint_token
+from conveyor.cli.backing import require_migrated
 from conveyor.runs.payloads import FINAL_STATUSES
 from conveyor.settings import get_settings
 
@@ -46,7 +47,6 @@ def submit(workflow: str, raw_input: str, follow: bool, url: str | None, token: 
         # The local API serves this DATABASE_URL: an unmigrated one would fail every request.
         # (Another --url is a server whose database is not known here; nothing to check. One
         # this machine cannot reach is left to the API to report.)
-        from conveyor.cli.main import require_migrated  # cli imports this module
 
         require_migrated(settings.database_url, unreachable_ok=True)
     base = (url or f"http://{settings.web_host}:{settings.web_port}").rstrip("/")

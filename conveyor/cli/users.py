@@ -4,19 +4,14 @@ Supabase Auth does once the host's trigger is in place (docs/operations.md)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import click
 
+from conveyor.cli.backing import migrated_database
 from conveyor.db import Database
 from conveyor.errors import BadRequest
 from conveyor.ops import erasure
-from conveyor.settings import Settings, get_settings
-
-# cli.migrated_database, handed in by cli (which imports this module) so that this module
-# imports nothing of cli.
-MigratedDatabase = Callable[[Settings], AbstractContextManager[str]]
+from conveyor.settings import get_settings
 
 
 def parse_user_id(text: str) -> uuid.UUID:
@@ -37,25 +32,21 @@ def report(user_id: uuid.UUID, counts: dict[str, int]) -> list[str]:
     return [f"forgot user {user_id}:"] + [f"  {name}: {count}" for name, count in changed.items()]
 
 
-def users_group(migrated_database: MigratedDatabase) -> click.Group:
-    """The `users` command group, reading the database through migrated_database."""
+@click.group("users")
+def users() -> None:
+    """Users' data in Conveyor."""
 
-    @click.group("users")
-    def users() -> None:
-        """Users' data in Conveyor."""
 
-    @users.command("forget")
-    @click.argument("user_id")
-    def forget(user_id: str) -> None:
-        """Delete every Conveyor row of USER_ID (runs, usage, credits, notifications, webhooks…);
-        a worker running one of their runs stops at its next check-in. Safe to repeat."""
-        user = parse_user_id(user_id)
-        with migrated_database(get_settings()) as url:
-            db = Database(url, min_size=0, max_size=1)
-            try:
-                counts = erasure.forget_user(db, user)
-            finally:
-                db.close()
-        click.echo("\n".join(report(user, counts)))
-
-    return users
+@users.command("forget")
+@click.argument("user_id")
+def forget(user_id: str) -> None:
+    """Delete every Conveyor row of USER_ID (runs, usage, credits, notifications, webhooks…);
+    a worker running one of their runs stops at its next check-in. Safe to repeat."""
+    user = parse_user_id(user_id)
+    with migrated_database(get_settings()) as url:
+        db = Database(url, min_size=0, max_size=1)
+        try:
+            counts = erasure.forget_user(db, user)
+        finally:
+            db.close()
+    click.echo("\n".join(report(user, counts)))

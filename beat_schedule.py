@@ -1,106 +1,40 @@
-"""The periodic schedule as data: what runs when, on which queue. Read by the scheduler
-(worker/scheduler.py), `conveyor maintenance list` and `GET /api/admin/maintenance`.
+"""The periodic schedule as Celery users read one: `beat_schedule` maps each job's name to its
+task, schedule and options, built from the job list the domain owns (conveyor/ops/jobs.py).
 
-Times are in CONVEYOR_TIMEZONE (UTC by default). Each job's run claims its period in
-`maintenance_runs`, so it happens once per period whatever fires it (conveyor/ops/schedule.py).
+What fires them is worker/scheduler.py: one beat process at a time sends each job once per
+period through conveyor.ops.schedule, in CONVEYOR_TIMEZONE, so this mapping is for reading and
+for Celery tooling; Celery's own scheduler entries stay empty.
 """
 
 from __future__ import annotations
 
-from conveyor.constants import (
-    TASK_DAILY_MAINTENANCE,
-    TASK_MONTHLY_QUOTA_RESET,
-    TASK_RECONCILE_STRIPE_EVENTS,
-    TASK_REQUEUE_STALE_RUNS,
-    TASK_REQUEUE_STRIPE_EVENTS,
-    TASK_REQUEUE_USAGE_BATCHES,
-    TASK_REQUEUE_WEBHOOK_DELIVERIES,
-    TASK_USAGE_ROLLUP,
-)
-from conveyor.ops.analytics import PUSH_SECONDS, TASK_PUSH_ANALYTICS
-from conveyor.ops.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
-from conveyor.ops.schedule import Daily, Every, Hourly, Job, Monthly
+from datetime import timedelta
+from typing import Any
 
-JOBS: tuple[Job, ...] = (
-    Job(
-        name="requeue_stale_runs",
-        task=TASK_REQUEUE_STALE_RUNS,
-        queue="maintenance",
-        cadence=Every(30),
-        # A missed tick is worthless once the next one is due.
-        expires_seconds=25,
-        description="republish runs left queued or with an expired lease",
-    ),
-    Job(
-        name="requeue_usage_batches",
-        task=TASK_REQUEUE_USAGE_BATCHES,
-        queue="maintenance",
-        cadence=Every(30),
-        expires_seconds=25,
-        description="republish accepted usage batches no worker recorded in time",
-    ),
-    Job(
-        name="requeue_webhook_deliveries",
-        task=TASK_REQUEUE_WEBHOOK_DELIVERIES,
-        queue="maintenance",
-        cadence=Every(30),
-        expires_seconds=25,
-        description="queue outbound webhook deliveries that are due, lost or abandoned",
-    ),
-    Job(
-        name="requeue_stripe_events",
-        task=TASK_REQUEUE_STRIPE_EVENTS,
-        queue="maintenance",
-        cadence=Every(30),
-        expires_seconds=25,
-        description="queue stored Stripe events that are due (retries, lost messages)",
-    ),
-    Job(
-        name="reconcile_stripe_events",
-        task=TASK_RECONCILE_STRIPE_EVENTS,
-        queue="maintenance",
-        cadence=Every(600),
-        expires_seconds=540,
-        description="retry failed Stripe events, store events that never arrived",
-    ),
-    Job(
-        name="push_analytics",
-        task=TASK_PUSH_ANALYTICS,
-        queue="maintenance",
-        cadence=Every(PUSH_SECONDS),
-        expires_seconds=PUSH_SECONDS - 5,
-        description="analytics websockets recompute and push",
-    ),
-    Job(
-        name=USAGE_ROLLUP,
-        task=TASK_USAGE_ROLLUP,
-        queue="maintenance",
-        cadence=Hourly(minute=5),
-        expires_seconds=3000,
-        description="usage_daily for today and yesterday",
-    ),
-    Job(
-        name=DAILY_MAINTENANCE,
-        task=TASK_DAILY_MAINTENANCE,
-        queue="maintenance",
-        cadence=Daily(hour=2),
-        expires_seconds=6 * 3600,
-        description="retention purges, usage roll-up, orphaned artifacts",
-    ),
-    Job(
-        name=MONTHLY_QUOTA_RESET,
-        task=TASK_MONTHLY_QUOTA_RESET,
-        queue="maintenance",
-        cadence=Monthly(day=1, hour=0),
-        expires_seconds=24 * 3600,
-        description="open every account's usage period, grant monthly credits, lapsed notices",
-    ),
-)
+from celery.schedules import crontab
+
+from conveyor.ops.jobs import JOBS
+from conveyor.ops.schedule import Cadence, Daily, Every, Hourly, Monthly
 
 
-def job_named(name: str) -> Job:
-    """The job called name, or KeyError listing the known ones."""
-    for job in JOBS:
-        if job.name == name:
-            return job
-    raise KeyError(f"no job {name!r}; jobs: {', '.join(j.name for j in JOBS)}")
+def celery_schedule(cadence: Cadence) -> timedelta | crontab:
+    """A cadence in Celery's terms: an interval, or a crontab in the app's timezone."""
+    if isinstance(cadence, Every):
+        return timedelta(seconds=cadence.seconds)
+    if isinstance(cadence, Hourly):
+        return crontab(minute=cadence.minute)
+    if isinstance(cadence, Daily):
+        return crontab(minute=cadence.minute, hour=cadence.hour)
+    if isinstance(cadence, Monthly):
+        return crontab(minute=cadence.minute, hour=cadence.hour, day_of_month=cadence.day)
+    raise TypeError(f"no Celery schedule for {cadence!r}")
+
+
+beat_schedule: dict[str, dict[str, Any]] = {
+    job.name: {
+        "task": job.task,
+        "schedule": celery_schedule(job.cadence),
+        "options": {"queue": job.queue, "expires": job.expires_seconds},
+    }
+    for job in JOBS
+}

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from conveyor.auth.tenancy import audit_entries
 from conveyor.ops import job_runs
+from conveyor.ops.jobs import JOBS
 from conveyor.payload import Payload
 from web.auth import require_admin
 from web.body import parse_query
@@ -41,7 +42,6 @@ def audit_logs() -> Response:
 @contract({200: "application/json"}, auth="admin")
 def maintenance_jobs() -> Response:
     """Admins: each periodic job with its schedule, next fire time and last runs."""
-    import beat_schedule
 
     require_admin()
     settings = get_settings()
@@ -66,7 +66,7 @@ def maintenance_jobs() -> Response:
                         if run.job == job.name
                     ],
                 }
-                for job in beat_schedule.JOBS
+                for job in JOBS
             ],
         }
     )

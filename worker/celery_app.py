@@ -77,7 +77,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         timezone=settings.timezone,
         enable_utc=True,
-        # beat_schedule.JOBS, fired by one scheduler at a time, once per period.
+        # conveyor.ops.jobs.JOBS, fired by one scheduler at a time, once per period.
         beat_scheduler="worker.scheduler:ConveyorScheduler",
     )
     celery.steps["worker"].add(Heartbeat)  # `conveyor:workers:<hostname>`, see heartbeat.py

@@ -1,7 +1,7 @@
 """The beat scheduler: `celery beat -S worker.scheduler:ConveyorScheduler` (set as the app's
 default). Every beat process ticks, but only the one holding the Postgres scheduler lock sends;
 the others stand by and take over when its connection (its process) dies. What is due comes from
-beat_schedule.JOBS via conveyor.ops.schedule.Dispatcher, not from Celery's own schedule."""
+conveyor.ops.jobs.JOBS via conveyor.ops.schedule.Dispatcher, not from Celery's own schedule."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import structlog
 from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
-import beat_schedule
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
+from conveyor.ops.jobs import JOBS
 from conveyor.ops.schedule import Clock, Dispatcher, Due, utc_now
 from conveyor.ops.scheduler_lock import SchedulerLock
 from conveyor.settings import Settings
@@ -45,7 +45,7 @@ class ConveyorScheduler(Scheduler):  # type: ignore[misc]
         )
         self.dispatcher = Dispatcher(
             db=self.db,
-            jobs=list(beat_schedule.JOBS),
+            jobs=list(JOBS),
             tz=ZoneInfo(settings.timezone),
             send=self.send_due,
             catch_up=timedelta(days=settings.maintenance_catch_up_days),
@@ -55,7 +55,7 @@ class ConveyorScheduler(Scheduler):  # type: ignore[misc]
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
-        """The schedule is beat_schedule.JOBS; Celery's own entries stay empty."""
+        """The schedule is conveyor.ops.jobs.JOBS; Celery's own entries stay empty."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Send what is due if this process holds the lock; returns seconds until the next tick."""

@@ -11,6 +11,7 @@ import click
 from conveyor.cli.backing import migrated_database
 from conveyor.db import Database
 from conveyor.ops import job_runs, maintenance
+from conveyor.ops.jobs import JOBS, job_named
 from conveyor.ops.schedule import valid_period
 from conveyor.settings import get_settings
 
@@ -23,7 +24,6 @@ def maintenance_group() -> None:
 @maintenance_group.command("list")
 def list_jobs() -> None:
     """Each job: schedule, next fire time, last runs."""
-    import beat_schedule
 
     settings = get_settings()
     tz = ZoneInfo(settings.timezone)
@@ -34,7 +34,7 @@ def list_jobs() -> None:
             recent = job_runs.recent_runs(db, limit=3)
         finally:
             db.close()
-    for job in beat_schedule.JOBS:
+    for job in JOBS:
         next_due = job.cadence.next_due(now, tz).astimezone(tz)
         click.echo(
             f"{job.name}: {job.cadence.describe()} ({settings.timezone}), "
@@ -52,7 +52,6 @@ def list_jobs() -> None:
 @click.option("--period", default=None, help="The period, e.g. 2026-11 (default: the current).")
 def run_job(job: str, period: str | None) -> None:
     """Run JOB for a period now, unless that period already ran (then it says skipped)."""
-    import beat_schedule
 
     body = maintenance.BODIES.get(job)
     if body is None:
@@ -60,7 +59,7 @@ def run_job(job: str, period: str | None) -> None:
             f"{job!r} cannot be run from here; jobs: {', '.join(sorted(maintenance.BODIES))}"
         )
     settings = get_settings()
-    cadence = beat_schedule.job_named(job).cadence
+    cadence = job_named(job).cadence
     tz = ZoneInfo(settings.timezone)
     key = period or cadence.period_key(cadence.last_due(datetime.now(UTC), tz), tz)
     if not valid_period(cadence, key):

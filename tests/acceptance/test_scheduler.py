@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 from click.testing import CliRunner
 
-from beat_schedule import JOBS
 from conveyor.cli.main import main as cli
 from conveyor.cli.services import EmbeddedRedis, free_port
 from conveyor.db import Database
 from conveyor.ops import job_runs
+from conveyor.ops.jobs import JOBS
 from conveyor.ops.schedule import Every
 from conveyor.settings import Settings, get_settings
 from tests.support import ApiClient, token_for, wait_until

@@ -26,7 +26,7 @@ WARM_SECONDS = 3.0  # load before the fault
 DOWN_SECONDS = 4.0  # how long a restarted dependency stays down
 AFTER_SECONDS = 3.0  # load after recovery
 SETTLE_SECONDS = 90.0  # bound on waiting for everything accepted to be applied
-SLOT_SECONDS = 30  # the requeue jobs' cadence (beat_schedule.JOBS): an outage must span one
+SLOT_SECONDS = 30  # the requeue jobs' cadence (conveyor.ops.jobs.JOBS): an outage must span one
 SLOT_LEAD_SECONDS = 1.5  # a dependency goes down this long before the slot starts
 
 

@@ -46,6 +46,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy conveyor
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

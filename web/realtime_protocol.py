@@ -197,3 +197,12 @@ class Subscription:
     topic: Topic
     last_seq: int = 0
     days: int = 30
+
+
+def heartbeat_ack(message: Heartbeat) -> dict[str, Any]:
+    """The answer to a client's heartbeat: its timestamp back, and the server's time."""
+    return {
+        "type": "heartbeat_ack",
+        "timestamp": message.timestamp,
+        "server_time": datetime.now(UTC).isoformat(),
+    }

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -38,6 +37,7 @@ from web.realtime_protocol import (
     Unsubscribe,
     active_runs_snapshot,
     event_message,
+    heartbeat_ack,
     parse_client_message,
     parse_topic,
     run_snapshot,
@@ -186,13 +186,7 @@ class SocketSession:
             if isinstance(message, Ping):
                 self.send({"type": "pong"})
             elif isinstance(message, Heartbeat):
-                self.send(
-                    {
-                        "type": "heartbeat_ack",
-                        "timestamp": message.timestamp,
-                        "server_time": datetime.now(UTC).isoformat(),
-                    }
-                )
+                self.send(heartbeat_ack(message))
             elif isinstance(message, Unsubscribe):
                 self.unsubscribe(parse_topic(self.channel, message.topic))
             elif isinstance(message, Subscribe):

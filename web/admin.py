@@ -9,8 +9,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import Field
 
 from conveyor.auth.tenancy import audit_entries
-from conveyor.ops import job_runs
-from conveyor.ops.jobs import JOBS
+from conveyor.ops.jobs import job_reports
 from conveyor.payload import Payload
 from web.auth import require_admin
 from web.body import parse_query
@@ -42,31 +41,26 @@ def audit_logs() -> Response:
 @contract({200: "application/json"}, auth="admin")
 def maintenance_jobs() -> Response:
     """Admins: each periodic job with its schedule, next fire time and last runs."""
-
     require_admin()
     settings = get_settings()
-    tz = ZoneInfo(settings.timezone)
-    now = datetime.now(UTC)
-    recent = job_runs.recent_runs(get_db(), limit=5)
+    reports = job_reports(get_db(), ZoneInfo(settings.timezone), datetime.now(UTC), runs_each=5)
     return jsonify(
         {
             "timezone": settings.timezone,
             "jobs": [
                 {
-                    "name": job.name,
-                    "description": job.description,
-                    "task": job.task,
-                    "queue": job.queue,
-                    "schedule": job.cadence.describe(),
-                    "next_run_at": job.cadence.next_due(now, tz).isoformat(),
-                    "current_period": job.cadence.period_key(job.cadence.last_due(now, tz), tz),
+                    "name": report.job.name,
+                    "description": report.job.description,
+                    "task": report.job.task,
+                    "queue": report.job.queue,
+                    "schedule": report.job.cadence.describe(),
+                    "next_run_at": report.next_run_at.isoformat(),
+                    "current_period": report.current_period,
                     "last_runs": [
-                        run.model_dump(mode="json", exclude={"job"})
-                        for run in recent
-                        if run.job == job.name
+                        run.model_dump(mode="json", exclude={"job"}) for run in report.last_runs
                     ],
                 }
-                for job in JOBS
+                for report in reports
             ],
         }
     )

@@ -11,7 +11,7 @@ import click
 from conveyor.cli.backing import migrated_database
 from conveyor.db import Database
 from conveyor.ops import job_runs, maintenance
-from conveyor.ops.jobs import JOBS, job_named
+from conveyor.ops.jobs import job_named, job_reports
 from conveyor.ops.schedule import valid_period
 from conveyor.settings import get_settings
 
@@ -24,23 +24,20 @@ def maintenance_group() -> None:
 @maintenance_group.command("list")
 def list_jobs() -> None:
     """Each job: schedule, next fire time, last runs."""
-
     settings = get_settings()
-    tz = ZoneInfo(settings.timezone)
-    now = datetime.now(UTC)
     with migrated_database(settings) as url:
         db = Database(url, max_size=1)
         try:
-            recent = job_runs.recent_runs(db, limit=3)
+            reports = job_reports(db, ZoneInfo(settings.timezone), datetime.now(UTC), runs_each=3)
         finally:
             db.close()
-    for job in JOBS:
-        next_due = job.cadence.next_due(now, tz).astimezone(tz)
+    for report in reports:
+        next_due = report.next_run_at.astimezone(ZoneInfo(settings.timezone))
         click.echo(
-            f"{job.name}: {job.cadence.describe()} ({settings.timezone}), "
+            f"{report.job.name}: {report.job.cadence.describe()} ({settings.timezone}), "
             f"next {next_due:%Y-%m-%d %H:%M:%S %Z}"
         )
-        for run in (r for r in recent if r.job == job.name):
+        for run in report.last_runs:
             click.echo(
                 f"  {run.period_key}: {run.status}, attempts {run.attempts}, skipped "
                 f"{run.skipped}, {run.rows_affected or ''}{run.error or ''}"

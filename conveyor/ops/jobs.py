@@ -8,6 +8,10 @@ Times are in CONVEYOR_TIMEZONE (UTC by default). Each job's run claims its perio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 from conveyor.constants import (
     TASK_DAILY_MAINTENANCE,
     TASK_MONTHLY_QUOTA_RESET,
@@ -18,7 +22,9 @@ from conveyor.constants import (
     TASK_REQUEUE_WEBHOOK_DELIVERIES,
     TASK_USAGE_ROLLUP,
 )
+from conveyor.db import Database
 from conveyor.ops.analytics import PUSH_SECONDS, TASK_PUSH_ANALYTICS
+from conveyor.ops.job_runs import MaintenanceRun, recent_runs
 from conveyor.ops.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
 from conveyor.ops.schedule import Daily, Every, Hourly, Job, Monthly
 
@@ -105,3 +111,27 @@ def job_named(name: str) -> Job:
         if job.name == name:
             return job
     raise KeyError(f"no job {name!r}; jobs: {', '.join(j.name for j in JOBS)}")
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One job as operators see it: when it fires next, its current period, its last runs."""
+
+    job: Job
+    next_run_at: datetime
+    current_period: str
+    last_runs: list[MaintenanceRun]
+
+
+def job_reports(db: Database, tz: ZoneInfo, now: datetime, *, runs_each: int) -> list[JobReport]:
+    """Every job's report at `now` in tz, with up to runs_each of its latest runs."""
+    recent = recent_runs(db, limit=runs_each)
+    return [
+        JobReport(
+            job=job,
+            next_run_at=job.cadence.next_due(now, tz),
+            current_period=job.cadence.period_key(job.cadence.last_due(now, tz), tz),
+            last_runs=[run for run in recent if run.job == job.name],
+        )
+        for job in JOBS
+    ]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from psycopg import sql
 from pydantic import Field
 
-from conveyor.db import Connection
+from conveyor.db import Connection, Database
 from conveyor.errors import InvalidInput
 from conveyor.payload import Payload
 
 IdType = Literal["uuid", "bigint", "text"]
+View = TypeVar("View")
 
 
 class PageQuery(Payload):
@@ -43,22 +46,29 @@ def decode_cursor(cursor: str, id_type: IdType = "uuid") -> tuple[datetime, UUID
         raise InvalidInput("cursor is not one this API returned; start without it.") from exc
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A newest-first listing of one table. Its fields are constants of the caller, never client
+    input: `where` is SQL with %(name)s parameters, and rows page by (time_column, id)."""
+
+    table: str
+    columns: str
+    time_column: str
+    id_type: IdType
+    where: str
+
+
 def newest_first(
     conn: Connection,
+    listing: Listing,
     *,
-    table: str,
-    columns: str,
-    time_column: str,
-    id_type: IdType,
-    where: str,
     params: dict[str, Any],
     limit: int,
     cursor: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of `table` rows matching `where` (SQL with %(name)s parameters), newest first by
-    (time_column, id), and the cursor of the next page (None at the end).
-    table, columns, time_column and where are constants of the caller, never client input."""
-    after = decode_cursor(cursor, id_type) if cursor else None
+    """One page of the listing's rows, newest first, and the cursor of the next page (None at
+    the end)."""
+    after = decode_cursor(cursor, listing.id_type) if cursor else None
     query = sql.SQL(
         """
         select {columns} from {table}
@@ -69,11 +79,11 @@ def newest_first(
          limit %(limit)s
         """
     ).format(
-        columns=sql.SQL(columns),
-        table=sql.SQL(table),
-        where=sql.SQL(where),
-        time=sql.Identifier(time_column),
-        id_type=sql.SQL(id_type),
+        columns=sql.SQL(listing.columns),
+        table=sql.SQL(listing.table),
+        where=sql.SQL(listing.where),
+        time=sql.Identifier(listing.time_column),
+        id_type=sql.SQL(listing.id_type),
     )
     rows = conn.execute(
         query,
@@ -86,4 +96,21 @@ def newest_first(
     ).fetchall()
     page = rows[:limit]
     more = len(rows) > limit
-    return page, encode_cursor(page[-1][time_column], page[-1]["id"]) if more else None
+    return page, encode_cursor(page[-1][listing.time_column], page[-1]["id"]) if more else None
+
+
+def user_page(
+    db: Database,
+    claims: dict[str, Any],
+    listing: Listing,
+    view: Callable[[dict[str, Any]], View],
+    *,
+    params: dict[str, Any],
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[View], str | None]:
+    """One page of the listing as the caller (claims) may see it under RLS, each row made into a
+    view, and the next page's cursor."""
+    with db.user_transaction(claims) as conn:
+        rows, next_cursor = newest_first(conn, listing, params=params, limit=limit, cursor=cursor)
+    return [view(row) for row in rows], next_cursor

@@ -22,7 +22,7 @@ from conveyor.errors import (
     PaymentsNotConfigured,
     StripeEventNotFound,
 )
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, newest_first
 
 EventStatus = Literal["received", "processed", "skipped", "ignored", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset({"processed", "skipped", "ignored"})
@@ -260,6 +260,15 @@ def stored_ids(db: Database, ids: Sequence[str]) -> set[str]:
     return {row["id"] for row in rows}
 
 
+STRIPE_EVENTS = Listing(
+    table="stripe_events",
+    columns=EVENT_COLUMNS,
+    time_column="received_at",
+    id_type="text",
+    where="%(status)s::text is null or status = %(status)s",
+)
+
+
 def list_events(
     db: Database, *, status: EventStatus | None, limit: int, cursor: str | None
 ) -> tuple[list[StripeEventView], str | None]:
@@ -267,11 +276,7 @@ def list_events(
     with db.transaction() as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="stripe_events",
-            columns=EVENT_COLUMNS,
-            time_column="received_at",
-            id_type="text",
-            where="%(status)s::text is null or status = %(status)s",
+            STRIPE_EVENTS,
             params={"status": status},
             limit=limit,
             cursor=cursor,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from conveyor.db import Connection, Database
 from conveyor.errors import NotFound
 from conveyor.events.run_events import EventPublisher
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, user_page
 
 Severity = Literal["info", "success", "warning", "error"]
 
@@ -219,6 +219,15 @@ def notify_quota(conn: Connection, user_id: UUID, percent: int) -> Notification 
     )
 
 
+NOTIFICATIONS = Listing(
+    table="notifications",
+    columns=COLUMNS,
+    time_column="created_at",
+    id_type="uuid",
+    where="user_id = %(user)s and (not %(unread)s or read_at is null)",
+)
+
+
 def list_notifications(
     db: Database,
     claims: dict[str, Any],
@@ -229,19 +238,15 @@ def list_notifications(
     cursor: str | None,
 ) -> tuple[list[Notification], str | None]:
     """The caller's notifications under RLS, newest first, optionally only unread ones."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="notifications",
-            columns=COLUMNS,
-            time_column="created_at",
-            id_type="uuid",
-            where="user_id = %(user)s and (not %(unread)s or read_at is null)",
-            params={"user": user_id, "unread": unread},
-            limit=limit,
-            cursor=cursor,
-        )
-    return [Notification.model_validate(row) for row in rows], next_cursor
+    return user_page(
+        db,
+        claims,
+        NOTIFICATIONS,
+        Notification.model_validate,
+        params={"user": user_id, "unread": unread},
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def unread_count(db: Database, claims: dict[str, Any], user_id: UUID) -> int:

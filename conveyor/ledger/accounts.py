@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from conveyor.db import Database
 from conveyor.errors import UnknownUser
 from conveyor.ledger.balances import MAX_CREDITS
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, user_page
 from conveyor.payload import Payload
 
 
@@ -200,44 +200,54 @@ def credit_summary(db: Database, user_id: UUID) -> CreditSummary:
     return CreditSummary.model_validate(row)
 
 
+USAGE_EVENTS = Listing(
+    table="usage_events",
+    columns="id, idempotency_key, provider, model, agent_mode, prompt_tokens, "
+    "completion_tokens, input_cost_micro_usd, output_cost_micro_usd, latency_ms, run_id, "
+    "step_position, session_id, success, error, credits_charged, occurred_at, recorded_at",
+    time_column="occurred_at",
+    id_type="bigint",
+    where="user_id = %(user)s",
+)
+
+
 def list_usage_events(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[UsageEventView], str | None]:
     """A user's usage events under RLS, newest first by (occurred_at, id); no cursor at the end."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="usage_events",
-            columns="id, idempotency_key, provider, model, agent_mode, prompt_tokens, "
-            "completion_tokens, input_cost_micro_usd, output_cost_micro_usd, latency_ms, run_id, "
-            "step_position, session_id, success, error, credits_charged, occurred_at, recorded_at",
-            time_column="occurred_at",
-            id_type="bigint",
-            where="user_id = %(user)s",
-            params={"user": user_id},
-            limit=limit,
-            cursor=cursor,
-        )
-    return [UsageEventView.model_validate(row) for row in rows], next_cursor
+    return user_page(
+        db,
+        claims,
+        USAGE_EVENTS,
+        UsageEventView.model_validate,
+        params={"user": user_id},
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+CREDIT_TRANSACTIONS = Listing(
+    table="credit_transactions",
+    columns="id, amount, balance_after, kind, description, endpoint, reference, created_at",
+    time_column="created_at",
+    id_type="bigint",
+    where="user_id = %(user)s",
+)
 
 
 def list_credit_transactions(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[CreditTransactionView], str | None]:
     """A user's credit movements under RLS, newest first by (created_at, id)."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="credit_transactions",
-            columns="id, amount, balance_after, kind, description, endpoint, reference, created_at",
-            time_column="created_at",
-            id_type="bigint",
-            where="user_id = %(user)s",
-            params={"user": user_id},
-            limit=limit,
-            cursor=cursor,
-        )
-    return [CreditTransactionView.model_validate(row) for row in rows], next_cursor
+    return user_page(
+        db,
+        claims,
+        CREDIT_TRANSACTIONS,
+        CreditTransactionView.model_validate,
+        params={"user": user_id},
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def credit_rates(db: Database, claims: dict[str, Any]) -> list[CreditRateView]:

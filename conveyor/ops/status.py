@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from conveyor.constants import QUEUES, REDIS_PREFIX
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, newest_first
 from conveyor.payload import Payload
 from conveyor.runs.payloads import RunStatus, RunSummary
 
@@ -137,19 +137,24 @@ class AdminRunSummary(RunSummary):
     last_event_seq: int  # lets a client order this row against live events of the run
 
 
+ALL_RUNS = Listing(
+    table="workflow_runs",
+    columns="id, user_id, kind, workflow_id, status, progress, current_step, session_id, "
+    "error_code, created_at, started_at, finished_at, updated_at, last_event_seq",
+    time_column="created_at",
+    id_type="uuid",
+    where="(%(status)s::text is null or status = %(status)s)"
+    " and (%(workflow)s::text is null or workflow_id = %(workflow)s)"
+    " and (%(user)s::uuid is null or user_id = %(user)s)",
+)
+
+
 def list_all_runs(db: Database, query: AdminRunsQuery) -> tuple[list[AdminRunSummary], str | None]:
     """Everyone's runs, newest first, keyset-paginated (admins only: the caller checks)."""
     with db.transaction() as conn:
         rows, next_cursor = newest_first(
             conn,
-            table="workflow_runs",
-            columns="id, user_id, kind, workflow_id, status, progress, current_step, session_id, "
-            "error_code, created_at, started_at, finished_at, updated_at, last_event_seq",
-            time_column="created_at",
-            id_type="uuid",
-            where="(%(status)s::text is null or status = %(status)s)"
-            " and (%(workflow)s::text is null or workflow_id = %(workflow)s)"
-            " and (%(user)s::uuid is null or user_id = %(user)s)",
+            ALL_RUNS,
             params={"status": query.status, "workflow": query.workflow_id, "user": query.user_id},
             limit=query.limit,
             cursor=query.cursor,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from conveyor.db import Database
 from conveyor.errors import BadRequest, NotFound
 from conveyor.outbound.url_safety import check_webhook_url
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, user_page
 from conveyor.payload import Payload
 
 RUN_COMPLETED = "run.completed"
@@ -139,23 +139,28 @@ def create_endpoint(
     return CreatedEndpoint.model_validate({**row, "enabled": True})
 
 
+ENDPOINTS = Listing(
+    table="webhook_endpoints",
+    columns=PUBLIC_COLUMNS,
+    time_column="created_at",
+    id_type="uuid",
+    where="user_id = %(user)s",
+)
+
+
 def list_endpoints(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[EndpointView], str | None]:
     """The caller's endpoints under RLS, newest first."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="webhook_endpoints",
-            columns=PUBLIC_COLUMNS,
-            time_column="created_at",
-            id_type="uuid",
-            where="user_id = %(user)s",
-            params={"user": user_id},
-            limit=limit,
-            cursor=cursor,
-        )
-    return [EndpointView.from_row(row) for row in rows], next_cursor
+    return user_page(
+        db,
+        claims,
+        ENDPOINTS,
+        EndpointView.from_row,
+        params={"user": user_id},
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def delete_endpoint(db: Database, user_id: UUID, endpoint_id: UUID) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from conveyor.db import Connection, Database
 from conveyor.errors import Conflict, NotFound
 from conveyor.outbound.endpoints import QUOTA_EXCEEDED, RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, user_page
 
 RUN_EVENT_TYPES = {"completed": RUN_COMPLETED, "failed": RUN_FAILED, "cancelled": RUN_CANCELLED}
 DELIVERY_COLUMNS = (
@@ -200,6 +200,15 @@ def due_deliveries(db: Database, *, older_than_seconds: float, limit: int = 500)
     return [row["id"] for row in rows]
 
 
+DELIVERIES = Listing(
+    table="webhook_deliveries",
+    columns=f"{DELIVERY_COLUMNS}, {ATTEMPTS_COLUMN}",
+    time_column="created_at",
+    id_type="uuid",
+    where="endpoint_id = %(endpoint)s",
+)
+
+
 def list_deliveries(
     db: Database,
     claims: dict[str, Any],
@@ -209,19 +218,15 @@ def list_deliveries(
     cursor: str | None,
 ) -> tuple[list[DeliveryView], str | None]:
     """An endpoint's deliveries under RLS, newest first, each with its attempts."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="webhook_deliveries",
-            columns=f"{DELIVERY_COLUMNS}, {ATTEMPTS_COLUMN}",
-            time_column="created_at",
-            id_type="uuid",
-            where="endpoint_id = %(endpoint)s",
-            params={"endpoint": endpoint_id},
-            limit=limit,
-            cursor=cursor,
-        )
-    return [DeliveryView.from_row(row) for row in rows], next_cursor
+    return user_page(
+        db,
+        claims,
+        DELIVERIES,
+        DeliveryView.from_row,
+        params={"endpoint": endpoint_id},
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def redeliver(db: Database, user_id: UUID, delivery_id: UUID) -> DeliveryView:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.db import Connection, Database
 from conveyor.errors import SessionNotFound
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, user_page
 from conveyor.payload import Payload
 
 MessageRole = Literal["user", "assistant", "system", "tool"]
@@ -112,23 +112,28 @@ def get_session(db: Database, claims: dict[str, Any], session_id: UUID | str) ->
     return SessionView.model_validate(row)
 
 
+SESSIONS = Listing(
+    table="agent_sessions",
+    columns=SESSION_COLUMNS,
+    time_column="created_at",
+    id_type="uuid",
+    where="user_id = %(user)s",
+)
+
+
 def list_sessions(
     db: Database, claims: dict[str, Any], *, user_id: UUID, limit: int, cursor: str | None
 ) -> tuple[list[SessionView], str | None]:
     """A user's sessions under RLS, newest first, keyset-paginated; no cursor at the end."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="agent_sessions",
-            columns=SESSION_COLUMNS,
-            time_column="created_at",
-            id_type="uuid",
-            where="user_id = %(user)s",
-            params={"user": user_id},
-            limit=limit,
-            cursor=cursor,
-        )
-    return [SessionView.model_validate(row) for row in rows], next_cursor
+    return user_page(
+        db,
+        claims,
+        SESSIONS,
+        SessionView.model_validate,
+        params={"user": user_id},
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def append_message(

@@ -9,7 +9,7 @@ from uuid import UUID
 from conveyor.db import Database
 from conveyor.errors import RunNotFound
 from conveyor.events.run_events import RunEvent
-from conveyor.pagination import newest_first
+from conveyor.pagination import Listing, user_page
 from conveyor.runs.payloads import RunSummary, RunView, StepView
 
 
@@ -93,6 +93,18 @@ class RunPage:
     next_cursor: str | None
 
 
+USER_RUNS = Listing(
+    table="workflow_runs",
+    columns="id, kind, workflow_id, status, progress, current_step, session_id, "
+    "error_code, created_at, started_at, finished_at",
+    time_column="created_at",
+    id_type="uuid",
+    where="user_id = %(user)s"
+    " and (%(status)s::text is null or status = %(status)s)"
+    " and (%(workflow)s::text is null or workflow_id = %(workflow)s)",
+)
+
+
 def list_runs(
     db: Database,
     claims: dict[str, Any],
@@ -104,22 +116,16 @@ def list_runs(
     cursor: str | None,
 ) -> RunPage:
     """A user's runs under RLS, newest first, keyset-paginated."""
-    with db.user_transaction(claims) as conn:
-        rows, next_cursor = newest_first(
-            conn,
-            table="workflow_runs",
-            columns="id, kind, workflow_id, status, progress, current_step, session_id, "
-            "error_code, created_at, started_at, finished_at",
-            time_column="created_at",
-            id_type="uuid",
-            where="user_id = %(user)s"
-            " and (%(status)s::text is null or status = %(status)s)"
-            " and (%(workflow)s::text is null or workflow_id = %(workflow)s)",
-            params={"user": user_id, "status": status, "workflow": workflow_id},
-            limit=limit,
-            cursor=cursor,
-        )
-    return RunPage([RunSummary.model_validate(row) for row in rows], next_cursor)
+    summaries, next_cursor = user_page(
+        db,
+        claims,
+        USER_RUNS,
+        RunSummary.model_validate,
+        params={"user": user_id, "status": status, "workflow": workflow_id},
+        limit=limit,
+        cursor=cursor,
+    )
+    return RunPage(summaries, next_cursor)
 
 
 def stored_output(

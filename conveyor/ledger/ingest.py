@@ -15,9 +15,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from conveyor.db import Database
-from conveyor.events.notifications import Notification, notify_quota
+from conveyor.events.notifications import Notification
 from conveyor.ledger.balances import UsageRecord
-from conveyor.outbound.outbox import record_quota_threshold
+from conveyor.ledger.usage import announce_quota_threshold
 
 log = structlog.get_logger(__name__)
 
@@ -163,11 +163,9 @@ def _record(db: Database, query: str, params: tuple[object, ...]) -> BatchResult
                     return None
                 # In the batch's transaction: a threshold is reported once, so is its notice.
                 created = [
-                    notify_quota(conn, UUID(item["user_id"]), int(item["percent"]))
+                    announce_quota_threshold(conn, UUID(item["user_id"]), int(item["percent"]))
                     for item in row["thresholds"]
                 ]
-                for item in row["thresholds"]:
-                    record_quota_threshold(conn, UUID(item["user_id"]), int(item["percent"]))
             break
         except RETRYABLE as exc:
             if attempt == ATTEMPTS:

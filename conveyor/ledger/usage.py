@@ -12,9 +12,19 @@ from psycopg.types.json import Jsonb
 from conveyor import ledger, metrics, outbound
 from conveyor.db import Connection
 from conveyor.events import notifications
+from conveyor.events.notifications import Notification
 from conveyor.steps import LlmUsage
 
 QUOTA_THRESHOLD_CROSSED = "quota_threshold_crossed"
+
+
+def announce_quota_threshold(conn: Connection, user_id: UUID, percent: int) -> Notification | None:
+    """Usage crossed percent of the user's quota (reported once per period): notify the user and,
+    at 100 percent, queue the outbound `quota.exceeded` event, in the transaction that recorded
+    the usage. The notification, unless one was made for this period already."""
+    notification = notifications.notify_quota(conn, user_id, percent)
+    outbound.record_quota_threshold(conn, user_id, percent)
+    return notification
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,7 @@ def record_step_usage(
     if recorded.threshold_crossed == 0:
         return []
     # The run event published after commit nudges the user's websocket subscribers to read it.
-    notifications.notify_quota(conn, owner.user_id, recorded.threshold_crossed)
-    outbound.record_quota_threshold(conn, owner.user_id, recorded.threshold_crossed)
+    announce_quota_threshold(conn, owner.user_id, recorded.threshold_crossed)
     return [
         (
             QUOTA_THRESHOLD_CROSSED,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from conveyor import outbound
 from conveyor.db import Database
-from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_event
-from conveyor.runs.store import close_unfinished_steps, status_data
+from conveyor.events.run_events import RunEvent
+from conveyor.runs.store import record_cancelled
 
 
 def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500) -> list[UUID]:
@@ -36,7 +35,6 @@ def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500
 
 def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
     """Runs asked to cancel whose worker vanished (lease expired) end as cancelled."""
-    events = []
     with db.transaction() as conn:
         rows = conn.execute(
             """
@@ -48,8 +46,4 @@ def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
             returning *
             """
         ).fetchall()
-        for row in rows:
-            close_unfinished_steps(conn, row["id"], run_status="cancelled")
-            outbound.record_run_finished(conn, row, queued=False)
-            events.append(append_event(conn, row["id"], STATUS_UPDATE, status_data(row)))
-    return events
+        return [record_cancelled(conn, row) for row in rows]

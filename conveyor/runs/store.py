@@ -352,8 +352,16 @@ def cancel_run(
         if row is None:
             raise RunFinished(f"run {run_id} has already finished; there is nothing to cancel")
         if row["status"] == "cancelled":
-            close_unfinished_steps(conn, run_id, run_status="cancelled")
-            # Sent by the re-queue job's next tick (beat, every 30 s): cancel answers at once.
-            outbound.record_run_finished(conn, row, queued=False)
-        event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
+            event = record_cancelled(conn, row)
+        else:
+            event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
     return get_run(db, claims, run_id), event, row["user_id"]
+
+
+def record_cancelled(conn: Connection, row: dict[str, Any]) -> RunEvent:
+    """In the transaction that made a run cancelled without its worker (queued, or abandoned):
+    close its steps, queue its run.cancelled webhook event and append its status event."""
+    close_unfinished_steps(conn, row["id"], run_status="cancelled")
+    # Sent by the re-queue job's next tick (beat, every 30 s): the caller answers at once.
+    outbound.record_run_finished(conn, row, queued=False)
+    return append_event(conn, row["id"], STATUS_UPDATE, status_data(row))

@@ -27,6 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+import stripe
 
 from bench.baseline_tasks import COUNTER_KEY
 from bench.harness import (
@@ -40,12 +41,41 @@ from bench.harness import (
 )
 from bench.services import app_processes
 from conveyor.db import sql_connection
-from tests.fake_stripe import credit_pack_session, event, sign
 
 MAX_EVENTS = 20_000
 MAX_ROUNDS = 10
 WEBHOOK_SECRET = "whsec_bench_only"  # noqa: S105 - signs nothing that leaves the bench
 USERS = 200
+
+
+def credit_pack_event(user: uuid.UUID) -> dict[str, object]:
+    """A `checkout.session.completed` event of a paid 100-credit pack, the fields the worker reads
+    as Stripe sends them."""
+    return {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": int(time.time()),
+        "livemode": False,
+        "data": {
+            "object": {
+                "id": f"cs_test_{uuid.uuid4().hex}",
+                "object": "checkout.session",
+                "mode": "payment",
+                "client_reference_id": str(user),
+                "customer": f"cus_{uuid.uuid4().hex[:14]}",
+                "payment_intent": f"pi_{uuid.uuid4().hex[:14]}",
+                "payment_status": "paid",
+                "amount_total": 1000,
+                "currency": "usd",
+                "metadata": {
+                    "conveyor_user_id": str(user),
+                    "conveyor_price_id": "price_pack_100",
+                    "conveyor_credits": "100",
+                },
+            }
+        },
+    }
 
 
 def main() -> None:
@@ -76,9 +106,7 @@ def main() -> None:
         def deliveries(count: int) -> list[tuple[str, bytes]]:
             out = []
             for i in range(count):
-                document = event(
-                    "checkout.session.completed", credit_pack_session(users[i % USERS])
-                )
+                document = credit_pack_event(users[i % USERS])
                 out.append((document["id"], json.dumps(document).encode()))
             return out
 
@@ -92,7 +120,10 @@ def main() -> None:
                     data=payload,
                     headers={
                         "Content-Type": "application/json",
-                        "Stripe-Signature": sign(payload, WEBHOOK_SECRET),
+                        # Stripe's own signer: what its webhook verification expects.
+                        "Stripe-Signature": stripe.WebhookSignature.generate_signature_header(
+                            payload.decode(), WEBHOOK_SECRET
+                        ),
                     },
                     timeout=30,
                 )

@@ -24,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from conveyor.cli.services import EmbeddedRedis
 from conveyor.db import Database
+from conveyor.events.run_events import EventPublisher
 from conveyor.ops.migrations import migrate
 from conveyor.settings import Settings
 from tests import fake_stripe as fake_stripe_module
@@ -182,6 +183,15 @@ def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings.database_url, max_size=4)
     yield database
     database.close()
+
+
+@pytest.fixture
+def publisher(settings: Settings) -> Iterator[EventPublisher]:
+    """What the worker publishes with."""
+    assert settings.redis_url is not None
+    events = EventPublisher(settings.redis_url)
+    yield events
+    events.close()
 
 
 @pytest.fixture

@@ -19,10 +19,13 @@ from celery import Celery
 from werkzeug.serving import BaseWSGIServer, make_server
 
 import conveyor.workflows.builtin  # noqa: F401 - the built-in agents tests run
+from conveyor import runs, workflows
 from conveyor.auth.tokens import mint_token
 from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import free_port
+from conveyor.db import Database
 from conveyor.runs.payloads import FINAL_STATUSES
+from conveyor.runs.store import NewRun
 from conveyor.settings import Settings
 from web import create_app
 
@@ -174,6 +177,44 @@ def celery_process(
     finally:
         if log is not None:
             output.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def worker_subprocess(
+    settings: Settings, queues: str, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker in its own process, as in production, consuming queues (comma-separated)
+    with settings and env; killed (kill -9) at the end unless the test ended it."""
+    process = celery_process(*worker_args(queues), env=worker_env(settings, **env))
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def new_run(
+    db: Database,
+    workflow_id: str = "echo",
+    inputs: dict[str, Any] | None = None,
+    *,
+    user_id: uuid.UUID | None = None,
+    **options: Any,
+) -> NewRun:
+    """A run of a registered workflow stored as a submit stores it (a random user unless given),
+    not published: for tests that claim, execute or send it themselves."""
+    definition = workflows.get(workflow_id)
+    return runs.create_run(
+        db,
+        user_id=user_id or uuid.uuid4(),
+        kind=definition.kind,
+        workflow_id=workflow_id,
+        input=inputs or {},
+        metadata={},
+        steps=definition.step_rows(),
+        **options,
+    )
 
 
 def worker_args(

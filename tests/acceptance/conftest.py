@@ -13,8 +13,6 @@ from celery.signals import task_postrun
 
 from conveyor.auth.tokens import mint_service_token
 from conveyor.constants import TASK_RECORD_USAGE
-from conveyor.events.run_events import EventPublisher
-from conveyor.settings import Settings
 from tests.acceptance.websocket_clients import Socket, ws_url
 from tests.support import API_SECRET, ApiClient, LiveServer, token_for
 
@@ -54,12 +52,3 @@ def connect(live_server: LiveServer) -> Iterator[Any]:
     for sock in opened:
         sock.close()
     live_server.app.extensions["conveyor.hub"].stop()
-
-
-@pytest.fixture
-def publisher(settings: Settings) -> Iterator[EventPublisher]:
-    """What the worker publishes with."""
-    assert settings.redis_url is not None
-    events = EventPublisher(settings.redis_url)
-    yield events
-    events.close()

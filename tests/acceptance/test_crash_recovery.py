@@ -20,11 +20,9 @@ from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
 from tests.support import (
     ApiClient,
-    celery_process,
     wait_for_run,
     wait_until,
-    worker_args,
-    worker_env,
+    worker_subprocess,
 )
 
 LEASE_SECONDS = 5
@@ -36,11 +34,8 @@ SETTINGS = {"run_lease_seconds": LEASE_SECONDS, "cancel_check_seconds": 0.1}
 @pytest.fixture
 def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker in its own process, as in production, consuming the runs queue."""
-    process = celery_process(*worker_args("runs"), env=worker_env(settings))
-    yield process
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
+    with worker_subprocess(settings, "runs") as process:
+        yield process
 
 
 def test_a_worker_killed_mid_workflow_is_replaced_and_every_step_completes_once(

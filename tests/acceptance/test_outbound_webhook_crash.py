@@ -3,23 +3,19 @@ delivery expires, the re-queue job hands the delivery to another worker, same ev
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery
 
 from conveyor.constants import TASK_REQUEUE_WEBHOOK_DELIVERIES
 from conveyor.settings import Settings
-from tests.support import API_SECRET, JWT_SECRET, ApiClient
+from tests.support import ApiClient, worker_subprocess
 from tests.webhook_receiver import Receiver, verify
 
-REPO = Path(__file__).resolve().parents[2]
 # The lease on a delivery is connect + read timeout + 2 s: 5 s here.
 SETTINGS = {
     "allow_private_webhooks": True,
@@ -39,44 +35,14 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker in its own process, as in production, on the runs and webhooks queues."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": str(settings.database_url),
-        "REDIS_URL": str(settings.redis_url),
-        "SUPABASE_JWT_SECRET": JWT_SECRET,
-        "API_JWT_SECRET": API_SECRET,
-        "CONVEYOR_DATA_DIR": str(settings.data_dir),
-        "CONVEYOR_ALLOW_PRIVATE_WEBHOOKS": "true",
-        "WEBHOOK_CONNECT_TIMEOUT_SECONDS": "1",
-        "WEBHOOK_READ_TIMEOUT_SECONDS": "2",
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            "runs,webhooks",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield process
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
+    with worker_subprocess(
+        settings,
+        "runs,webhooks",
+        CONVEYOR_ALLOW_PRIVATE_WEBHOOKS="true",
+        WEBHOOK_CONNECT_TIMEOUT_SECONDS="1",
+        WEBHOOK_READ_TIMEOUT_SECONDS="2",
+    ) as process:
+        yield process
 
 
 def test_a_worker_killed_mid_delivery_does_not_lose_the_delivery(

@@ -3,14 +3,11 @@ once, even when it is killed mid-batch and the message is delivered again."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,13 +22,12 @@ from conveyor.db import Database, sql_connection
 from conveyor.settings import Settings
 from tests.support import (
     API_SECRET,
-    JWT_SECRET,
     ApiClient,
     close_worker_resources,
     wait_until,
+    worker_subprocess,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 # kombu's Redis transport keeps a fetched, unacknowledged message in these two keys until it is
 # acknowledged; it puts it back on its queue once it is older than the visibility timeout.
 UNACKED = "unacked"
@@ -136,24 +132,8 @@ def test_more_than_1000_events_are_refused(service: ApiClient) -> None:
 @pytest.fixture
 def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker in its own process, as in production, consuming the usage queue."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": str(settings.database_url),
-        "REDIS_URL": str(settings.redis_url),
-        "SUPABASE_JWT_SECRET": JWT_SECRET,
-        "API_JWT_SECRET": API_SECRET,
-        "CONVEYOR_DATA_DIR": str(settings.data_dir),
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
-         "-Q", "usage", "--without-mingle", "--without-gossip", "-l", "WARNING"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    yield process
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
+    with worker_subprocess(settings, "usage") as process:
+        yield process
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import pytest
 from celery import Celery
 
 import tests.agents_for_tests  # noqa: F401 - registers the `explode` agent
-from conveyor import runs
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database, sql_connection
-from tests.support import ECHO_STEPS, ApiClient, wait_for_run
+from tests.support import ApiClient, new_run, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -28,27 +27,11 @@ def event_log(database_url: str, run_id: str) -> list[tuple[int, str, str | None
 def test_same_message_delivered_twice_runs_the_agent_once(
     celery_app: Celery, db: Database, client: ApiClient, user_id: uuid.UUID, database_url: str
 ) -> None:
-    run = runs.create_run(
-        db,
-        user_id=user_id,
-        kind="agent",
-        workflow_id="echo",
-        input={},
-        metadata={},
-        steps=ECHO_STEPS,
-    )
+    run = new_run(db, "echo", user_id=user_id)
     celery_app.send_task(TASK_EXECUTE_RUN, args=[str(run.id)])
     celery_app.send_task(TASK_EXECUTE_RUN, args=[str(run.id)])
     # The worker takes one message at a time in order: once a later run is done, both are handled.
-    marker = runs.create_run(
-        db,
-        user_id=user_id,
-        kind="agent",
-        workflow_id="echo",
-        input={},
-        metadata={},
-        steps=ECHO_STEPS,
-    )
+    marker = new_run(db, "echo", user_id=user_id)
     celery_app.send_task(TASK_EXECUTE_RUN, args=[str(marker.id)])
     wait_for_run(client, str(marker.id))
 

@@ -10,12 +10,11 @@ import pytest
 from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor import runs, workflows
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database
 from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
-from tests.support import ApiClient, LiveServer, token_for, wait_for_run
+from tests.support import ApiClient, LiveServer, new_run, token_for, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("worker")
 USES_FAKE_LLM = True
@@ -319,16 +318,7 @@ def test_another_users_id_in_the_body_is_forbidden(client: ApiClient) -> None:
 def test_the_same_message_delivered_twice_runs_the_workflow_once(
     celery_app: Celery, db: Database, client: ApiClient, user_id: uuid.UUID, fake_llm: FakeLlm
 ) -> None:
-    definition = workflows.get_workflow("write_brief")
-    run = runs.create_run(
-        db,
-        user_id=user_id,
-        kind="workflow",
-        workflow_id=definition.name,
-        input={"topic": "twice"},
-        metadata={},
-        steps=definition.step_rows(),
-    )
+    run = new_run(db, "write_brief", {"topic": "twice"}, user_id=user_id)
 
     celery_app.send_task(TASK_EXECUTE_RUN, args=[str(run.id)])
     celery_app.send_task(TASK_EXECUTE_RUN, args=[str(run.id)])

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor import runs, workflows
+from conveyor import runs
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
 from conveyor.runs import reaper, waiting
 from conveyor.runs.execution import Result, execute_run
 from conveyor.settings import Settings
+from tests.support import new_run
 
 LEASE_SECONDS = 5
 USES_FAKE_LLM = True
@@ -28,32 +24,11 @@ SETTINGS = {
 }
 
 
-@pytest.fixture
-def publisher(redis_url: str) -> Iterator[EventPublisher]:
-    """A publisher for the engine's events."""
-    events = EventPublisher(redis_url)
-    yield events
-    events.close()
-
-
-def new_run(db: Database, workflow_id: str, inputs: dict[str, Any]) -> uuid.UUID:
-    definition = workflows.get(workflow_id)
-    return runs.create_run(
-        db,
-        user_id=uuid.uuid4(),
-        kind=definition.kind,
-        workflow_id=workflow_id,
-        input=inputs,
-        metadata={},
-        steps=definition.step_rows(),
-    ).id
-
-
 def test_a_step_longer_than_the_lease_keeps_its_run_by_heartbeat(
     db: Database, settings: Settings, publisher: EventPublisher
 ) -> None:
     """No other worker can claim the run, and the reaper leaves it alone, while it beats."""
-    run_id = new_run(db, "wait_then_call", {"seconds": LEASE_SECONDS * 1.6})
+    run_id = new_run(db, "wait_then_call", {"seconds": LEASE_SECONDS * 1.6}).id
     results: list[Result] = []
     worker = threading.Thread(
         target=lambda: results.append(execute_run(db, publisher, settings, run_id))
@@ -78,7 +53,7 @@ def test_a_step_whose_workers_keep_dying_fails_once_its_attempts_are_used(
     db: Database, settings: Settings, publisher: EventPublisher, database_url: str
 ) -> None:
     """`echo` allows one attempt: a claim after a crashed one fails the run instead of looping."""
-    run_id = new_run(db, "echo", {"message": "hi"})
+    run_id = new_run(db, "echo", {"message": "hi"}).id
     assert runs.claim_run(db, run_id, lease_seconds=LEASE_SECONDS) is not None  # then "killed"
     with db.transaction() as conn:
         conn.execute(

@@ -14,7 +14,7 @@ from conveyor.db import Database, sql_connection
 from conveyor.events import notifications
 from conveyor.events.notifications import NotificationNotFound, notify
 from conveyor.ledger.ingest import UsageEventIn, record_batch
-from tests.support import ECHO_STEPS
+from tests.support import new_run
 
 
 def claims_of(user: uuid.UUID) -> dict[str, object]:
@@ -91,15 +91,7 @@ def test_users_cannot_create_or_rewrite_notifications(db: Database, database_url
 
 def test_a_finished_run_notifies_its_owner_once(db: Database) -> None:
     user = uuid.uuid4()
-    created = runs.create_run(
-        db,
-        user_id=user,
-        kind="agent",
-        workflow_id="echo",
-        input={},
-        metadata={},
-        steps=ECHO_STEPS,
-    )
+    created = new_run(db, "echo", user_id=user)
     claimed = runs.claim_run(db, created.id, lease_seconds=60)
     assert claimed is not None
     runs.finish_run(db, claimed[0], runs.Outcome(error="boom", error_code="BOOM"))

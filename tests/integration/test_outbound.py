@@ -12,7 +12,7 @@ from conveyor.outbound import delivery as webhook_delivery
 from conveyor.outbound.endpoints import EndpointCreate, create_endpoint
 from conveyor.outbound.http import SendResult
 from conveyor.settings import Settings
-from tests.support import ECHO_STEPS
+from tests.support import new_run
 
 URL = "http://127.0.0.1:9/hooks"  # never contacted: these tests record results themselves
 
@@ -21,16 +21,7 @@ def finished_run(
     db: Database, user: uuid.UUID, *, webhook_url: str | None = None
 ) -> list[uuid.UUID]:
     """Create, claim and complete an echo run; the webhook deliveries its end created."""
-    created = runs.create_run(
-        db,
-        user_id=user,
-        kind="agent",
-        workflow_id="echo",
-        input={},
-        metadata={},
-        steps=ECHO_STEPS,
-        webhook_url=webhook_url,
-    )
+    created = new_run(db, "echo", user_id=user, webhook_url=webhook_url)
     claimed = runs.claim_run(db, created.id, lease_seconds=60)
     assert claimed is not None
     deliveries: list[uuid.UUID] = []
@@ -73,9 +64,7 @@ def test_each_subscribed_endpoint_and_the_runs_own_url_get_one_delivery(db: Data
 def test_a_finish_that_lost_its_lease_creates_no_delivery(db: Database) -> None:
     user = uuid.uuid4()
     register(db, user, "run.completed")
-    created = runs.create_run(
-        db, user_id=user, kind="agent", workflow_id="echo", input={}, metadata={}, steps=ECHO_STEPS
-    )
+    created = new_run(db, "echo", user_id=user)
     first = runs.claim_run(db, created.id, lease_seconds=60)
     assert first is not None
     with db.transaction() as conn:

@@ -7,7 +7,6 @@ import uuid
 import psycopg
 import pytest
 
-from conveyor import runs
 from conveyor.auth.tenancy import grant_admin, record_audit
 from conveyor.db import Database
 from conveyor.errors import RunNotFound
@@ -15,7 +14,7 @@ from conveyor.events.run_events import EventPublisher
 from conveyor.runs import views
 from conveyor.runs.execution import execute_run
 from conveyor.settings import Settings
-from tests.support import ECHO_STEPS
+from tests.support import new_run
 
 
 def claims(user: uuid.UUID) -> dict[str, str]:
@@ -25,15 +24,7 @@ def claims(user: uuid.UUID) -> dict[str, str]:
 @pytest.fixture
 def owner_run(db: Database, redis_url: str, settings: Settings) -> tuple[uuid.UUID, uuid.UUID]:
     owner = uuid.uuid4()
-    run = runs.create_run(
-        db,
-        user_id=owner,
-        kind="agent",
-        workflow_id="echo",
-        input={},
-        metadata={},
-        steps=ECHO_STEPS,
-    )
+    run = new_run(db, "echo", user_id=owner)
     publisher = EventPublisher(redis_url)
     execute_run(db, publisher, settings, run.id)
     publisher.close()

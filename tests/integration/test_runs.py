@@ -13,20 +13,12 @@ from conveyor.events.run_events import EventPublisher
 from conveyor.runs import reaper, views
 from conveyor.runs.execution import Result, execute_run
 from conveyor.settings import Settings
-from tests.support import ECHO_STEPS
+from tests.support import ECHO_STEPS, new_run
 
 
 @pytest.fixture
 def run_id(db: Database) -> uuid.UUID:
-    new = runs.create_run(
-        db,
-        user_id=uuid.uuid4(),
-        kind="agent",
-        workflow_id="echo",
-        input={"a": 1},
-        metadata={},
-        steps=ECHO_STEPS,
-    )
+    new = new_run(db, "echo", {"a": 1})
     return new.id
 
 

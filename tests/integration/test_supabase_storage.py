@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor import runs, workflows
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
 from conveyor.ops.maintenance import delete_orphaned_artifacts
@@ -20,6 +18,7 @@ from conveyor.runs.execution import Result, execute_run
 from conveyor.runs.supabase_storage import BucketMissing, StorageUnavailable, SupabaseArtifactStore
 from conveyor.settings import Settings
 from tests.fake_storage import StorageServer
+from tests.support import new_run
 
 USES_FAKE_STORAGE = True
 BUCKET = "conveyor-artifacts"
@@ -30,27 +29,6 @@ SETTINGS = {
     "cancel_check_seconds": 0.1,
 }
 BIG = {"size": 20_000}
-
-
-@pytest.fixture
-def publisher(redis_url: str) -> Iterator[EventPublisher]:
-    """A publisher for the engine's events."""
-    events = EventPublisher(redis_url)
-    yield events
-    events.close()
-
-
-def new_run(db: Database, workflow_id: str, inputs: dict[str, Any]) -> uuid.UUID:
-    definition = workflows.get(workflow_id)
-    return runs.create_run(
-        db,
-        user_id=uuid.uuid4(),
-        kind=definition.kind,
-        workflow_id=workflow_id,
-        input=inputs,
-        metadata={},
-        steps=definition.step_rows(),
-    ).id
 
 
 def run_row(db: Database, run_id: uuid.UUID) -> dict[str, Any]:
@@ -78,7 +56,7 @@ def uploads(storage: StorageServer) -> list[tuple[str, str]]:
 def test_a_large_output_is_uploaded_to_the_bucket_and_the_row_keeps_its_url(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
 
     assert execute_run(db, publisher, settings, run_id) is Result.COMPLETED
 
@@ -92,7 +70,7 @@ def test_a_large_output_is_uploaded_to_the_bucket_and_the_row_keeps_its_url(
 def test_a_stored_output_reads_back_through_its_url(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
     execute_run(db, publisher, settings, run_id)
 
     data = store(settings).get(run_row(db, run_id)["step_url"])
@@ -109,7 +87,7 @@ def test_a_storage_outage_shorter_than_the_wait_keeps_the_claim_and_the_step_run
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
     storage.fail_next(2)  # two uploads answered 503, the third stored
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
 
     assert execute_run(db, publisher, settings, run_id) is Result.COMPLETED
 
@@ -123,7 +101,7 @@ def test_a_storage_outage_longer_than_the_wait_queues_the_run_again_with_its_att
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
     storage.outage()
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
 
     with pytest.raises(StorageUnavailable, match="503"):
         execute_run(db, publisher, settings, run_id)
@@ -137,7 +115,7 @@ def test_a_run_queued_by_a_storage_outage_completes_once_storage_is_back(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
     storage.outage()
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
     with pytest.raises(StorageUnavailable):
         execute_run(db, publisher, settings, run_id)
     storage.outage(False)
@@ -152,7 +130,7 @@ def test_a_missing_bucket_queues_the_run_again_and_says_to_run_migrate(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
     storage.buckets.clear()
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
 
     with pytest.raises(BucketMissing, match="run `conveyor migrate`"):
         execute_run(db, publisher, settings, run_id)
@@ -164,7 +142,7 @@ def test_a_wrong_service_key_is_retried_not_an_internal_error(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
     storage.service_key = "another-project's-key"
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
 
     with pytest.raises(StorageUnavailable, match="403"):
         execute_run(db, publisher, settings, run_id)
@@ -176,7 +154,7 @@ def test_an_unreachable_storage_is_retried_not_an_internal_error(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
     storage.close()
-    run_id = new_run(db, "big_output", BIG)
+    run_id = new_run(db, "big_output", BIG).id
 
     with pytest.raises(StorageUnavailable, match="unreachable"):
         execute_run(db, publisher, settings, run_id)
@@ -205,7 +183,7 @@ def test_ensure_bucket_leaves_an_existing_bucket_alone(
 def test_the_daily_sweep_deletes_the_objects_of_runs_that_no_longer_exist(
     db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
 ) -> None:
-    kept, deleted = new_run(db, "big_output", BIG), new_run(db, "big_output", BIG)
+    kept, deleted = new_run(db, "big_output", BIG).id, new_run(db, "big_output", BIG).id
     for run_id in (kept, deleted):
         execute_run(db, publisher, settings, run_id)
     with db.transaction() as conn:

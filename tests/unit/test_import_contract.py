@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("conveyor", "web", "worker", "tasks", "beat_schedule.py", "pyproject.toml")
 
@@ -47,45 +49,42 @@ def test_the_tree_keeps_every_contract(tmp_path: Path) -> None:
     assert "0 broken" in result.stdout
 
 
-def test_a_framework_imported_by_the_domain_breaks_the_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        pytest.param(
+            "conveyor/db.py",
+            "import flask",
+            "The domain imports no framework and nothing outside itself",
+            id="a framework imported by the domain",
+        ),
+        pytest.param(
+            "conveyor/events/notifications.py",
+            "import conveyor.runs.store",
+            "Concern packages in layers: each imports only the ones below it",
+            id="a package importing one above it",
+        ),
+        pytest.param(
+            "conveyor/cli/users.py",
+            "import conveyor.cli.main",
+            "No import cycle between the modules or packages of any package",
+            id="a circle inside a package",
+        ),
+        pytest.param(
+            "web/admin.py",
+            "import tasks.runs",
+            "The web process imports no task bodies",
+            id="the web process importing a task body",
+        ),
+    ],
+)
+def test_a_planted_forbidden_import_breaks_its_contract(
+    tmp_path: Path, module: str, line: str, contract: str
+) -> None:
     tree = copy_of_the_tree(tmp_path)
-    plant(tree, "conveyor/db.py", "import flask")
+    plant(tree, module, line)
 
     result = lint_imports(tree)
 
     assert result.returncode == 1
-    assert "The domain imports no framework and nothing outside itself BROKEN" in result.stdout
-
-
-def test_a_package_importing_one_above_it_breaks_the_layers(tmp_path: Path) -> None:
-    tree = copy_of_the_tree(tmp_path)
-    plant(tree, "conveyor/events/notifications.py", "import conveyor.runs.store")
-
-    result = lint_imports(tree)
-
-    assert result.returncode == 1
-    assert "Concern packages in layers: each imports only the ones below it BROKEN" in (
-        result.stdout
-    )
-
-
-def test_a_circle_inside_a_package_breaks_the_contract(tmp_path: Path) -> None:
-    tree = copy_of_the_tree(tmp_path)
-    plant(tree, "conveyor/cli/users.py", "import conveyor.cli.main")
-
-    result = lint_imports(tree)
-
-    assert result.returncode == 1
-    assert "No import cycle between the modules or packages of any package BROKEN" in (
-        result.stdout
-    )
-
-
-def test_the_web_process_importing_a_task_body_breaks_the_contract(tmp_path: Path) -> None:
-    tree = copy_of_the_tree(tmp_path)
-    plant(tree, "web/admin.py", "import tasks.runs")
-
-    result = lint_imports(tree)
-
-    assert result.returncode == 1
-    assert "The web process imports no task bodies BROKEN" in result.stdout
+    assert f"{contract} BROKEN" in result.stdout

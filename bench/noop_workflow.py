@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from conveyor import steps, workflows
 from conveyor.steps import StepContext
-from conveyor.workflows.definitions import StepSpec, Workflow
+from conveyor.workflows import StepSpec, Workflow
 
 NOOP_FUNCTION = "bench.noop"
 

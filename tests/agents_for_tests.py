@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from conveyor.workflows import agents
+from conveyor import agents
 
 
 class ExplodeInput(BaseModel):

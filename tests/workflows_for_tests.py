@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor import steps, workflows
 from conveyor.steps import StepContext
-from conveyor.workflows.definitions import RetryPolicy, StepSpec, Workflow
+from conveyor.workflows import RetryPolicy, StepSpec, Workflow
 
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_seconds=0.05, max_backoff_seconds=0.2)
 

@@ -19,7 +19,7 @@ TASK_MODULES = [
     "tasks.runs",
     "tasks.maintenance",
     "tasks.usage",
-    "tasks.webhooks",
+    "tasks.billing",
     "tasks.outbound",
     "tasks.analytics",
 ]

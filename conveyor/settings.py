@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     supabase_url: str | None = None
     supabase_jwt_secret: SecretStr | None = None
     supabase_service_role_key: SecretStr | None = None
+    # Sent as `apikey` on Supabase Auth calls (sign-up, sign-in, ...); the service role key
+    # stands in when unset. SUPABASE_KEY is the name seed 004's backend used for it.
+    supabase_anon_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SUPABASE_ANON_KEY", "SUPABASE_KEY")
+    )
     # Asymmetric signing keys; default: SUPABASE_URL + /auth/v1/.well-known/jwks.json.
     supabase_jwks_url: str | None = None
     # Checked only when set; Supabase issues `<SUPABASE_URL>/auth/v1`.

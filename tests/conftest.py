@@ -31,7 +31,15 @@ from tests import fake_stripe as fake_stripe_module
 from tests.fake_llm import FakeLlm
 from tests.fake_storage import StorageServer
 from tests.fake_stripe import FakeStripe
-from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
+from tests.fake_supabase_auth import ANON_KEY, FakeSupabaseAuth
+from tests.support import (
+    JWT_SECRET,
+    ApiClient,
+    LiveServer,
+    close_worker_resources,
+    make_settings,
+    token_for,
+)
 from worker.celery_app import create_celery
 
 KOMBU_BINDINGS = b"_kombu.binding."
@@ -140,8 +148,12 @@ def settings(
     """Settings pointing at this test's database and the session's Redis. A test module may set
     SETTINGS (overrides), USES_FAKE_LLM = True (model calls go to the `fake_llm` server) and
     USES_FAKE_STRIPE = True (Stripe API calls go to the `fake_stripe` server) and
-    USES_FAKE_STORAGE = True (large outputs go to the `storage` server's bucket)."""
+    USES_FAKE_STORAGE = True (large outputs go to the `storage` server's bucket) and
+    USES_FAKE_AUTH = True (Supabase Auth calls go to the `fake_auth` server)."""
     overrides = dict(getattr(request.module, "SETTINGS", {}))
+    if getattr(request.module, "USES_FAKE_AUTH", False):
+        overrides["supabase_url"] = request.getfixturevalue("fake_auth").url
+        overrides["supabase_anon_key"] = ANON_KEY
     if getattr(request.module, "USES_FAKE_STORAGE", False):
         overrides["supabase_url"] = request.getfixturevalue("storage").url
         overrides["supabase_service_role_key"] = STORAGE_SERVICE_KEY
@@ -158,6 +170,15 @@ def fake_stripe() -> Iterator[FakeStripe]:
     """A server speaking Stripe's API on loopback, scripted by the test."""
     with FakeStripe() as server:
         yield server
+
+
+@pytest.fixture
+def fake_auth() -> Iterator[FakeSupabaseAuth]:
+    """A server speaking Supabase Auth's (GoTrue's) API on loopback, signing with the test's
+    JWT secret."""
+    server = FakeSupabaseAuth(JWT_SECRET)
+    yield server
+    server.close()
 
 
 @pytest.fixture

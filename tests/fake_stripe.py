@@ -257,6 +257,21 @@ class FakeStripe:
                 for e in reversed(self.events)
                 if e["created"] >= gte and (not types or e["type"] in types)
             ]
+        if method == "GET" and path.startswith("/v1/checkout/sessions/"):
+            # A session as Stripe has it now: as the newest event the test published about it
+            # (a paid session has its checkout.session.completed event at Stripe).
+            wanted = path.removeprefix("/v1/checkout/sessions/")
+            for published in reversed(self.events):
+                if published["data"]["object"].get("id") == wanted:
+                    return 200, published["data"]["object"]
+            return 404, {
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "param": "session",
+                    "message": f"No such checkout.session: '{wanted}'",
+                }
+            }
             return 200, {"object": "list", "url": "/v1/events", "has_more": False, "data": listed}
         return 404, {
             "error": {

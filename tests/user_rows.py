@@ -18,7 +18,8 @@ from psycopg import sql
 # Every key conveyor.forget_user reports, each 1 for a user given seed_user.
 FORGOTTEN_PER_TABLE = (
     "agent_messages", "agent_sessions", "audit_logs_anonymized", "credit_transactions",
-    "notification_counters", "notifications", "run_events", "runs_per_day", "stripe_payments",
+    "notification_counters", "notifications", "profiles", "run_events", "runs_per_day",
+    "stripe_payments",
     "tenant_members", "tenants", "usage_batch_events", "usage_daily", "usage_events",
     "usage_periods", "user_accounts", "user_roles", "user_subscriptions",
     "webhook_delivery_attempts", "webhook_deliveries", "webhook_endpoints", "webhook_events",
@@ -193,6 +194,11 @@ def seed_user(conn: psycopg.Connection[Any], user: uuid.UUID) -> uuid.UUID:
         "user_agent) values (%s, 'auth.exchange', 'success', %s, '203.0.113.7', 'curl/8')",
         user,
         str(tenant),
+    )
+    one(
+        "insert into conveyor.profiles (user_id, profile_data) values (%s, %s::jsonb)",
+        user,
+        json.dumps({"name": "Seeded"}),
     )
     store_batch(conn, [usage_event(user, "waiting")])
     assert isinstance(run, uuid.UUID)

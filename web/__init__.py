@@ -6,6 +6,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from conveyor.auth.jwks import JwksCache
+from conveyor.auth.supabase_auth import auth_for
 from conveyor.auth.tokens import TokenVerifier
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
@@ -37,6 +38,7 @@ from web import (
     workflows,
     ws,
 )
+from web.compat import fastapi_tokens
 from web.enqueue import Enqueuer
 
 
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor.enqueuer"] = Enqueuer(settings)
     app.extensions["conveyor.verifier"] = build_verifier(settings)
     app.extensions["conveyor.store"] = store_for(settings)
+    app.extensions["conveyor.supabase_auth"] = auth_for(settings)
 
     observability.init_app(app, settings.redis_url)
     errors.init_app(app)
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(notifications.bp)
     app.register_blueprint(analytics.bp)
     app.register_blueprint(webhook_endpoints.bp)
+    app.register_blueprint(fastapi_tokens.bp)  # seed 004's `/api/v1` (README, "Coming from")
     ops.init_app(app, settings.redis_url)
     dashboard.init_app(app)
     ws.init_app(app, settings)

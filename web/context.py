@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from conveyor.auth.supabase_auth import AuthNotConfigured, SupabaseAuth
 from conveyor.auth.tokens import Principal
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
@@ -46,3 +47,17 @@ def get_principal() -> Principal:
     """The authenticated caller of this request."""
     principal: Principal = g.principal
     return principal
+
+
+def supabase_auth() -> SupabaseAuth | None:
+    """This app's Supabase Auth client, or None when SUPABASE_URL is not set."""
+    auth: SupabaseAuth | None = current_app.extensions.get("conveyor.supabase_auth")
+    return auth
+
+
+def get_supabase_auth() -> SupabaseAuth:
+    """This app's Supabase Auth client; AuthNotConfigured (503) without SUPABASE_URL."""
+    auth = supabase_auth()
+    if auth is None:
+        raise AuthNotConfigured()
+    return auth

@@ -22,6 +22,9 @@ DEV_TOKEN_TTL_SECONDS = 24 * 3600
 SERVICE_TOKEN_TTL_SECONDS = 365 * 24 * 3600
 
 TokenKind = Literal["supabase", "backend", "service"]
+# The application roles a backend token names in its `role` claim (seed 002).
+BackendRole = Literal["user", "admin"]
+BACKEND_ROLES = frozenset({"user", "admin"})
 
 
 class Principal(BaseModel):
@@ -221,6 +224,10 @@ def user_principal(kind: TokenKind, claims: dict[str, Any]) -> Principal:
     except ValueError as exc:
         raise InvalidToken("The token's `sub` claim is not a user id (UUID).") from exc
     role = str(claims.get("role", "authenticated"))
+    # Backend tokens carry seed 002's application role (`user` or `admin`) in `role`; the
+    # database role they act as is still `authenticated`.
+    if kind == "backend" and role in BACKEND_ROLES:
+        role = "authenticated"
     if role != "authenticated":
         raise InvalidToken(f"Tokens with role {role!r} cannot call this API; sign the user in.")
     app_metadata = claims.get("app_metadata")
@@ -268,22 +275,28 @@ def mint_token(
 
 
 def mint_backend_token(
-    principal: Principal, tenant_id: UUID, *, secret: str, ttl_seconds: int
+    principal: Principal,
+    tenant_id: UUID,
+    *,
+    secret: str,
+    ttl_seconds: int,
+    role: BackendRole | None = None,
 ) -> str:
-    """The token /api/auth/exchange-token returns: the same user, signed by Conveyor."""
+    """The token /api/auth/exchange-token returns: the same user, signed by Conveyor, with seed
+    002's claims (`user_id`, `tenant_id`, `role`, `email`, `exp`) beside the standard ones."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": principal.subject,
         "aud": "authenticated",
-        "role": "authenticated",
         "iss": CONVEYOR_ISSUER,
         "iat": now,
         "exp": now + ttl_seconds,
+        "user_id": principal.subject,
         "tenant_id": str(tenant_id),
+        "role": role or ("admin" if principal.is_admin else "user"),
+        "email": principal.email,
         "app_metadata": {"role": "admin"} if principal.is_admin else {},
     }
-    if principal.email:
-        claims["email"] = principal.email
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

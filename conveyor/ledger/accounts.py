@@ -100,11 +100,12 @@ class CreditRateView(BaseModel):
 
 
 class Account(BaseModel):
-    """A user's plan and credit balance."""
+    """A user's plan and credit balance, and when the account last changed."""
 
     user_id: UUID
     plan_id: str
     credit_balance: int
+    updated_at: datetime
 
 
 class CreditSummary(BaseModel):
@@ -172,7 +173,8 @@ def account(db: Database, user_id: UUID) -> Account:
     with db.transaction() as conn:
         conn.execute("select conveyor_ensure_account(%s)", (user_id,))
         row = conn.execute(
-            "select user_id, plan_id, credit_balance from user_accounts where user_id = %s",
+            "select user_id, plan_id, credit_balance, updated_at from user_accounts "
+            "where user_id = %s",
             (user_id,),
         ).fetchone()
     return Account.model_validate(row)

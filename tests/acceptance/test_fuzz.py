@@ -34,7 +34,15 @@ from schemathesis.checks import (
 from conveyor.auth.tokens import mint_service_token
 from tests import fake_stripe
 from tests.fake_stripe import FakeStripe
-from tests.support import API_SECRET, LiveServer, close_worker_resources, make_settings, token_for
+from tests.fake_supabase_auth import ANON_KEY, FakeSupabaseAuth
+from tests.support import (
+    API_SECRET,
+    JWT_SECRET,
+    LiveServer,
+    close_worker_resources,
+    make_settings,
+    token_for,
+)
 from worker.celery_app import create_celery
 
 pytestmark = [
@@ -72,8 +80,16 @@ def fuzz_stripe() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture(scope="module")
+def fuzz_auth() -> Iterator[FakeSupabaseAuth]:
+    """Supabase Auth's API on loopback, so the auth proxies are configured as in production."""
+    server = FakeSupabaseAuth(JWT_SECRET)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def fuzz_server(
-    fuzz_database: str, redis_url: str, fuzz_stripe: FakeStripe
+    fuzz_database: str, redis_url: str, fuzz_stripe: FakeStripe, fuzz_auth: FakeSupabaseAuth
 ) -> Iterator[LiveServer]:
     """The app on a real HTTP server with a real worker behind it, shared by the module."""
     data_dir = Path(tempfile.mkdtemp(prefix="conveyor-fuzz-"))
@@ -82,6 +98,8 @@ def fuzz_server(
         redis_url,
         data_dir,
         stripe_api_base=fuzz_stripe.url,
+        supabase_url=fuzz_auth.url,
+        supabase_anon_key=ANON_KEY,
         stripe_secret_key=fake_stripe.SECRET_KEY,
         stripe_webhook_secret="whsec_fuzz",
         stripe_prices={"price_basic": {"plan": "basic"}, "price_pack_100": {"credits": 100}},

@@ -29,7 +29,7 @@ AUTHENTICATED_READS = frozenset(
         "tenant_members", "audit_logs", "agent_sessions", "agent_messages", "plans",
         "user_accounts", "usage_periods", "usage_events", "credit_transactions", "credit_rates",
         "model_prices", "user_subscriptions", "stripe_payments", "notifications", "usage_daily",
-        "webhook_events", "webhook_deliveries", "webhook_delivery_attempts",
+        "webhook_events", "webhook_deliveries", "webhook_delivery_attempts", "profiles",
     }
 )  # fmt: skip
 UNREADABLE_TABLES = frozenset(

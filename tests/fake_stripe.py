@@ -5,6 +5,9 @@ Implemented: `POST /v1/customers`, `POST /v1/checkout/sessions` (form-encoded, n
 `GET /v1/events` (the events a test published). Idempotency-Key works as Stripe's does: the same
 key and parameters replay the first answer, other parameters are an `idempotency_error`. A test
 can script the next answers as Stripe errors. Builders make the event objects Stripe sends.
+
+Billing reads: `GET /v1/subscriptions/<id>` (what a test put in `subscriptions`) and
+`GET /v1/invoice_payments` by `invoice` or `payment[payment_intent]` (from `invoice_payments`).
 """
 
 from __future__ import annotations
@@ -157,6 +160,8 @@ class FakeStripe:
 
     requests: list[Request] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    invoice_payments: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._errors: deque[tuple[int, dict[str, Any]]] = deque()
@@ -227,6 +232,9 @@ class FakeStripe:
             return answer
 
     def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        billing = self._billing_read(method, path, params)
+        if billing is not None:
+            return billing
         if (method, path) == ("POST", "/v1/customers"):
             return 200, {
                 "id": f"cus_{uuid.uuid4().hex[:14]}",
@@ -249,14 +257,6 @@ class FakeStripe:
                 "success_url": params.get("success_url"),
                 "cancel_url": params.get("cancel_url"),
             }
-        if (method, path) == ("GET", "/v1/events"):
-            gte = int(params.get("created", {}).get("gte", 0))
-            types = set(params.get("types", []))
-            listed = [
-                e
-                for e in reversed(self.events)
-                if e["created"] >= gte and (not types or e["type"] in types)
-            ]
         if method == "GET" and path.startswith("/v1/checkout/sessions/"):
             # A session as Stripe has it now: as the newest event the test published about it
             # (a paid session has its checkout.session.completed event at Stripe).
@@ -272,6 +272,14 @@ class FakeStripe:
                     "message": f"No such checkout.session: '{wanted}'",
                 }
             }
+        if (method, path) == ("GET", "/v1/events"):
+            gte = int(params.get("created", {}).get("gte", 0))
+            types = set(params.get("types", []))
+            listed = [
+                e
+                for e in reversed(self.events)
+                if e["created"] >= gte and (not types or e["type"] in types)
+            ]
             return 200, {"object": "list", "url": "/v1/events", "has_more": False, "data": listed}
         return 404, {
             "error": {
@@ -279,6 +287,42 @@ class FakeStripe:
                 "message": f"Unrecognized request URL ({method}: {path})",
             }
         }
+
+    def _billing_read(
+        self, method: str, path: str, params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The subscription and invoice payment reads, or None for another route."""
+        if method != "GET":
+            return None
+        if path.startswith("/v1/subscriptions/"):
+            sub_id = path.removeprefix("/v1/subscriptions/")
+            found = self.subscriptions.get(sub_id)
+            if found is None:
+                return 404, {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "resource_missing",
+                        "param": "id",
+                        "message": f"No such subscription: '{sub_id}'",
+                    }
+                }
+            return 200, found
+        if path == "/v1/invoice_payments":
+            invoice = params.get("invoice")
+            intent = (params.get("payment") or {}).get("payment_intent")
+            listed = [
+                p
+                for p in self.invoice_payments
+                if (invoice is None or p["invoice"] == invoice)
+                and (intent is None or p["payment"].get("payment_intent") == intent)
+            ]
+            return 200, {
+                "object": "list",
+                "url": "/v1/invoice_payments",
+                "has_more": False,
+                "data": listed,
+            }
+        return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

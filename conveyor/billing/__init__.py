@@ -1,10 +1,8 @@
 """Stripe: checkout sessions, the webhook inbox, the handlers that apply events to plans and
 credits, reconciliation."""
 
-from conveyor.billing.handlers import (
-    Outcome,
-    process_event,
-)
+from conveyor.billing.event_context import Outcome
+from conveyor.billing.handlers import process_event
 
 __all__ = [
     "Outcome",

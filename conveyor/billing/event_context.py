@@ -1,21 +1,26 @@
 """What every Stripe event handler shares (conveyor/billing/handlers.py): the event being applied,
-the failure that makes it retried later, finding its Conveyor user, and the writes several handlers
-make (subscription state, payments, notices)."""
+its outcome, the failure that makes it retried later, finding its Conveyor user, reading Stripe's
+API, and the writes several handlers make (payments, notices)."""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from conveyor.billing.stripe_objects import (
+    PaymentRef,
     invoice_subscription,
     line_price,
     object_id,
     parse_uuid,
 )
 from conveyor.db import Connection
+from conveyor.errors import ConveyorError
 from conveyor.events.notifications import PAYMENT_FAILED, Notification, notify
 from conveyor.settings import Settings
 
@@ -25,6 +30,16 @@ META_PRICE = "conveyor_price_id"
 META_PLAN = "conveyor_plan"
 META_CREDITS = "conveyor_credits"
 BILLING_URL = "/billing"
+
+
+class Outcome(enum.Enum):
+    """What processing an event did (the first three are final)."""
+
+    PROCESSED = "processed"
+    SKIPPED = "skipped"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    MISSING = "missing"
 
 
 class EventFailure(Exception):
@@ -42,6 +57,21 @@ class EventContext:
     created: datetime
     obj: dict[str, Any]
     notifications: list[Notification] = field(default_factory=list)
+
+    @property
+    def can_ask_stripe(self) -> bool:
+        """Whether Stripe's API can be read (STRIPE_SECRET_KEY is set)."""
+        return self.settings.stripe_secret_key is not None
+
+
+@contextmanager
+def asking_stripe(what: str) -> Iterator[None]:
+    """Stripe's API unreachable or refusing, as an EventFailure: the event is retried later,
+    with nothing of it applied."""
+    try:
+        yield
+    except ConveyorError as exc:
+        raise EventFailure(f"{what}: {exc.message}") from exc
 
 
 def resolve_user(context: EventContext, obj: dict[str, Any]) -> UUID:
@@ -94,66 +124,38 @@ def link_customer(conn: Connection, user: UUID, customer: str) -> None:
     )
 
 
-def apply_subscription_state(
-    context: EventContext,
-    *,
-    subscription: str,
-    user: UUID,
-    customer: str | None,
-    price: str | None,
-    plan: str,
-    status: str,
-    period: tuple[datetime | None, datetime | None],
-    cancel_at_period_end: bool,
-) -> bool:
-    """Store a subscription state from this event unless a later one is stored, then sync the
-    user's plan. Returns whether the state was applied."""
-    exists = context.conn.execute("select 1 from plans where id = %s", (plan,)).fetchone()
-    if exists is None:
-        raise EventFailure(f"subscription {subscription}: plan {plan!r} does not exist")
-    row = context.conn.execute(
-        "select conveyor_apply_subscription_state("
-        "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) as applied",
-        (
-            subscription,
-            user,
-            customer,
-            price,
-            plan,
-            status,
-            period[0],
-            period[1],
-            cancel_at_period_end,
-            context.created,
-            context.event_id,
-        ),
-    ).fetchone()
-    applied = bool(row and row["applied"])
-    if applied:
-        context.conn.execute("select conveyor_sync_plan(%s)", (user,))
-    return applied
-
-
 def record_payment(
     context: EventContext,
     *,
     payment_id: str,
     user: UUID,
-    payment_intent: str | None,
-    charge: str | None,
+    paid_with: Sequence[PaymentRef],
     credits: int,
     amount: int,
     currency: str | None,
-) -> None:
-    """Remember what a payment bought, once, for refunds."""
-    context.conn.execute(
+) -> bool:
+    """Remember what a purchase bought and the payments it was paid with, once, for refunds.
+    Returns whether the purchase was new (False: an earlier event recorded it)."""
+    row = context.conn.execute(
         """
-        insert into stripe_payments
-          (id, user_id, payment_intent, charge, credits, amount, currency)
-        values (%s, %s, %s, %s, %s, %s, %s)
-        on conflict do nothing
+        insert into stripe_payments (id, user_id, credits, amount, currency)
+        values (%s, %s, %s, %s, %s)
+        on conflict (id) do nothing
+        returning true as inserted
         """,
-        (payment_id, user, payment_intent, charge, credits, amount, currency),
+        (payment_id, user, credits, amount, currency),
+    ).fetchone()
+    for ref in paid_with:
+        link_payment(context.conn, payment_id, ref)
+    return row is not None
+
+
+def link_payment(conn: Connection, payment_id: str, ref: PaymentRef) -> None:
+    """Record that a payment (its PaymentIntent and/or charge) paid for a purchase, once."""
+    conn.execute(
+        "insert into stripe_payment_parts (payment_id, payment_intent, charge) "
+        "values (%s, %s, %s) on conflict do nothing",
+        (payment_id, ref.payment_intent, ref.charge),
     )
 
 

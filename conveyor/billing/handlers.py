@@ -2,13 +2,13 @@
 
 Once per event: the event row is locked and its status made final in the same transaction as the
 change. Once per thing: credit grants are keyed by the checkout session or invoice id, refunds by
-what was already taken back, subscription state by the time of the event it came from (an older
-event is recorded as `skipped`, so state only moves forward).
+what was already taken back, subscription state by the time of the event it came from and, when
+that cannot order two states, by what Stripe's API says (conveyor/billing/subscriptions.py).
+Checkouts are applied here; subscriptions, invoices and refunds in their own modules.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -23,34 +23,21 @@ from conveyor.billing.event_context import (
     META_PRICE,
     EventContext,
     EventFailure,
-    apply_subscription_state,
-    invoice_plan,
+    Outcome,
     payment_failed,
     plan_for_price,
     record_payment,
     resolve_user,
 )
-from conveyor.billing.stripe_objects import (
-    invoice_subscription,
-    object_id,
-    subscription_period,
-    subscription_price,
-)
+from conveyor.billing.invoices import invoice_paid, invoice_payment_failed
+from conveyor.billing.refunds import charge_refunded
+from conveyor.billing.stripe_objects import PaymentRef, object_id
+from conveyor.billing.subscriptions import SubscriptionState, store_state, subscription_changed
 from conveyor.db import Database
 from conveyor.events.notifications import Notification
 from conveyor.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-class Outcome(enum.Enum):
-    """What processing an event did (the first three are final)."""
-
-    PROCESSED = "processed"
-    SKIPPED = "skipped"
-    IGNORED = "ignored"
-    FAILED = "failed"
-    MISSING = "missing"
 
 
 @dataclass
@@ -123,10 +110,8 @@ def checkout_completed(context: EventContext) -> Outcome:
         if subscription is None:
             raise EventFailure(f"subscription checkout {session['id']} names no subscription")
         plan = metadata.get(META_PLAN) or plan_for_price(context, metadata.get(META_PRICE))
-        applied = apply_subscription_state(
-            context,
+        state = SubscriptionState(
             subscription=subscription,
-            user=user,
             customer=object_id(session.get("customer")),
             price=metadata.get(META_PRICE),
             plan=plan,
@@ -134,7 +119,7 @@ def checkout_completed(context: EventContext) -> Outcome:
             period=(None, None),
             cancel_at_period_end=False,
         )
-        return Outcome.PROCESSED if applied else Outcome.SKIPPED
+        return store_state(context, user, state)
     if session.get("payment_status") not in ("paid", "no_payment_required"):
         return Outcome.PROCESSED  # paid later: checkout.session.async_payment_succeeded grants
     return grant_credit_pack(context, user, session)
@@ -175,165 +160,16 @@ def grant_credit_pack(context: EventContext, user: UUID, session: dict[str, Any]
             session["id"],
         ),
     )
+    intent = object_id(session.get("payment_intent"))
     record_payment(
         context,
         payment_id=session["id"],
         user=user,
-        payment_intent=object_id(session.get("payment_intent")),
-        charge=None,
+        paid_with=[PaymentRef(intent, None)] if intent else [],
         credits=credits,
         amount=int(session.get("amount_total") or 0),
         currency=session.get("currency"),
     )
-    return Outcome.PROCESSED
-
-
-def subscription_changed(context: EventContext) -> Outcome:
-    """customer.subscription.created / updated / deleted: store the state if it is newer than the
-    stored one, then set the user's plan from their live subscriptions."""
-    subscription = context.obj
-    user = resolve_user(context, subscription)
-    price = subscription_price(subscription)
-    metadata = subscription.get("metadata") or {}
-    plan = metadata.get(META_PLAN) if price is None else plan_for_price(context, price)
-    if plan is None:
-        raise EventFailure(f"subscription {subscription['id']} has no price Conveyor sells")
-    applied = apply_subscription_state(
-        context,
-        subscription=subscription["id"],
-        user=user,
-        customer=object_id(subscription.get("customer")),
-        price=price,
-        plan=plan,
-        status=subscription["status"],
-        period=subscription_period(subscription),
-        cancel_at_period_end=bool(subscription.get("cancel_at_period_end")),
-    )
-    return Outcome.PROCESSED if applied else Outcome.SKIPPED
-
-
-def invoice_paid(context: EventContext) -> Outcome:
-    """A paid subscription invoice grants the plan's monthly credits, once per invoice."""
-    invoice = context.obj
-    user = resolve_user(context, invoice)
-    plan = invoice_plan(context, invoice)
-    grant = 0
-    if plan is not None:
-        row = context.conn.execute(
-            "select name, monthly_credit_grant from plans where id = %s", (plan,)
-        ).fetchone()
-        if row is None:
-            raise EventFailure(f"invoice {invoice['id']}: plan {plan!r} does not exist")
-        grant = int(row["monthly_credit_grant"])
-        if grant > 0:
-            context.conn.execute(
-                "select * from add_credits(%s, %s, 'grant', %s, %s)",
-                (user, grant, f"{row['name']} plan credits", f"invoice:{invoice['id']}"),
-            )
-    record_payment(
-        context,
-        payment_id=invoice["id"],
-        user=user,
-        payment_intent=object_id(invoice.get("payment_intent")),
-        charge=object_id(invoice.get("charge")),
-        credits=grant,
-        amount=int(invoice.get("amount_paid") or 0),
-        currency=invoice.get("currency"),
-    )
-    return Outcome.PROCESSED
-
-
-def invoice_payment_failed(context: EventContext) -> Outcome:
-    """A failed renewal: the subscription is `past_due` (unless a later state says otherwise) and
-    the user is told to update their payment method."""
-    invoice = context.obj
-    user = resolve_user(context, invoice)
-    subscription = invoice_subscription(invoice)
-    if subscription is not None:
-        context.conn.execute(
-            """
-            update user_subscriptions
-               set status = 'past_due', state_at = %(at)s, state_event_id = %(event)s,
-                   updated_at = now()
-             where stripe_subscription_id = %(id)s and state_at <= %(at)s
-               and status not in ('canceled', 'incomplete_expired')
-            """,
-            {"id": subscription, "at": context.created, "event": context.event_id},
-        )
-        context.conn.execute("select conveyor_sync_plan(%s)", (user,))
-    payment_failed(
-        context,
-        user,
-        "We could not charge your card for your subscription. Update your payment method to "
-        "keep your plan.",
-        {"invoice": invoice["id"], "subscription": subscription},
-    )
-    return Outcome.PROCESSED
-
-
-def charge_refunded(context: EventContext) -> Outcome:
-    """Take back the credits a refunded payment bought, in proportion to the amount refunded so
-    far, never below a zero balance (the shortfall is kept on the payment)."""
-    charge = context.obj
-    payment = context.conn.execute(
-        """
-        select id, user_id, credits, amount, refunded_credits from stripe_payments
-         where (payment_intent is not null and payment_intent = %(intent)s)
-            or charge = %(charge)s or id = %(invoice)s
-         order by created_at
-         limit 1
-           for update
-        """,
-        {
-            "intent": object_id(charge.get("payment_intent")),
-            "charge": charge["id"],
-            "invoice": object_id(charge.get("invoice")),
-        },
-    ).fetchone()
-    if payment is None:
-        raise EventFailure(
-            f"refund of charge {charge['id']}: no payment of it is recorded yet (its checkout or "
-            "invoice event may not have arrived); retried later"
-        )
-    refunded = int(charge.get("amount_refunded") or 0)
-    amount = int(payment["amount"])
-    owed = (
-        payment["credits"]
-        if amount == 0 or refunded >= amount
-        else (payment["credits"] * refunded // amount)
-    )
-    due = owed - int(payment["refunded_credits"])
-    taken = 0
-    if due > 0:
-        row = context.conn.execute(
-            "select taken from conveyor_take_back_credits(%s, %s, %s, %s)",
-            (
-                payment["user_id"],
-                due,
-                f"Refund of {payment['id']}",
-                f"refund:{charge['id']}:{refunded}",
-            ),
-        ).fetchone()
-        taken = int(row["taken"]) if row else 0
-    context.conn.execute(
-        """
-        update stripe_payments
-           set refunded_amount = greatest(refunded_amount, %(refunded)s),
-               refunded_credits = greatest(refunded_credits, %(owed)s),
-               refund_shortfall = refund_shortfall + %(shortfall)s,
-               charge = coalesce(charge, %(charge)s)
-         where id = %(id)s
-        """,
-        {
-            "id": payment["id"],
-            "refunded": refunded,
-            "owed": owed,
-            "shortfall": max(0, due - taken),
-            "charge": charge["id"],
-        },
-    )
-    if due > taken:
-        log.warning("refund_shortfall", payment=payment["id"], credits_due=due, credits_taken=taken)
     return Outcome.PROCESSED
 
 
@@ -345,6 +181,7 @@ HANDLERS = {
     inbox.SUBSCRIPTION_UPDATED: subscription_changed,
     inbox.SUBSCRIPTION_DELETED: subscription_changed,
     inbox.INVOICE_PAID: invoice_paid,
+    inbox.INVOICE_PAYMENT_SUCCEEDED: invoice_paid,
     inbox.INVOICE_PAYMENT_FAILED: invoice_payment_failed,
     inbox.CHARGE_REFUNDED: charge_refunded,
 }

@@ -34,6 +34,7 @@ SUBSCRIPTION_CREATED = "customer.subscription.created"
 SUBSCRIPTION_UPDATED = "customer.subscription.updated"
 SUBSCRIPTION_DELETED = "customer.subscription.deleted"
 INVOICE_PAID = "invoice.paid"
+INVOICE_PAYMENT_SUCCEEDED = "invoice.payment_succeeded"
 INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 CHARGE_REFUNDED = "charge.refunded"
 HANDLED_TYPES: frozenset[str] = frozenset(
@@ -45,6 +46,7 @@ HANDLED_TYPES: frozenset[str] = frozenset(
         SUBSCRIPTION_UPDATED,
         SUBSCRIPTION_DELETED,
         INVOICE_PAID,
+        INVOICE_PAYMENT_SUCCEEDED,
         INVOICE_PAYMENT_FAILED,
         CHARGE_REFUNDED,
     }

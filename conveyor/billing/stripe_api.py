@@ -19,6 +19,8 @@ NETWORK_RETRIES = 2
 # The reconciler looks this far back in Stripe's event list (Stripe keeps 30 days).
 RECONCILE_LOOKBACK_SECONDS = 3 * 24 * 3600
 RECONCILE_MAX_EVENTS = 1000
+# An invoice is paid in a few payments; past this many, the rest are not read.
+INVOICE_PAYMENTS_MAX = 100
 
 
 def client_for(settings: Settings) -> stripe.StripeClient:
@@ -70,3 +72,36 @@ def recent_events(client: stripe.StripeClient, types: list[str]) -> Iterator[dic
             if count >= RECONCILE_MAX_EVENTS:
                 return
             yield event.to_dict()
+
+
+def retrieve_subscription(settings: Settings, subscription: str) -> dict[str, Any]:
+    """The subscription as Stripe has it now (`GET /v1/subscriptions/<id>`), as a plain dict."""
+    with provider_errors():
+        found = client_for(settings).v1.subscriptions.retrieve(subscription)
+    return found.to_dict()
+
+
+def invoice_payments(
+    settings: Settings, *, invoice: str | None = None, payment_intent: str | None = None
+) -> list[dict[str, Any]]:
+    """The InvoicePayments of an invoice, or those made with a PaymentIntent
+    (`GET /v1/invoice_payments`), as plain dicts; at most INVOICE_PAYMENTS_MAX."""
+    client = client_for(settings)
+    with provider_errors():
+        if invoice is not None:
+            page = client.v1.invoice_payments.list({"invoice": invoice, "limit": 100})
+        elif payment_intent is not None:
+            page = client.v1.invoice_payments.list(
+                {
+                    "payment": {"type": "payment_intent", "payment_intent": payment_intent},
+                    "limit": 100,
+                }
+            )
+        else:
+            raise ValueError("name an invoice or a payment intent")
+        listed = []
+        for payment in page.auto_paging_iter():
+            listed.append(payment.to_dict())
+            if len(listed) >= INVOICE_PAYMENTS_MAX:
+                break
+    return listed

@@ -1,12 +1,21 @@
 """Reading Stripe objects as events carry them: ids that may be expanded objects, and the fields
-whose place changed between API versions (invoices' subscription and price, subscriptions'
-period)."""
+whose place changed between API versions (invoices' subscription, price and payments,
+subscriptions' period)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
+
+
+@dataclass(frozen=True)
+class PaymentRef:
+    """One payment that paid for something: its PaymentIntent, its charge, or both."""
+
+    payment_intent: str | None
+    charge: str | None
 
 
 def invoice_subscription(invoice: dict[str, Any]) -> str | None:
@@ -16,6 +25,26 @@ def invoice_subscription(invoice: dict[str, Any]) -> str | None:
         return direct
     details = (invoice.get("parent") or {}).get("subscription_details") or {}
     return object_id(details.get("subscription"))
+
+
+def invoice_payment_refs(invoice: dict[str, Any]) -> list[PaymentRef]:
+    """The payments an invoice names: `payment_intent`/`charge` before API version 2025-03-31
+    (basil); after it, the paid InvoicePayments in `payments`, when the payload includes them."""
+    legacy = PaymentRef(object_id(invoice.get("payment_intent")), object_id(invoice.get("charge")))
+    if legacy.payment_intent or legacy.charge:
+        return [legacy]
+    listed = (invoice.get("payments") or {}).get("data") or []
+    return [ref for ref in map(invoice_payment_ref, listed) if ref is not None]
+
+
+def invoice_payment_ref(invoice_payment: dict[str, Any]) -> PaymentRef | None:
+    """What a paid InvoicePayment was paid with (`payment.payment_intent`, or `payment.charge`
+    for a charge without one); None while it is open or once canceled."""
+    if invoice_payment.get("status", "paid") != "paid":
+        return None
+    payment = invoice_payment.get("payment") or {}
+    ref = PaymentRef(object_id(payment.get("payment_intent")), object_id(payment.get("charge")))
+    return ref if ref.payment_intent or ref.charge else None
 
 
 def line_price(line: dict[str, Any]) -> str | None:

@@ -8,6 +8,8 @@ adds them up; without it (tests, a single process) the default registry is read.
 from __future__ import annotations
 
 import os
+import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -24,6 +26,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SCRAPE_ATTEMPTS = 10
+SCRAPE_RETRY_SECONDS = 0.05
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
@@ -100,12 +104,26 @@ def forget_process(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def read_process_files(registry: CollectorRegistry) -> bytes:
+    """generate_latest over the processes' metric files. A process that is starting creates its
+    file empty and sizes it a moment later; a scrape in between reads too few bytes
+    (prometheus_client raises struct.error), so it reads again shortly instead of failing."""
+    for attempt in range(1, SCRAPE_ATTEMPTS + 1):
+        try:
+            return generate_latest(registry)
+        except struct.error:
+            if attempt == SCRAPE_ATTEMPTS:
+                raise
+            time.sleep(SCRAPE_RETRY_SECONDS)
+    raise AssertionError("unreachable")
+
+
 def exposition(queue_depths: Callable[[], Mapping[str, int]] | None = None) -> tuple[bytes, str]:
     """The text a scrape returns, and its content type."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
+        body = read_process_files(registry)
     else:
         body = generate_latest(REGISTRY)
     if queue_depths is not None:

@@ -108,14 +108,12 @@ def read_process_files(registry: CollectorRegistry) -> bytes:
     """generate_latest over the processes' metric files. A process that is starting creates its
     file empty and sizes it a moment later; a scrape in between reads too few bytes
     (prometheus_client raises struct.error), so it reads again shortly instead of failing."""
-    for attempt in range(1, SCRAPE_ATTEMPTS + 1):
+    for _ in range(SCRAPE_ATTEMPTS - 1):
         try:
             return generate_latest(registry)
         except struct.error:
-            if attempt == SCRAPE_ATTEMPTS:
-                raise
             time.sleep(SCRAPE_RETRY_SECONDS)
-    raise AssertionError("unreachable")
+    return generate_latest(registry)
 
 
 def exposition(queue_depths: Callable[[], Mapping[str, int]] | None = None) -> tuple[bytes, str]:

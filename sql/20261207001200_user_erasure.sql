@@ -165,6 +165,10 @@ begin
   get diagnostics v_rows = row_count;
   v_counts := v_counts || jsonb_build_object('user_roles', v_rows);
 
+  delete from conveyor.profiles where user_id = p_user_id;
+  get diagnostics v_rows = row_count;
+  v_counts := v_counts || jsonb_build_object('profiles', v_rows);
+
   -- Audit entries the user made are kept with the actor, address and browser cleared rather than
   -- deleted: the trail records what happened to others too (an admin who cancelled someone's run
   -- or granted them credits), which must not vanish with the admin, and entries age out with

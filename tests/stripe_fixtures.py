@@ -401,3 +401,19 @@ def charge(
     if invoice is not None:
         document["invoice"] = invoice
     return document
+
+
+def conveyor_metadata(user: uuid.UUID) -> dict[str, str]:
+    """The metadata Conveyor's checkout puts on a subscription of the basic plan."""
+    return {"conveyor_user_id": str(user), "conveyor_plan": "basic"}
+
+
+def subscription_event(
+    event_type: str, sub: str, customer: str, user: uuid.UUID, status: str, created: int
+) -> dict[str, Any]:
+    """A customer.subscription.* event of user's basic subscription in status, sent at created."""
+    return versioned_event(
+        event_type,
+        subscription(sub, customer, status=status, metadata=conveyor_metadata(user)),
+        created=created,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import pytest
 
@@ -19,26 +18,16 @@ from tests.acceptance.stripe_deliveries import (
     subscription_row,
 )
 from tests.fake_stripe import FakeStripe
-from tests.stripe_fixtures import new_id, subscription, versioned_event
+from tests.stripe_fixtures import (
+    conveyor_metadata,
+    new_id,
+    subscription,
+    subscription_event,
+)
 from tests.support import LiveServer
 
 USES_FAKE_STRIPE = True  # STRIPE_SECRET_KEY set, Stripe's API at the fake server
 SETTINGS = stripe_deliveries.SETTINGS
-
-
-def owned(user: uuid.UUID) -> dict[str, str]:
-    """The metadata Conveyor's checkout puts on a subscription."""
-    return {"conveyor_user_id": str(user), "conveyor_plan": "basic"}
-
-
-def subscription_event(
-    event_type: str, sub: str, customer: str, user: uuid.UUID, status: str, created: int
-) -> dict[str, Any]:
-    return versioned_event(
-        event_type,
-        subscription(sub, customer, status=status, metadata=owned(user)),
-        created=created,
-    )
 
 
 def reads_of(fake_stripe: FakeStripe, sub: str) -> int:
@@ -51,7 +40,7 @@ def test_a_tied_event_that_disagrees_is_settled_by_what_stripe_says_now(
 ) -> None:
     sub, customer, second = new_id("sub"), new_id("cus"), int(time.time()) - 5
     fake_stripe.subscriptions[sub] = subscription(
-        sub, customer, status="active", metadata=owned(user_id)
+        sub, customer, status="active", metadata=conveyor_metadata(user_id)
     )
     updated = subscription_event(
         "customer.subscription.updated", sub, customer, user_id, "active", second
@@ -76,7 +65,7 @@ def test_stripes_answer_is_stored_even_when_neither_tied_event_carries_it(
 ) -> None:
     sub, customer, second = new_id("sub"), new_id("cus"), int(time.time()) - 5
     fake_stripe.subscriptions[sub] = subscription(
-        sub, customer, status="canceled", metadata=owned(user_id)
+        sub, customer, status="canceled", metadata=conveyor_metadata(user_id)
     )
     deliver_and_wait(
         live_server,
@@ -107,7 +96,7 @@ def test_an_older_event_that_disagrees_is_settled_by_what_stripe_says_now(
     # The card was fixed after the renewal failed; that `updated` has not arrived yet.
     sub, customer, now = new_id("sub"), new_id("cus"), int(time.time())
     fake_stripe.subscriptions[sub] = subscription(
-        sub, customer, status="active", metadata=owned(user_id)
+        sub, customer, status="active", metadata=conveyor_metadata(user_id)
     )
     deliver_and_wait(
         live_server,

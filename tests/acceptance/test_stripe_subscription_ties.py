@@ -12,15 +12,13 @@ import pytest
 from conveyor.db import Database
 from tests.acceptance import stripe_deliveries
 from tests.acceptance.stripe_deliveries import account, deliver_and_wait, subscription_row
-from tests.stripe_fixtures import new_id, subscription, versioned_event
+from tests.stripe_fixtures import (
+    new_id,
+    subscription_event,
+)
 from tests.support import LiveServer
 
 SETTINGS = stripe_deliveries.SETTINGS  # no STRIPE_SECRET_KEY: Stripe's API cannot be asked
-
-
-def owned(user: uuid.UUID) -> dict[str, str]:
-    """The metadata Conveyor's checkout puts on a subscription."""
-    return {"conveyor_user_id": str(user), "conveyor_plan": "basic"}
 
 
 @pytest.mark.usefixtures("worker")
@@ -28,15 +26,11 @@ def test_a_tied_incomplete_created_arriving_after_the_active_update_keeps_the_us
     live_server: LiveServer, db: Database, user_id: uuid.UUID
 ) -> None:
     sub, customer, second = new_id("sub"), new_id("cus"), int(time.time()) - 5
-    updated = versioned_event(
-        "customer.subscription.updated",
-        subscription(sub, customer, status="active", metadata=owned(user_id)),
-        created=second,
+    updated = subscription_event(
+        "customer.subscription.updated", sub, customer, user_id, "active", second
     )
-    created = versioned_event(
-        "customer.subscription.created",
-        subscription(sub, customer, status="incomplete", metadata=owned(user_id)),
-        created=second,
+    created = subscription_event(
+        "customer.subscription.created", sub, customer, user_id, "incomplete", second
     )
 
     assert deliver_and_wait(live_server, db, updated) == "processed"
@@ -53,15 +47,11 @@ def test_an_active_update_tied_with_an_incomplete_created_event_before_it_makes_
     live_server: LiveServer, db: Database, user_id: uuid.UUID
 ) -> None:
     sub, customer, second = new_id("sub"), new_id("cus"), int(time.time()) - 5
-    created = versioned_event(
-        "customer.subscription.created",
-        subscription(sub, customer, status="incomplete", metadata=owned(user_id)),
-        created=second,
+    created = subscription_event(
+        "customer.subscription.created", sub, customer, user_id, "incomplete", second
     )
-    updated = versioned_event(
-        "customer.subscription.updated",
-        subscription(sub, customer, status="active", metadata=owned(user_id)),
-        created=second,
+    updated = subscription_event(
+        "customer.subscription.updated", sub, customer, user_id, "active", second
     )
 
     deliver_and_wait(live_server, db, created)
@@ -75,15 +65,11 @@ def test_a_tied_deletion_ends_the_subscription_even_when_an_update_arrives_after
     live_server: LiveServer, db: Database, user_id: uuid.UUID
 ) -> None:
     sub, customer, second = new_id("sub"), new_id("cus"), int(time.time()) - 5
-    deleted = versioned_event(
-        "customer.subscription.deleted",
-        subscription(sub, customer, status="canceled", metadata=owned(user_id)),
-        created=second,
+    deleted = subscription_event(
+        "customer.subscription.deleted", sub, customer, user_id, "canceled", second
     )
-    updated = versioned_event(
-        "customer.subscription.updated",
-        subscription(sub, customer, status="active", metadata=owned(user_id)),
-        created=second,
+    updated = subscription_event(
+        "customer.subscription.updated", sub, customer, user_id, "active", second
     )
 
     deliver_and_wait(live_server, db, deleted)

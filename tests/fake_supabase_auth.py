@@ -48,6 +48,7 @@ class FakeUser:
     created_at: str = field(default_factory=now_iso)
     banned_until: str | None = None
     last_sign_in_at: str | None = None
+    user_metadata: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -57,7 +58,7 @@ class FakeUser:
             "email": self.email,
             "phone": "",
             "app_metadata": {"provider": "email", "providers": ["email"]},
-            "user_metadata": {},
+            "user_metadata": self.user_metadata,
             "identities": [],
             "created_at": self.created_at,
             "updated_at": self.created_at,
@@ -185,7 +186,7 @@ class FakeSupabaseAuth:
             "email": user.email,
             "phone": "",
             "app_metadata": {"provider": "email", "providers": ["email"]},
-            "user_metadata": {},
+            "user_metadata": user.user_metadata,
             "role": "authenticated",
             "aal": "aal1",
             "amr": [{"method": "password", "timestamp": issued}],
@@ -224,6 +225,10 @@ class FakeSupabaseAuth:
                 weak_password={"reasons": ["length"]},
             )
         user = FakeUser(uuid.uuid4(), email, password, confirmed=self.autoconfirm)
+        if isinstance(body := request.get_json(silent=True), dict) and isinstance(
+            body.get("data"), dict
+        ):
+            user.user_metadata = body["data"]
         self.users[user.id] = user
         return self.ok(self.new_session(user) if self.autoconfirm else user.as_json())
 

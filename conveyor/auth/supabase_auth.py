@@ -19,7 +19,12 @@ from supabase_auth.errors import (
     AuthUnknownError,
     AuthWeakPasswordError,
 )
-from supabase_auth.types import AuthResponse, SignInWithEmailAndPasswordCredentials, User
+from supabase_auth.types import (
+    AuthResponse,
+    SignInWithEmailAndPasswordCredentials,
+    SignUpWithEmailAndPasswordCredentials,
+    User,
+)
 
 from conveyor.errors import (
     BadRequest,
@@ -102,9 +107,11 @@ class AuthUser(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: UUID
+    aud: str = "authenticated"
     email: str | None = None
     phone: str | None = None
     created_at: datetime
+    confirmation_sent_at: datetime | None = None
     email_confirmed_at: datetime | None = None
     last_sign_in_at: datetime | None = None
     banned_until: datetime | None = None
@@ -244,10 +251,16 @@ class SupabaseAuth:
             http_client=self._http,
         )
 
-    def sign_up(self, email: str, password: str) -> AuthResult:
-        """Register a user with a password; no session while the email awaits confirmation."""
+    def sign_up(
+        self, email: str, password: str, user_metadata: dict[str, Any] | None = None
+    ) -> AuthResult:
+        """Register a user with a password (and optional `user_metadata`); no session while the
+        email awaits confirmation."""
+        credentials: SignUpWithEmailAndPasswordCredentials = {"email": email, "password": password}
+        if user_metadata:
+            credentials["options"] = {"data": user_metadata}
         with auth_errors("sign up"):
-            return auth_result(self._client().sign_up({"email": email, "password": password}))
+            return auth_result(self._client().sign_up(credentials))
 
     def sign_in(self, email: str, password: str) -> AuthResult:
         """A session for email and password (GoTrue's password grant)."""

@@ -48,6 +48,25 @@ def test_sign_up_sign_in_current_user_and_sign_out(auth: SupabaseAuth) -> None:
         auth.current_user(signed_in.session.access_token)
 
 
+def test_sign_up_stores_user_metadata_and_reports_the_audience(auth: SupabaseAuth) -> None:
+    signed_up = auth.sign_up("ada@example.com", "correct horse", {"name": "Ada"})
+
+    assert signed_up.user.user_metadata == {"name": "Ada"}
+    assert signed_up.user.aud == "authenticated"
+    assert auth.list_users()[0].user_metadata == {"name": "Ada"}
+
+
+def test_an_unconfirmed_sign_up_says_when_the_confirmation_was_sent(
+    fake: FakeSupabaseAuth, auth: SupabaseAuth
+) -> None:
+    fake.autoconfirm = False
+
+    signed_up = auth.sign_up("ada@example.com", "correct horse")
+
+    assert signed_up.session is None
+    assert signed_up.user.confirmation_sent_at is not None
+
+
 def test_sign_out_of_a_session_already_gone_is_done(
     auth: SupabaseAuth, fake: FakeSupabaseAuth
 ) -> None:

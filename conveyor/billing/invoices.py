@@ -87,8 +87,10 @@ def payments_of(context: EventContext, invoice: dict[str, Any]) -> list[PaymentR
 
 
 def invoice_payment_failed(context: EventContext) -> Outcome:
-    """A failed renewal: the subscription is `past_due` (unless a later state says otherwise) and
-    the user is told to update their payment method."""
+    """A failed renewal: a paying subscription is `past_due` (unless a later state says
+    otherwise) and the user is told to update their payment method. A failed first invoice leaves
+    an `incomplete` subscription incomplete, as Stripe does: past_due would give the plan to a
+    user who never paid."""
     invoice = context.obj
     user = resolve_user(context, invoice)
     subscription = invoice_subscription(invoice)
@@ -99,7 +101,7 @@ def invoice_payment_failed(context: EventContext) -> Outcome:
                set status = 'past_due', state_at = %(at)s, state_event_id = %(event)s,
                    updated_at = now()
              where stripe_subscription_id = %(id)s and state_at <= %(at)s
-               and status not in ('canceled', 'incomplete_expired')
+               and status in ('active', 'trialing', 'past_due')
             """,
             {"id": subscription, "at": context.created, "event": context.event_id},
         )

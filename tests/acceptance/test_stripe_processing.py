@@ -227,6 +227,27 @@ def test_a_failed_invoice_marks_the_subscription_past_due_and_notifies(
 
 
 @pytest.mark.usefixtures("worker")
+def test_a_failed_first_invoice_leaves_an_incomplete_subscription_without_the_plan(
+    live_server: LiveServer, db: Database, user_id: uuid.UUID
+) -> None:
+    sub = "sub_never_paid"
+    created = subscription(user_id, sub, status="incomplete", customer="cus_never_paid")
+    deliver_and_wait(
+        live_server,
+        db,
+        event("customer.subscription.created", created, created=int(time.time()) - 10),
+    )
+
+    failed = invoice(sub, "cus_never_paid")
+    deliver_and_wait(live_server, db, event("invoice.payment_failed", failed))
+
+    row = subscription_row(db, sub)
+    assert row is not None
+    assert row["status"] == "incomplete"
+    assert account(db, user_id).plan_id == "free"
+
+
+@pytest.mark.usefixtures("worker")
 def test_a_refund_takes_back_the_credits_it_paid_for_in_proportion(
     live_server: LiveServer, db: Database, user_id: uuid.UUID
 ) -> None:

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     rate_limit_exempt_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list
     )
+    # The Django template's paths (seed 003) allow each plan `plans.daily_api_request_limit`
+    # requests a day (UTC); anonymous callers (register, login) get this many per client address.
+    # 0 turns the anonymous limit off.
+    anonymous_daily_api_requests: int = Field(100, ge=0)
     # Proxies in front of the app that append the client to X-Forwarded-For (0: none; trust the
     # socket's peer). The address of the client is the one that many hops from the right.
     trusted_proxy_hops: int = Field(0, ge=0, le=10)

@@ -38,7 +38,7 @@ from web import (
     workflows,
     ws,
 )
-from web.compat import fastapi_tokens, witchcraft
+from web.compat import django_template, fastapi_tokens, witchcraft
 from web.enqueue import Enqueuer
 
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(analytics.bp)
     app.register_blueprint(webhook_endpoints.bp)
     app.register_blueprint(witchcraft.bp)  # seed 000 (README, "Coming from")
+    app.register_blueprint(django_template.bp)  # seed 003's trailing-slash API
     app.register_blueprint(fastapi_tokens.bp)  # seed 004's `/api/v1` (README, "Coming from")
     ops.init_app(app, settings.redis_url)
     dashboard.init_app(app)

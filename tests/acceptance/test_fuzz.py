@@ -34,7 +34,7 @@ from schemathesis.checks import (
 from conveyor.auth.tokens import mint_service_token
 from tests import fake_stripe
 from tests.fake_stripe import FakeStripe
-from tests.fake_supabase_auth import ANON_KEY, FakeSupabaseAuth
+from tests.fake_supabase_auth import ANON_KEY, SERVICE_KEY, FakeSupabaseAuth
 from tests.support import (
     API_SECRET,
     JWT_SECRET,
@@ -100,6 +100,8 @@ def fuzz_server(
         stripe_api_base=fuzz_stripe.url,
         supabase_url=fuzz_auth.url,
         supabase_anon_key=ANON_KEY,
+        # The admin listing of Supabase's users (seed 003) needs it, as in production.
+        supabase_service_role_key=SERVICE_KEY,
         stripe_secret_key=fake_stripe.SECRET_KEY,
         stripe_webhook_secret="whsec_fuzz",
         stripe_prices={"price_basic": {"plan": "basic"}, "price_pack_100": {"credits": 100}},

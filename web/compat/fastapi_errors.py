@@ -1,8 +1,11 @@
 """Error bodies for FastAPI clients (seeds 002 and 004): Conveyor's `{error, code}` with FastAPI's
-`detail` beside it, and a body FastAPI would refuse answered 422 with its list of problems."""
+`detail` beside it, and a body FastAPI would refuse answered 422 with its list of problems.
+Other frameworks' adapters with a `detail` (seed 003's Django REST framework) install the same
+handlers with their own answer to ConveyorError."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -64,8 +67,13 @@ def unstorable(exc: psycopg.DataError) -> tuple[Response, int]:
     return with_detail(response, None), status
 
 
-def install(bp: Blueprint) -> None:
-    """Answer the errors of bp's requests (its auth and rate limit included) in this shape."""
-    bp.register_error_handler(ConveyorError, conveyor_error)
+ErrorAnswer = Callable[[ConveyorError], tuple[Response, int]]
+
+
+def install(bp: Blueprint, on_conveyor_error: ErrorAnswer = conveyor_error) -> None:
+    """Answer the errors of bp's requests (its auth and rate limit included) with `detail`: ours
+    through on_conveyor_error (FastAPI's shape by default), werkzeug's and Postgres's with the
+    message as `detail`."""
+    bp.register_error_handler(ConveyorError, on_conveyor_error)
     bp.register_error_handler(HTTPException, http_error)
     bp.register_error_handler(psycopg.DataError, unstorable)

@@ -29,7 +29,8 @@ def scope() -> tuple[UUID | None, str]:
 @contract({200: "application/json"}, query=analytics.OverviewQuery)
 def overview() -> Response:
     """`?days=` (1..365, default 30): runs, success rate, tokens, cost, revenue and active users,
-    each `{value, previous, change}` (change in percent, null when there was nothing before)."""
+    each `{value, previous, change}` (change in percent, null when there was nothing before), and
+    seed 001's `total_leads`, `active_conversations`, `conversion_rate`, `total_revenue`."""
     query = parse_query(analytics.OverviewQuery)
     user_id, name = scope()
     figures = analytics.overview(
@@ -41,7 +42,8 @@ def overview() -> Response:
 @bp.get("/api/analytics/trends")
 @contract({200: "application/json"}, query=analytics.TrendsQuery)
 def trends() -> Response:
-    """`?metric=&start=&end=&aggregation=daily|hourly`: `{series: [{date, value}]}` in UTC."""
+    """`?metric=&start=&end=&aggregation=daily|hourly`: `{series: [{date, value}]}` in UTC; seed
+    001's `topic=lead_trends|conversation_trends`, `start_date` and `end_date` are taken too."""
     query = parse_query(analytics.TrendsQuery)
     user_id, name = scope()
     figures = analytics.trends(get_db(), get_principal().rls_claims(), query, user_id=user_id)

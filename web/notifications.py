@@ -46,19 +46,37 @@ def list_notifications() -> Response:
     )
 
 
+def notification_uuid(notification_id: str) -> UUID:
+    """The id in the path; a malformed one cannot name a notification (404)."""
+    try:
+        return UUID(notification_id)
+    except ValueError:
+        raise notifications.NotificationNotFound(
+            f"notification {notification_id!r} does not exist"
+        ) from None
+
+
+@bp.get("/api/notifications/<notification_id>")
+@contract({200: "application/json"})
+def get_notification(notification_id: str) -> Response:
+    """One notification; someone else's (or a malformed id) answers 404."""
+    principal = get_principal()
+    principal.require_user()
+    note = notifications.get_notification(
+        get_db(), principal.rls_claims(), notification_uuid(notification_id)
+    )
+    return jsonify(note.view())
+
+
 @bp.post("/api/notifications/<notification_id>/read")
 @contract({200: "application/json"})
 def mark_read(notification_id: str) -> Response:
     """Mark one notification read; someone else's (or a malformed id) answers 404."""
     principal = get_principal()
     principal.require_user()
-    try:
-        target = UUID(notification_id)
-    except ValueError:
-        raise notifications.NotificationNotFound(
-            f"notification {notification_id!r} does not exist"
-        ) from None
-    note = notifications.mark_read(get_db(), principal.rls_claims(), target)
+    note = notifications.mark_read(
+        get_db(), principal.rls_claims(), notification_uuid(notification_id)
+    )
     return jsonify(note.view())
 
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -25,12 +25,18 @@ from conveyor.constants import EVENTS_CHANNEL_PREFIX
 from conveyor.events.run_events import STATUS_UPDATE
 from conveyor.ledger.usage import QUOTA_THRESHOLD_CROSSED
 from conveyor.ops.analytics import ANALYTICS_SIGNAL
+from web.realtime_protocol import TYPED_KEY_PREFIX, typed_message
 
 log = structlog.get_logger(__name__)
 
 ANALYTICS_KEY = "analytics|signal"
 EVENTS_PATTERN = f"{EVENTS_CHANNEL_PREFIX}*"
-USER_KEY_PREFIXES = ("workflows|user:", "notifications|user:")
+USER_KEY_PREFIXES = (
+    "workflows|user:",
+    "notifications|user:",
+    f"{TYPED_KEY_PREFIX}workflows|user:",
+    f"{TYPED_KEY_PREFIX}notifications|user:",
+)
 # Run states a later status update makes obsolete; final ones are never coalesced away.
 COALESCIBLE_STATUSES = frozenset({"queued", "running"})
 # Run events after which the user has a new notification to read (see notifications.py).
@@ -286,12 +292,19 @@ class Hub:
         elif topic.startswith("user:"):
             key = f"notifications|{topic}"
             listeners = subscribers.get(key)
+            typed_key = f"{TYPED_KEY_PREFIX}{key}"
+            typed_listeners = subscribers.get(typed_key)
+            if not listeners and not typed_listeners:
+                return
+            envelope = json.loads(data)
+            seq = int(envelope["seq"])
             if listeners:
-                seq = int(json.loads(data)["seq"])
                 self._deliver(
                     listeners,
                     Delivery(key, Kind.MESSAGE, seq, data.decode(), frame=self._frame(data)),
                 )
+            if typed_listeners:
+                self._deliver(typed_listeners, self._typed(typed_key, envelope, seq, None))
         elif topic == ANALYTICS_SIGNAL:
             self._broadcast(subscribers.get(ANALYTICS_KEY, frozenset()), Kind.REFRESH)
 
@@ -322,10 +335,23 @@ class Hub:
                     subscribers[user_key],
                     Delivery(user_key, Kind.MESSAGE, 0, text, coalesce, frame),
                 )
+            typed_key = f"{TYPED_KEY_PREFIX}{user_key}"
+            if typed_key in subscribers:
+                typed = self._typed(typed_key, envelope, 0, coalesce)
+                self._deliver(subscribers[typed_key], typed)
         if status in NOTIFYING_STATUSES or envelope["event"] == QUOTA_THRESHOLD_CROSSED:
             note_key = f"notifications|user:{user}"
-            if note_key in subscribers:
-                self._broadcast(subscribers[note_key], Kind.CATCH_UP, note_key)
+            for key in (note_key, f"{TYPED_KEY_PREFIX}{note_key}"):
+                if key in subscribers:
+                    self._broadcast(subscribers[key], Kind.CATCH_UP, key)
+
+    def _typed(
+        self, key: str, envelope: dict[str, Any], seq: int, coalesce: str | None
+    ) -> Delivery:
+        """The delivery of an envelope as seed 001's typed message (sockets following their own
+        channel from connect)."""
+        data = json.dumps(typed_message(envelope)).encode()
+        return Delivery(key, Kind.MESSAGE, seq, data.decode(), coalesce, self._frame(data))
 
     def _frame(self, data: bytes) -> bytes | None:
         return text_frame(data) if self._shared_frames else None

@@ -12,11 +12,24 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from conveyor.db import Database
+from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE
+from conveyor.ops import analytics, analytics_events
 from conveyor.runs.store import status_data
 
 Channel = Literal["workflows", "notifications", "analytics"]
-ANALYTICS_TOPICS = frozenset({"lead_trends", "usage_trends", "run_stats", "revenue"})
+RECENT_NOTIFICATIONS = 20
+ANALYTICS_TOPICS = frozenset(
+    {"lead_trends", "conversation_trends", "usage_trends", "run_stats", "revenue"}
+)
+# Seed 001's analytics params: with any of them (or on conversation_trends, a topic only its
+# clients know) an update's `data` is the document's `[{date, value}]`, not Conveyor's object.
+SEED_ANALYTICS_PARAMS = ("start_date", "end_date", "aggregation")
+SEED_ANALYTICS_TOPICS = frozenset({"conversation_trends"})
+# Until its first subscribe, a socket follows its user's own channel as seed 001's first
+# protocol does (run status updates, notifications), each with the event's name as the message
+# `type` (typed_message); these hub keys carry that stream.
+TYPED_KEY_PREFIX = "typed|"
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -132,8 +145,21 @@ def parse_topic(channel: Channel, raw: str) -> Topic:
     raise ProtocolError("INVALID_TOPIC", f"Topics on /api/ws/{channel} are {shapes}.", raw)
 
 
+def typed_key(channel: Channel, user_id: UUID) -> str:
+    """The hub key of a socket's own-user stream in the typed shape."""
+    return f"{TYPED_KEY_PREFIX}{channel}|user:{user_id}"
+
+
+def typed_message(envelope: dict[str, Any]) -> dict[str, Any]:
+    """An envelope as seed 001's typed message: `type` is the event's name (`event_type` too,
+    as PixelCraft's frontend reads it); every envelope field but `type` is kept."""
+    return {"type": envelope["event"], "event_type": envelope["event"]} | {
+        key: value for key, value in envelope.items() if key != "type"
+    }
+
+
 def event_message(
-    channel: Channel, topic: str, seq: int, event: str, data: dict[str, Any], **extra: Any
+    channel: Channel, topic: str, seq: int, event: str, data: Any, **extra: Any
 ) -> dict[str, Any]:
     """An event envelope built here (snapshots, analytics), shaped like published ones."""
     return {
@@ -190,6 +216,24 @@ def active_runs_snapshot(
     ]
 
 
+def notifications_snapshot(
+    db: Database, claims: dict[str, Any], topic: Topic, last: int
+) -> dict[str, Any]:
+    """A `user:` subscription's first message on notifications: the unread count and the
+    newest unread notifications, numbered with the user's last seq."""
+    assert topic.target is not None
+    recent, _ = notifications.list_notifications(
+        db, claims, user_id=topic.target, unread=True, limit=RECENT_NOTIFICATIONS, cursor=None
+    )
+    data = {
+        "unread_count": notifications.unread_count(db, claims, topic.target),
+        "notifications": [note.view() for note in recent],
+    }
+    return event_message(
+        "notifications", topic.name, last, "notification_snapshot", data, snapshot=True
+    )
+
+
 @dataclass
 class Subscription:
     """One topic a socket follows and the last seq it sent on it."""
@@ -197,6 +241,73 @@ class Subscription:
     topic: Topic
     last_seq: int = 0
     days: int = 30
+    # Seed 001's analytics params (start_date, end_date, aggregation): its `[{date, value}]` form.
+    window: dict[str, Any] | None = None
+    # The own-user stream followed from connect, sent as typed messages.
+    typed: bool = False
+    # On analytics, that stream's next window of typed events starts here (analytics_events).
+    since: datetime | None = None
+
+
+def analytics_subscription(topic: Topic, params: dict[str, Any]) -> Subscription:
+    """A subscription to an analytics topic with its validated params: seed 001's window
+    (`start_date`, `end_date`, `aggregation`) or Conveyor's `days`; BAD_REQUEST if invalid."""
+    window = {key: params[key] for key in SEED_ANALYTICS_PARAMS if key in params}
+    if window or topic.name in SEED_ANALYTICS_TOPICS:
+        try:
+            analytics.TrendsQuery.model_validate({"topic": topic.name, **window})
+        except ValidationError as exc:
+            problems = "; ".join(err["msg"] for err in exc.errors(include_url=False))
+            raise ProtocolError("BAD_REQUEST", f"Invalid params: {problems}.", topic.name) from None
+        return Subscription(topic, window=window)
+    days = params.get("days", 30)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 365:
+        raise ProtocolError("BAD_REQUEST", "params.days must be an integer 1..365.", topic.name)
+    return Subscription(topic, days=days)
+
+
+def start_own_channel(
+    db: Database, claims: dict[str, Any], channel: Channel, subscription: Subscription
+) -> None:
+    """Where the typed stream of a socket's own channel starts: live from now (what is older is
+    in the REST API)."""
+    assert subscription.topic.target is not None
+    if channel == "notifications":
+        subscription.last_seq = notifications.last_seq(db, claims, subscription.topic.target)
+    elif channel == "analytics":
+        subscription.since = analytics_events.start(db)
+
+
+def analytics_messages(
+    db: Database, claims: dict[str, Any], subscription: Subscription, user_id: UUID | None
+) -> list[dict[str, Any]]:
+    """What a subscription sends on a roll-up tick (user_id None: everyone's figures): an
+    `analytics_update`, or for the typed stream followed from connect the seed 001 events since
+    the last tick. In seed 001's form `data` is the series and the rest of the trend sits beside
+    it."""
+    name = subscription.topic.name
+    if subscription.typed:
+        assert subscription.since is not None
+        found, subscription.since = analytics_events.events_since(
+            db, claims, subscription.since, user_id=user_id
+        )
+        messages = []
+        for event, data in found:
+            subscription.last_seq += 1
+            envelope = event_message("analytics", name, subscription.last_seq, event, data)
+            messages.append(typed_message(envelope))
+        return messages
+    subscription.last_seq += 1
+    if subscription.window is None:
+        data = analytics.topic_update(db, claims, name, days=subscription.days, user_id=user_id)
+        return [event_message("analytics", name, subscription.last_seq, "analytics_update", data)]
+    # Validated at subscribe; an open end_date is now, so each push moves the window on.
+    query = analytics.TrendsQuery.model_validate({"topic": name, **subscription.window})
+    trend = analytics.trends(db, claims, query, user_id=user_id)
+    series = trend.pop("series")
+    return [
+        event_message("analytics", name, subscription.last_seq, "analytics_update", series, **trend)
+    ]
 
 
 def heartbeat_ack(message: Heartbeat) -> dict[str, Any]:

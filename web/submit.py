@@ -1,20 +1,65 @@
-"""Submitting a run, shared by invoke and workflow execute: who, idempotency, store, publish."""
+"""Submitting a run, shared by invoke and workflow execute: who, idempotency, store, publish,
+and the bounded wait of a synchronous submit."""
 
 from __future__ import annotations
 
 from typing import Any
 from uuid import UUID
 
+from flask import request
+
 from conveyor import metrics, runs
+from conveyor.auth.tenancy import record_audit
 from conveyor.constants import TASK_EXECUTE_RUN
-from conveyor.errors import Forbidden
+from conveyor.errors import Forbidden, InvalidInput
+from conveyor.ledger.accounts import require_known_user
 from conveyor.outbound import endpoints
 from conveyor.outbound.url_safety import check_webhook_url
-from conveyor.runs import sessions
+from conveyor.runs import sessions, views, waiting
+from conveyor.runs.payloads import FINAL_STATUSES, RUNS_WRITE_SCOPE, RunView
 from conveyor.runs.store import NewRun
 from conveyor.workflows.definitions import Workflow
+from web.auth import client_ip
 from web.body import idempotency_key
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
+
+
+def run_owner(user_id: UUID | None) -> UUID:
+    """Whose run this is: the calling user (a `user_id` must be theirs), or for a service token
+    with scope `runs:write` the existing user its body names."""
+    principal = get_principal()
+    if principal.is_service:
+        principal.require_scope(RUNS_WRITE_SCOPE)
+        if user_id is None:
+            raise InvalidInput("A service token starts runs for a user: send user_id.")
+        # A mistyped id must not open an account (and grant credits) nobody owns.
+        require_known_user(get_db(), user_id)
+        return user_id
+    caller = principal.require_user()
+    if user_id is not None and user_id != caller:
+        raise Forbidden("You can only start runs as yourself; omit user_id.")
+    return caller
+
+
+def owner_claims(user_id: UUID | None) -> dict[str, Any]:
+    """The RLS claims to read a submitted run with: the caller's, or for a service token those
+    of the user it submitted for (submit_run checked that user)."""
+    principal = get_principal()
+    if not principal.is_service or user_id is None:
+        return principal.rls_claims()
+    return {"sub": str(user_id), "role": "authenticated", "email": None, "app_metadata": {}}
+
+
+def await_outcome(run: NewRun, user_id: UUID | None, *, wait: bool) -> tuple[str, RunView | None]:
+    """(status, the run's view when it ended); with `wait`, first wait for the end, bounded by
+    WORKFLOW_WAIT_SECONDS. `user_id` is the body's, as given to submit_run."""
+    status = run.status
+    if wait and status not in FINAL_STATUSES:
+        wait = get_settings().workflow_wait_seconds
+        status = waiting.wait_for_final(get_db(), get_publisher(), run.id, wait)
+    if status not in FINAL_STATUSES:
+        return status, None
+    return status, views.get_run(get_db(), owner_claims(user_id), run.id)
 
 
 def submit_run(
@@ -28,9 +73,7 @@ def submit_run(
 ) -> NewRun:
     """Validate, store the run (the outbox) and publish it after commit; a repeated
     Idempotency-Key returns the first run."""
-    caller = get_principal().require_user()
-    if user_id is not None and user_id != caller:
-        raise Forbidden("You can only start runs as yourself; omit user_id.")
+    caller = run_owner(user_id)
     definition.validate_input(inputs)
     key = idempotency_key()
     db = get_db()
@@ -54,6 +97,16 @@ def submit_run(
         webhook_url=webhook_url,
     )
     if run.created:
+        if get_principal().is_service:
+            record_audit(
+                db,
+                action="service.runs.submit",
+                outcome="success",
+                subject=str(caller),
+                ip=client_ip(),
+                user_agent=request.user_agent.string,
+                details={"service": get_principal().subject, "run_id": str(run.id)},
+            )
         metrics.RUNS_SUBMITTED.labels(definition.name).inc()
         assert run.event is not None
         get_publisher().publish(run.event)

@@ -5,17 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from conveyor import workflows
-from conveyor.runs import views, waiting
 from conveyor.runs.payloads import (
-    FINAL_STATUSES,
     RunLinks,
     WorkflowExecuteRequest,
     WorkflowExecuteResponse,
 )
 from web.body import parse_body
-from web.context import get_db, get_principal, get_publisher, get_settings
 from web.openapi import contract
-from web.submit import submit_run
+from web.submit import await_outcome, submit_run
 
 bp = Blueprint("workflows", __name__)
 
@@ -45,17 +42,13 @@ def execute() -> tuple[Response, int]:
         session_id=body.session_id,
         webhook_url=body.webhook_url,
     )
-    status = run.status
-    if not body.run_async and status not in FINAL_STATUSES:
-        wait = get_settings().workflow_wait_seconds
-        status = waiting.wait_for_final(get_db(), get_publisher(), run.id, wait)
+    status, view = await_outcome(run, body.user_id, wait=not body.run_async)
     response = WorkflowExecuteResponse(
         workflow_run_id=run.id,
         status=status,  # type: ignore[arg-type]
         links=RunLinks(self=f"/api/runs/{run.id}"),
     )
-    if status in FINAL_STATUSES:
-        view = views.get_run(get_db(), get_principal().rls_claims(), run.id)
+    if view is not None:
         response.outputs, response.error, response.error_code = (
             view.output,
             view.error,

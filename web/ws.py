@@ -98,7 +98,8 @@ def notifications_socket(ws: Any) -> None:
 @public
 @contract({101: None})
 def analytics_socket(ws: Any) -> None:
-    """KPIs and trends: `lead_trends`, `usage_trends`, `run_stats`, `revenue`."""
+    """KPIs and trends: `lead_trends`, `conversation_trends`, `usage_trends`, `run_stats`,
+    `revenue`."""
     serve(ws, "analytics")
 
 

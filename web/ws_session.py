@@ -20,7 +20,6 @@ from conveyor.auth.tokens import Principal
 from conveyor.db import Database
 from conveyor.errors import ConveyorError, RunNotFound
 from conveyor.events import notifications
-from conveyor.ops import analytics
 from conveyor.runs import views
 from web.realtime import ANALYTICS_KEY, Delivery, Hub, Kind, Outbox
 from web.realtime_protocol import (
@@ -36,17 +35,21 @@ from web.realtime_protocol import (
     Topic,
     Unsubscribe,
     active_runs_snapshot,
-    event_message,
+    analytics_messages,
+    analytics_subscription,
     heartbeat_ack,
+    notifications_snapshot,
     parse_client_message,
     parse_topic,
     run_snapshot,
+    start_own_channel,
+    typed_key,
+    typed_message,
 )
 
 log = structlog.get_logger(__name__)
 
 REPLAY_PAGE = 500
-RECENT_NOTIFICATIONS = 20
 # A socket's thread wakes at least this often even when nothing happens (token expiry checks).
 IDLE_WAKE_SECONDS = 30.0
 MAX_CLOSE_REASON = 120  # the protocol allows 123 bytes
@@ -112,7 +115,10 @@ class SocketSession:
             self.ws.sock.shutdown(socket.SHUT_RDWR)
 
     def serve(self, ping_seconds: float) -> None:
-        """Handle client messages and deliveries until the socket closes."""
+        """Follow the user's own channel, then handle client messages and deliveries until the
+        socket closes."""
+        with self.write_lock:
+            self.follow_own_channel()
         expires_at = self.principal.claims.get("exp")
         next_ping = time.monotonic() + ping_seconds
         while self.ws.connected:
@@ -196,17 +202,44 @@ class SocketSession:
         except ConveyorError as exc:  # Postgres unreachable, say
             self.send({"type": "error", "code": exc.code, "message": exc.message})
 
+    def follow_own_channel(self) -> None:
+        """From connect until the first subscribe, follow the user's own channel in seed 001's
+        typed messages (docs/realtime.md); called holding the write lock, so the hub queues
+        whatever it delivers meanwhile until `last_seq` is known."""
+        user = self.principal.user_id
+        if user is None:
+            return
+        key = typed_key(self.channel, user)
+        subscription = Subscription(Topic(f"user:{user}", "user", user), typed=True)
+        self.subscriptions[key] = subscription
+        self.hub.subscribe(self, ANALYTICS_KEY if self.channel == "analytics" else key)
+        try:
+            start_own_channel(self.db, self.claims, self.channel, subscription)
+        except ConveyorError as exc:
+            self.stop_following_own_channel()
+            self.send({"type": "error", "code": exc.code, "message": exc.message})
+
+    def stop_following_own_channel(self) -> None:
+        """The client subscribes itself from now on (or unsubscribed its user topic)."""
+        for key in [k for k, sub in self.subscriptions.items() if sub.typed]:
+            self.subscriptions.pop(key, None)
+            if self.channel != "analytics":
+                self.hub.unsubscribe(self, key)
+            elif not self.subscriptions:
+                self.hub.unsubscribe(self, ANALYTICS_KEY)
+
     def subscribe(self, message: Subscribe) -> None:
         """Follow a topic: snapshot (or replay after `since`) first, then live."""
         topic = parse_topic(self.channel, message.topic)
-        if topic.kind == "analytics":
-            self.subscribe_analytics(topic, message.params)
-            return
-        assert topic.target is not None
         if topic.kind == "user" and not self.may_read_user(topic):
             raise ProtocolError(
                 "UNAUTHORIZED", "You may follow only your own user topic.", topic.name
             )
+        self.stop_following_own_channel()
+        if topic.kind == "analytics":
+            self.subscribe_analytics(topic, message.params)
+            return
+        assert topic.target is not None
         key = topic.key(self.channel)
         # Register with the hub before reading Postgres: whatever commits after the read is
         # published after it too, so it reaches the outbox; older seqs are dropped on delivery.
@@ -274,29 +307,9 @@ class SocketSession:
             self.replay_notifications(subscription)
             return
         last = notifications.last_seq(self.db, self.claims, topic.target)
-        recent, _ = notifications.list_notifications(
-            self.db,
-            self.claims,
-            user_id=topic.target,
-            unread=True,
-            limit=RECENT_NOTIFICATIONS,
-            cursor=None,
-        )
         self.subscriptions[key] = Subscription(topic, last_seq=last)
         self.send({"type": "subscribed", "topic": topic.name})
-        self.send(
-            event_message(
-                "notifications",
-                topic.name,
-                last,
-                "notification_snapshot",
-                {
-                    "unread_count": notifications.unread_count(self.db, self.claims, topic.target),
-                    "notifications": [note.view() for note in recent],
-                },
-                snapshot=True,
-            )
-        )
+        self.send(notifications_snapshot(self.db, self.claims, topic, last))
 
     def replay_notifications(self, subscription: Subscription) -> None:
         """Send the user's notifications after the subscription's last seq, from Postgres."""
@@ -310,16 +323,14 @@ class SocketSession:
                 limit=REPLAY_PAGE,
             )
             for note in notes:
-                self.send(note.envelope())
+                envelope = note.envelope()
+                self.send(typed_message(envelope) if subscription.typed else envelope)
                 subscription.last_seq = note.seq
             if len(notes) < REPLAY_PAGE:
                 return
 
     def subscribe_analytics(self, topic: Topic, params: dict[str, Any]) -> None:
-        days = params.get("days", 30)
-        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 365:
-            raise ProtocolError("BAD_REQUEST", "params.days must be an integer 1..365.", topic.name)
-        subscription = Subscription(topic, days=days)
+        subscription = analytics_subscription(topic, params)
         self.subscriptions[topic.key(self.channel)] = subscription
         self.hub.subscribe(self, ANALYTICS_KEY)
         self.send({"type": "subscribed", "topic": topic.name})
@@ -328,24 +339,15 @@ class SocketSession:
     def send_analytics(self, subscription: Subscription) -> None:
         """Compute and send one analytics update (admins: everyone's figures)."""
         scope = None if self.is_admin() else self.principal.user_id
-        data = analytics.topic_update(
-            self.db, self.claims, subscription.topic.name, days=subscription.days, user_id=scope
-        )
-        subscription.last_seq += 1
-        self.send(
-            event_message(
-                "analytics",
-                subscription.topic.name,
-                subscription.last_seq,
-                "analytics_update",
-                data,
-            )
-        )
+        for message in analytics_messages(self.db, self.claims, subscription, scope):
+            self.send(message)
 
     def unsubscribe(self, topic: Topic) -> None:
         """Stop following a topic (unknown ones are acknowledged too)."""
         key = topic.key(self.channel)
         self.subscriptions.pop(key, None)
+        if topic.kind == "user" and topic.target == self.principal.user_id:
+            self.stop_following_own_channel()
         if topic.kind != "analytics":
             self.hub.unsubscribe(self, key)
         elif not self.subscriptions:
@@ -373,10 +375,10 @@ class SocketSession:
 
     def resync(self) -> None:
         """After the hub lost Redis for a while: catch every subscription up from Postgres."""
-        for key, subscription in list(self.subscriptions.items()):
+        for subscription in list(self.subscriptions.values()):
             if subscription.topic.kind == "workflow_run":
                 self.replay_run(subscription)
-            elif key.startswith("notifications|"):
+            elif self.channel == "notifications":  # the user topic, subscribed or typed
                 self.replay_notifications(subscription)
             elif subscription.topic.kind == "analytics":
                 self.send_analytics(subscription)

@@ -78,6 +78,8 @@ class Notification(BaseModel):
     def view(self) -> dict[str, Any]:
         """The JSON shape clients read (REST and websocket alike)."""
         return {
+            # `id` is seed 001's name for `notification_id` (its websocket envelope's data).
+            "id": str(self.id),
             "notification_id": str(self.id),
             "user_id": str(self.user_id),
             "seq": self.seq,
@@ -282,6 +284,18 @@ def last_seq(db: Database, claims: dict[str, Any], user_id: UUID) -> int:
             (user_id,),
         ).fetchone()
     return int(row["seq"]) if row else 0
+
+
+def get_notification(db: Database, claims: dict[str, Any], notification_id: UUID) -> Notification:
+    """One of the caller's notifications; someone else's is not found (RLS)."""
+    with db.user_transaction(claims) as conn:
+        row = conn.execute(
+            _with_columns("select {columns} from notifications where id = %s"),
+            (notification_id,),
+        ).fetchone()
+    if row is None:
+        raise NotificationNotFound(f"notification {notification_id} does not exist")
+    return Notification.model_validate(row)
 
 
 def mark_read(db: Database, claims: dict[str, Any], notification_id: UUID) -> Notification:

@@ -3,6 +3,9 @@ the previous period and time series in UTC buckets.
 
 Revenue is what exists before Stripe's tables do: credits bought, the sum of
 `credit_transactions` of kind `purchase` (an amount in credits, not money).
+
+Seed 001's names map onto these: a conversation is an agent session, a message an agent message,
+a lead a user's first run (`new_users`), its conversion rate the runs' success rate.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ Metric = Literal[
     "revenue_credits",
     "active_users",
     "new_users",
+    "conversations",
+    "messages",
+    "active_conversations",
 ]
 Aggregation = Literal["daily", "hourly"]
 MAX_BUCKETS: dict[str, int] = {"daily": 366, "hourly": 24 * 31}
@@ -50,6 +56,11 @@ ACTIVITY = (
 )
 # A "lead" is a user's first run: lead_trends counts users by the bucket of their first run.
 FIRST_RUNS = "(select user_id, min(created_at) as created_at from workflow_runs group by 1)"
+# Seed 001's conversations are agent sessions; a message carries its session's user.
+MESSAGES = (
+    "(select s.user_id, m.session_id, m.created_at from agent_messages m "
+    "join agent_sessions s on s.id = m.session_id)"
+)
 # (source rows, their time column, the value per bucket): constants, never client input.
 SOURCES: dict[str, tuple[str, str, str]] = {
     "runs": (RUNS, "created_at", "count(*)"),
@@ -66,7 +77,13 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     "revenue_credits": (PURCHASES, "created_at", "sum(amount)"),
     "active_users": (ACTIVITY, "created_at", "count(distinct user_id)"),
     "new_users": (FIRST_RUNS, "created_at", "count(*)"),
+    "conversations": ("agent_sessions", "created_at", "count(*)"),
+    "messages": (MESSAGES, "created_at", "count(*)"),
+    # Sessions with a message in the bucket.
+    "active_conversations": (MESSAGES, "created_at", "count(distinct session_id)"),
 }
+# Seed 001's names for metrics (`?metric=` and `?topic=` of trends, the overview's keys).
+METRIC_ALIASES: dict[str, str] = {"leads": "new_users"}
 # Ratios have no value without data; counts and sums are zero.
 NULLABLE = frozenset({"success_rate"})
 KPIS: tuple[Metric, ...] = (
@@ -78,6 +95,14 @@ KPIS: tuple[Metric, ...] = (
     "active_users",
 )
 
+# Seed 001's overview keys, each `{value, change}` beside the native `kpis`.
+SEED_OVERVIEW: dict[str, Metric] = {
+    "total_leads": "new_users",
+    "active_conversations": "active_conversations",
+    "conversion_rate": "success_rate",
+    "total_revenue": "revenue_credits",
+}
+
 
 class OverviewQuery(Payload):
     """`?days=`: the period is the last `days` days, compared with the `days` before them."""
@@ -86,12 +111,42 @@ class OverviewQuery(Payload):
 
 
 class TrendsQuery(Payload):
-    """`?metric=&start=&end=&aggregation=`: start inclusive, end exclusive (default now)."""
+    """`?metric=&start=&end=&aggregation=`: start inclusive, end exclusive (default now). Seed
+    001's names are taken too: `start_date`/`end_date`, and `topic` (`lead_trends`,
+    `conversation_trends`, ...) or `metric=leads` for the metric."""
 
-    metric: Metric
+    metric: Metric | None = None
     start: datetime | None = None
     end: datetime | None = None
     aggregation: Aggregation = "daily"
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    topic: str | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("metric") in METRIC_ALIASES:
+            raw = {**raw, "metric": METRIC_ALIASES[raw["metric"]]}
+        return raw
+
+    @model_validator(mode="after")
+    def _one_name_each(self) -> TrendsQuery:
+        for native, seed in (("start", "start_date"), ("end", "end_date")):
+            if getattr(self, seed) is not None:
+                if getattr(self, native) is not None:
+                    raise ValueError(f"send {native} or {seed}, not both")
+                setattr(self, native, getattr(self, seed))
+                setattr(self, seed, None)
+        if self.topic is not None:
+            if self.metric is not None:
+                raise ValueError("send metric or topic, not both")
+            if self.topic not in TOPIC_FIGURES:
+                raise ValueError(f"topic must be one of {', '.join(sorted(TOPIC_FIGURES))}")
+            self.metric = TOPIC_FIGURES[self.topic][0]  # type: ignore[assignment]
+        if self.metric is None:
+            raise ValueError("metric (or topic) is required")
+        return self
 
     @model_validator(mode="after")
     def _a_bounded_range(self) -> TrendsQuery:
@@ -206,19 +261,24 @@ def overview(
     end = now or datetime.now(UTC)
     start = end - timedelta(days=days)
     before = start - timedelta(days=days)
-    kpis: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
     with db.user_transaction(claims) as conn:
-        for metric in KPIS:
+        for metric in dict.fromkeys([*KPIS, *SEED_OVERVIEW.values()]):
             current = total(conn, metric, start=start, end=end, user_id=user_id)
             previous = total(conn, metric, start=before, end=start, user_id=user_id)
-            kpis[metric] = {
+            figures[metric] = {
                 "value": current,
                 "previous": previous,
                 "change": change_percent(current, previous),
             }
+    seed = {
+        name: {"value": figures[metric]["value"], "change": figures[metric]["change"]}
+        for name, metric in SEED_OVERVIEW.items()
+    }
     return {
         "period": {"start": start.isoformat(), "end": end.isoformat(), "days": days},
-        "kpis": kpis,
+        "kpis": {metric: figures[metric] for metric in KPIS},
+        **seed,
     }
 
 
@@ -226,6 +286,7 @@ def trends(
     db: Database, claims: dict[str, Any], query: TrendsQuery, *, user_id: UUID | None
 ) -> dict[str, Any]:
     """The metric's series for a validated TrendsQuery."""
+    assert query.metric is not None, "validated: set"
     assert query.start is not None, "validated: set"
     assert query.end is not None, "validated: set"
     with db.user_transaction(claims) as conn:
@@ -257,6 +318,7 @@ def push_analytics(publisher: EventPublisher) -> None:
 # What each analytics websocket topic carries: (series metric, KPI metric or None).
 TOPIC_FIGURES: dict[str, tuple[str | None, tuple[Metric, ...]]] = {
     "lead_trends": ("new_users", ()),
+    "conversation_trends": ("conversations", ("conversations", "messages")),
     "usage_trends": ("tokens", ("tokens", "cost_micro_usd")),
     "run_stats": ("runs", ("runs", "success_rate", "active_users")),
     "revenue": ("revenue_credits", ("revenue_credits",)),

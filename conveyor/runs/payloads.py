@@ -12,10 +12,16 @@ from conveyor.payload import Payload
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# A service token with this scope starts runs for the user its body names (seed 001's
+# "server-to-server" caller); the run is that user's, charged to them.
+RUNS_WRITE_SCOPE = "runs:write"
 
 
 class InvokeRequest(Payload):
-    """`POST /api/agents/invoke`: run one agent as a one-step run."""
+    """`POST /api/agents/invoke`: run one agent as a one-step run; `async: false` waits for it
+    (bounded, like workflow execute), otherwise the answer is at once."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
     agent_type: str = Field(min_length=1, max_length=100)
     input: dict[str, Any] = Field(default_factory=dict)
@@ -24,6 +30,9 @@ class InvokeRequest(Payload):
     session_id: UUID | None = None
     # run.* events of this run are also POSTed here (docs/webhooks.md).
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2000)
+    # Invoke answered at once before execute existed; its clients rely on that, so waiting is
+    # asked for, where execute's is the default.
+    run_async: bool = Field(default=True, alias="async")
 
 
 class WorkflowExecuteRequest(Payload):
@@ -54,6 +63,7 @@ class InvokeResponse(BaseModel):
     status: RunStatus
     result: Any | None = None
     error: str | None = None
+    error_code: str | None = None
     links: RunLinks
 
 

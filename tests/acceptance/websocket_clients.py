@@ -22,24 +22,41 @@ from tests.support import LiveServer
 
 THREE_STEPS = [("fetch", "python"), ("think", "python"), ("write", "python")]
 RECV_TIMEOUT = 10
+# Seed 001's typed messages: a socket gets them for its own runs, notifications and activity
+# from connect until its first subscribe. Native clients switch on `type` and ignore them; so do
+# these tests, unless a socket is opened with typed=True (test_coming_from_pixelcraft.py).
+SEED_TYPED = frozenset(
+    {
+        "workflow_status_update",
+        "notification_created",
+        "lead_created",
+        "lead_analyzed",
+        "message_created",
+        "subscription_created",
+        "subscription_updated",
+    }
+)
 
 
 class Socket:
     """A websocket-client connection speaking the JSON protocol."""
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(self, url: str, *, typed: bool = False, **options: Any) -> None:
         self.ws = websocket.create_connection(url, timeout=RECV_TIMEOUT, **options)
+        self.ignored = frozenset() if typed else SEED_TYPED
 
     def send(self, **message: Any) -> None:
         """Send one JSON message."""
         self.ws.send(json.dumps(message))
 
     def recv(self) -> dict[str, Any]:
-        """The next JSON message; fails on a close frame."""
-        opcode, data = self.ws.recv_data()
-        assert opcode == websocket.ABNF.OPCODE_TEXT, (opcode, data)
-        message: dict[str, Any] = json.loads(data)
-        return message
+        """The next JSON message (skipping ignored types); fails on a close frame."""
+        while True:
+            opcode, data = self.ws.recv_data()
+            assert opcode == websocket.ABNF.OPCODE_TEXT, (opcode, data)
+            message: dict[str, Any] = json.loads(data)
+            if message.get("type") not in self.ignored:
+                return message
 
     def events(self, count: int) -> list[dict[str, Any]]:
         """The next count messages, each an event."""

@@ -9,7 +9,9 @@ import pytest
 
 from tests.support import ApiClient, token_for
 
-SOME_ID = uuid.uuid4()
+# Fixed, not random: the parameter ids name it, and they must be the same in every process
+# collecting the tests (pytest-xdist compares them).
+SOME_ID = uuid.UUID("5f3d2c1b-0a9e-4d8c-b7a6-958473625140")
 
 # (path with a query one past the maximum, whether it needs an admin)
 OVER_THE_MAXIMUM = [

@@ -61,9 +61,11 @@ def notification_uuid(notification_id: str) -> UUID:
 def get_notification(notification_id: str) -> Response:
     """One notification; someone else's (or a malformed id) answers 404."""
     principal = get_principal()
-    principal.require_user()
     note = notifications.get_notification(
-        get_db(), principal.rls_claims(), notification_uuid(notification_id)
+        get_db(),
+        principal.rls_claims(),
+        principal.require_user(),
+        notification_uuid(notification_id),
     )
     return jsonify(note.view())
 

@@ -301,8 +301,13 @@ def analytics_messages(
     if subscription.window is None:
         data = analytics.topic_update(db, claims, name, days=subscription.days, user_id=user_id)
         return [event_message("analytics", name, subscription.last_seq, "analytics_update", data)]
-    # Validated at subscribe; an open end_date is now, so each push moves the window on.
-    query = analytics.TrendsQuery.model_validate({"topic": name, **subscription.window})
+    # Validated at subscribe; an open end_date is now, so each push moves the window on, and
+    # past the most buckets a trend spans it keeps the newest ones rather than failing.
+    try:
+        query = analytics.TrendsQuery.model_validate({"topic": name, **subscription.window})
+    except ValidationError:
+        window = analytics.newest_window(subscription.window)
+        query = analytics.TrendsQuery.model_validate({"topic": name, **window})
     trend = analytics.trends(db, claims, query, user_id=user_id)
     series = trend.pop("series")
     return [

@@ -15,7 +15,7 @@ from web.pages import own_page
 bp = Blueprint("user_usage", __name__)
 
 
-@bp.get("/api/user/quota")
+@bp.get("/api/user/quota", strict_slashes=False)  # seed 000 (Express) calls either form
 @contract({200: accounts.QuotaView})
 def quota() -> Response:
     """The plan's limits, what is used and what remains, and when each resets (ISO 8601, UTC)."""
@@ -24,7 +24,7 @@ def quota() -> Response:
     return jsonify(view.model_dump(mode="json"))
 
 
-@bp.get("/api/user/usage-summary")
+@bp.get("/api/user/usage-summary", strict_slashes=False)  # seed 000 (Express) calls either form
 @contract({200: "application/json"}, query=accounts.UsageSummaryQuery)
 def usage_summary() -> Response:
     """Totals, by model and by day over the last `?days=` (1..366, default 30)."""

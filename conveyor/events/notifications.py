@@ -286,12 +286,15 @@ def last_seq(db: Database, claims: dict[str, Any], user_id: UUID) -> int:
     return int(row["seq"]) if row else 0
 
 
-def get_notification(db: Database, claims: dict[str, Any], notification_id: UUID) -> Notification:
-    """One of the caller's notifications; someone else's is not found (RLS)."""
+def get_notification(
+    db: Database, claims: dict[str, Any], user_id: UUID, notification_id: UUID
+) -> Notification:
+    """One of user_id's notifications; anyone else's is not found, an admin's reading included
+    (RLS lets admins read every row; this endpoint is the user's own, like the listing)."""
     with db.user_transaction(claims) as conn:
         row = conn.execute(
-            _with_columns("select {columns} from notifications where id = %s"),
-            (notification_id,),
+            _with_columns("select {columns} from notifications where id = %s and user_id = %s"),
+            (notification_id, user_id),
         ).fetchone()
     if row is None:
         raise NotificationNotFound(f"notification {notification_id} does not exist")

@@ -150,9 +150,13 @@ class TrendsQuery(Payload):
 
     @model_validator(mode="after")
     def _a_bounded_range(self) -> TrendsQuery:
-        end = _utc(self.end) if self.end else datetime.now(UTC)
         default_span = BUCKET_SIZE[self.aggregation] * (30 if self.aggregation == "daily" else 24)
-        start = _utc(self.start) if self.start else end - default_span
+        try:
+            end = _utc(self.end) if self.end else datetime.now(UTC)
+            start = _utc(self.start) if self.start else end - default_span
+        except OverflowError:
+            # Year 1 or 9999 moved by a zone or the default span leaves datetime's range.
+            raise ValueError("start and end must be between the years 2 and 9998") from None
         if start >= end:
             raise ValueError("start must be before end")
         buckets = (end - start) / BUCKET_SIZE[self.aggregation]
@@ -163,6 +167,17 @@ class TrendsQuery(Payload):
             )
         self.start, self.end = start, end
         return self
+
+
+def newest_window(window: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """A live window's params (start_date, open end) moved to its newest allowed buckets, once
+    `now` has taken it past MAX_BUCKETS: the oldest buckets drop off, the subscription lives on."""
+    aggregation = window.get("aggregation", "daily")
+    if aggregation not in MAX_BUCKETS or "start_date" not in window or "end_date" in window:
+        return window
+    size = BUCKET_SIZE[aggregation]
+    oldest = (now or datetime.now(UTC)) - size * (MAX_BUCKETS[aggregation] - 1)
+    return {**window, "start_date": oldest.isoformat()}
 
 
 def _utc(value: datetime) -> datetime:

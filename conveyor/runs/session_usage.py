@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
 from uuid import UUID
 
@@ -103,7 +104,9 @@ def _usage(
         conn,
         user_id,
         UsageRecord(
-            idempotency_key=f"agent-message:{session['id']}:{key}",
+            # The client's key (up to 255 characters) hashed: prefixed, it would outgrow the
+            # usage key's 255.
+            idempotency_key=f"agent-message:{session['id']}:{sha256(key.encode()).hexdigest()}",
             provider=figures.provider or UNSPECIFIED,
             model=figures.model or UNSPECIFIED,
             prompt_tokens=0 if answer else tokens,

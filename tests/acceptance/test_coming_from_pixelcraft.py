@@ -25,7 +25,7 @@ from conveyor.ops.analytics import push_analytics
 from tests.acceptance import stripe_deliveries
 from tests.acceptance.websocket_clients import RunDriver
 from tests.fake_stripe import FakeStripe
-from tests.support import API_SECRET, ApiClient
+from tests.support import API_SECRET, ApiClient, token_for
 
 USES_FAKE_STRIPE = True
 SETTINGS = {
@@ -220,11 +220,15 @@ def test_a_notification_is_fetched_by_id_and_only_by_its_user(
 
     mine = client.get(f"/api/notifications/{note.id}")
     theirs = make_client().get(f"/api/notifications/{note.id}")
+    an_admins = make_client(token=token_for(uuid.uuid4(), admin=True)).get(
+        f"/api/notifications/{note.id}"
+    )
 
     assert mine.status_code == 200
     assert mine.json()["id"] == str(note.id)
     assert set(mine.json()) >= NOTIFICATION_FIELDS | {"id", "action_url"}
     assert (theirs.status_code, theirs.json()["code"]) == (404, "NOTIFICATION_NOT_FOUND")
+    assert (an_admins.status_code, an_admins.json()["code"]) == (404, "NOTIFICATION_NOT_FOUND")
     listed = client.get("/api/notifications").json()["notifications"]
     assert [n["id"] for n in listed] == [str(note.id)]
 

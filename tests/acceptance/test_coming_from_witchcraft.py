@@ -270,3 +270,5 @@ def test_every_documented_path_also_answers_with_a_trailing_slash(
     assert session.status_code == 200, session.text
     message = {"sessionId": session.json()["id"], "role": "user", "content": "Hi"}
     assert client.post("/api/agent/message/", json=message).status_code == 200
+    assert client.get("/api/user/quota/").status_code == 200
+    assert client.get("/api/user/usage-summary/", params={"days": 30}).status_code == 200

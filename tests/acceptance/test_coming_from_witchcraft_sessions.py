@@ -8,6 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from conveyor.db import Database
 from tests.acceptance.witchcraft_calls import assert_error, ledger, new_session, track
 from tests.support import ApiClient
@@ -51,13 +53,14 @@ def test_messages_take_the_next_sequence_number_and_return_the_row(
     assert [m["id"] for m in listed] == [first["id"], answer["id"]]
 
 
+@pytest.mark.parametrize("key", ["msg-1", "k" * 255], ids=["short key", "longest key"])
 def test_a_messages_tokens_and_cost_are_recorded_once(
-    client: ApiClient, db: Database, user_id: uuid.UUID
+    client: ApiClient, db: Database, user_id: uuid.UUID, key: str
 ) -> None:
     session = new_session(client)
     body = {"sessionId": session, "role": "assistant", "content": "Done.", "tokens": 42,
             "costUsd": 0.0021, "model": "gpt-4o"}  # fmt: skip
-    headers = {"Idempotency-Key": "msg-1"}
+    headers = {"Idempotency-Key": key}
 
     first = client.post("/api/agent/message", json=body, headers=headers)
     retry = client.post("/api/agent/message", json=body, headers=headers)

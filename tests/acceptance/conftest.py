@@ -52,3 +52,9 @@ def connect(live_server: LiveServer) -> Iterator[Any]:
     for sock in opened:
         sock.close()
     live_server.app.extensions["conveyor.hub"].stop()
+
+
+@pytest.fixture
+def admin(make_client: Callable[..., ApiClient]) -> ApiClient:
+    """An API client signed in as an admin (token claim)."""
+    return make_client(token=token_for(uuid.uuid4(), admin=True))

@@ -28,12 +28,6 @@ ADMIN_ENDPOINTS = [
 ]
 
 
-@pytest.fixture
-def admin(make_client: Callable[..., ApiClient]) -> ApiClient:
-    """An API client signed in as an admin (token claim)."""
-    return make_client(token=token_for(uuid.uuid4(), admin=True))
-
-
 def submit_echo(client: ApiClient, n: int = 1) -> str:
     """Submit a run of the built-in echo agent; its id."""
     response = client.post("/api/agents/invoke", json={"agent_type": "echo", "input": {"n": n}})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from conveyor.settings import Settings
 from tests.acceptance.stripe_deliveries import SETTINGS as WEBHOOK_SETTINGS
 from tests.acceptance.stripe_deliveries import deliver_and_wait, wait_processed
 from tests.fake_stripe import FakeStripe, event, subscription
-from tests.support import ApiClient, LiveServer, token_for
+from tests.support import ApiClient, LiveServer
 
 USES_FAKE_STRIPE = True
 SETTINGS = {**WEBHOOK_SETTINGS, "stripe_reconcile_from_api": True}
@@ -131,11 +130,6 @@ def test_a_failed_event_waits_for_its_backoff(
 
 
 # --- admin endpoints ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def admin(make_client: Callable[..., ApiClient]) -> ApiClient:
-    return make_client(token=token_for(uuid.uuid4(), admin=True))
 
 
 @pytest.mark.usefixtures("worker")

@@ -44,11 +44,17 @@ def test_register_answers_the_new_supabase_user_who_gets_an_account(
     assert account == {"credits": FREE_PLAN_CREDITS, "subscription_tier": "free"}
 
 
-def test_register_awaiting_confirmation_says_when_the_email_was_sent(
-    anonymous: ApiClient, fake_auth: FakeSupabaseAuth
+def test_register_awaiting_confirmation_says_when_the_email_was_sent_and_opens_no_account(
+    anonymous: ApiClient, fake_auth: FakeSupabaseAuth, db: Database
 ) -> None:
     fake_auth.autoconfirm = False
-    assert register(anonymous)["confirmation_sent_at"]
+    body = register(anonymous)
+
+    assert body["confirmation_sent_at"]
+    with db.transaction() as conn:
+        opened = conn.execute("select count(*) as n from user_accounts").fetchone()
+    assert opened is not None
+    assert opened["n"] == 0
 
 
 def test_login_returns_supabase_tokens_and_the_user(

@@ -107,12 +107,16 @@ def health_check() -> tuple[Response, int]:
 @public
 @contract({201: RegisteredView}, body=Registration, auth=None)
 def register() -> tuple[Response, int]:
-    """`{email, password, user_metadata?}` → 201 with the new Supabase Auth user; the user gets a
-    Conveyor account (free plan, this month's credits)."""
+    """`{email, password, user_metadata?}` → 201 with the new Supabase Auth user. A signed-in user
+    gets a Conveyor account (free plan, this month's credits) now; one awaiting confirmation at
+    their first sign-in, since Supabase then answers an already registered email with a made-up
+    user."""
     auth = get_supabase_auth()
     body = parse_body(Registration)
-    user = auth.sign_up(body.email, body.password, body.user_metadata).user
-    accounts.account(get_db(), user.id)
+    result = auth.sign_up(body.email, body.password, body.user_metadata)
+    user = result.user
+    if result.session is not None:
+        accounts.account(get_db(), user.id)
     view = RegisteredView.model_validate(user.model_dump())
     return jsonify(view.model_dump(mode="json")), 201
 

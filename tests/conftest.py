@@ -1,7 +1,8 @@
 """Real services for every test: Postgres (a migrated template, cloned per test), Redis, a Celery
 worker in-process and the Flask app on a loopback port.
 
-TEST_DATABASE_URL / TEST_REDIS_URL point at existing servers; without them the embedded ones start.
+TEST_DATABASE_URL / TEST_REDIS_URL point at existing servers; without them the embedded ones start
+(one of each per pytest-xdist process).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -69,7 +71,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """TEST_REDIS_URL, or an embedded redis-server for this session."""
     configured = os.environ.get("TEST_REDIS_URL")
     if configured:
-        yield configured
+        yield redis_database_of_this_process(configured)
         return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
     server.start()
@@ -77,6 +79,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def redis_database_of_this_process(url: str) -> str:
+    """url for this test process: under pytest-xdist, worker gwN uses the database N after url's,
+    since each process flushes its Redis between tests and runs a worker on its queues."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base + int(worker[2:])}"))
 
 
 def database_named(admin_url: str, name: str) -> str:

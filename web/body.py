@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from flask import request
@@ -41,13 +42,42 @@ def read_body() -> bytes:
     return data
 
 
-def parse_body(model: type[Model], reshape: Callable[[Any], Any] | None = None) -> Model:
-    """The body as `model`, or InvalidContentType / InvalidJSON / InvalidInput naming the fields.
-    reshape, if given, turns a body `model` refuses as it is into the form it takes."""
+def require_json() -> None:
+    """InvalidContentType unless the request says its body is JSON."""
     if request.mimetype != "application/json":
         raise InvalidContentType(
             f"Content-Type must be application/json, not {request.mimetype or 'missing'}."
         )
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def json_object(body: bytes, *, exact_numbers: bool = False) -> dict[str, Any]:
+    """body as a JSON object, or InvalidJSON / InvalidInput saying what is wrong. exact_numbers
+    reads numbers with a fraction or exponent as Decimal (money stays exact)."""
+    try:
+        if exact_numbers:
+            raw = json.loads(body, parse_float=Decimal, parse_constant=_not_json)
+        else:
+            raw = json.loads(body)
+    except ValueError as exc:  # also a UnicodeDecodeError, or an integer too long to read
+        raise InvalidJSON(f"The body is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise InvalidJSON("The body nests too deeply to parse.") from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput("The body must be a JSON object.")
+    # JSON carries a NUL only escaped, so only such bodies need the (costly) walk.
+    if b"\\u0000" in body:
+        reject_nul(raw)
+    return raw
+
+
+def parse_body(model: type[Model], reshape: Callable[[Any], Any] | None = None) -> Model:
+    """The body as `model`, or InvalidContentType / InvalidJSON / InvalidInput naming the fields.
+    reshape, if given, turns a body `model` refuses as it is into the form it takes."""
+    require_json()
     body = read_body() or b"null"
     # A valid body, the common case, is parsed and validated in one pass by pydantic-core. What
     # it refuses takes the slower path below, which names what is wrong (JSON, shape or fields);
@@ -57,17 +87,7 @@ def parse_body(model: type[Model], reshape: Callable[[Any], Any] | None = None) 
             return model.model_validate_json(body)
         except ValidationError:
             pass
-    try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"The body is not valid JSON: {exc}.") from exc
-    except RecursionError as exc:
-        raise InvalidJSON("The body nests too deeply to parse.") from exc
-    if not isinstance(raw, dict):
-        raise InvalidInput("The body must be a JSON object.")
-    # JSON carries a NUL only escaped, so only such bodies need the (costly) walk.
-    if b"\\u0000" in body:
-        reject_nul(raw)
+    raw = json_object(body)
     if reshape is not None:
         raw = reshape(raw)
     try:

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from conveyor.auth.tokens import Principal
-from conveyor.errors import Forbidden, InvalidContentType, InvalidInput, InvalidJSON
+from conveyor.errors import Forbidden, InvalidInput, InvalidJSON
 from conveyor.ledger import accounts
-from web.body import IDEMPOTENCY_HEADER, idempotency_key, read_body, reject_nul
+from web.body import IDEMPOTENCY_HEADER, idempotency_key, json_object, read_body, require_json
 from web.context import get_db
 
 bp = Blueprint("witchcraft", __name__)
@@ -64,28 +63,12 @@ class WitchcraftBody(BaseModel):
         return data
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON number")
-
-
 def parse_witchcraft_body(model: type[Model]) -> Model:
     """The JSON body as model, numbers with a fraction or exponent read as Decimal (money is then
     exact); InvalidContentType / InvalidJSON / InvalidInput naming what is wrong."""
-    if request.mimetype != "application/json":
-        raise InvalidContentType(
-            f"Content-Type must be application/json, not {request.mimetype or 'missing'}."
-        )
+    require_json()
     body = read_body() or b"null"
-    try:
-        raw = json.loads(body, parse_float=Decimal, parse_constant=_not_json)
-    except ValueError as exc:  # also a UnicodeDecodeError, or an integer too long to read
-        raise InvalidJSON(f"The body is not valid JSON: {exc}.") from exc
-    except RecursionError as exc:
-        raise InvalidJSON("The body nests too deeply to parse.") from exc
-    if not isinstance(raw, dict):
-        raise InvalidInput("The body must be a JSON object.")
-    if b"\\u0000" in body:
-        reject_nul(raw)
+    raw = json_object(body, exact_numbers=True)
     # An escaped surrogate: Python reads a lone one into a str UTF-8 (and Postgres) cannot hold.
     if b"\\ud" in body.lower():
         try:

@@ -50,9 +50,9 @@ def bucket(parsed: IPv4Address | IPv6Address | None, address: str) -> str:
     return address
 
 
-def over_limit() -> RateLimited | None:
-    """Count this request against its address; the error to answer if that was one too many."""
-    g.conveyor_rate_counted = True
+def anonymous_caller() -> str | None:
+    """Whose allowance a request without credentials uses (`anon:<address or /64>`); None for an
+    address in RATE_LIMIT_EXEMPT_NETWORKS."""
     settings: Settings = current_app.extensions["conveyor.settings"]
     address = client_ip() or "unknown"
     try:
@@ -61,8 +61,18 @@ def over_limit() -> RateLimited | None:
         parsed = None
     if parsed is not None and any(parsed in net for net in settings.rate_limit_exempt_networks):
         return None
+    return f"anon:{bucket(parsed, address)}"
+
+
+def over_limit() -> RateLimited | None:
+    """Count this request against its address; the error to answer if that was one too many."""
+    g.conveyor_rate_counted = True
+    caller = anonymous_caller()
+    if caller is None:
+        return None
+    address = client_ip() or "unknown"
     limiter: RateLimiter = current_app.extensions["conveyor.rate_limiter"]
-    wait = limiter.hit(f"anon:{bucket(parsed, address)}")
+    wait = limiter.hit(caller)
     if wait <= 0:
         return None
     seconds = math.ceil(wait)

@@ -6,8 +6,6 @@ request (the day's limit, then the path's credits) before its view runs."""
 
 from __future__ import annotations
 
-from ipaddress import ip_address
-
 import redis
 from flask import Blueprint, Response, current_app, g, request
 from flask.blueprints import BlueprintSetupState
@@ -17,11 +15,10 @@ from conveyor.auth.tokens import Principal
 from conveyor.errors import ConveyorError, InsufficientCredits, RateLimited
 from conveyor.ledger import endpoint_rates
 from conveyor.settings import Settings
-from web.auth import client_ip
 from web.compat import django_auth, django_credits, django_users, fastapi_errors
 from web.context import get_db, get_settings
 from web.errors import handle_conveyor_error
-from web.limits import REDIS_TIMEOUT_SECONDS, bucket
+from web.limits import REDIS_TIMEOUT_SECONDS, anonymous_caller
 
 LIMITS = "conveyor.django_daily_limits"
 # The document's bodies for its two refusals; other errors carry their message as `detail`.
@@ -66,17 +63,11 @@ def daily_limits() -> DailyLimits:
 def count_anonymous(limits: DailyLimits) -> None:
     """A caller without a token (register, login) is counted per client address, as the
     per-minute limit of web/limits.py counts it."""
-    settings = get_settings()
-    if settings.anonymous_daily_api_requests == 0:
+    requests = get_settings().anonymous_daily_api_requests
+    caller = anonymous_caller()
+    if requests == 0 or caller is None:
         return
-    address = client_ip() or "unknown"
-    try:
-        parsed = ip_address(address)
-    except ValueError:
-        parsed = None
-    if parsed is not None and any(parsed in net for net in settings.rate_limit_exempt_networks):
-        return
-    limits.hit(f"anon:{bucket(parsed, address)}", settings.anonymous_daily_api_requests)
+    limits.hit(caller, requests)
 
 
 def charge(principal: Principal, limits: DailyLimits, counted: Counted | None) -> None:

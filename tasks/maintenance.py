@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from celery import shared_task
 
 from conveyor.constants import (
@@ -13,8 +15,11 @@ from conveyor.constants import (
     TASK_USAGE_ROLLUP,
 )
 from conveyor.ops import maintenance
+from conveyor.runs import waits
 from conveyor.runs.reaper import finalize_abandoned_cancellations, runs_to_republish
+from tasks.outbound import queue_deliveries
 from worker.base import PeriodicTask
+from worker.celery_app import send_or_log
 
 
 @shared_task(bind=True, base=PeriodicTask, name=TASK_REQUEUE_STALE_RUNS)
@@ -52,3 +57,20 @@ def usage_rollup(self: PeriodicTask, period: str | None = None) -> dict[str, int
     """usage_daily for today and yesterday."""
     res = self.resources
     return maintenance.usage_rollup(res.db, res.settings, "")
+
+
+@shared_task(bind=True, base=PeriodicTask, name=waits.TASK_WAKE_WAITING_RUNS)
+def wake_waiting_runs(
+    self: PeriodicTask, period: str | None = None, now: str | None = None
+) -> dict[str, int]:
+    """Resume the runs whose sleep or wait timeout ended (by `now`, ISO, default the database's
+    clock), then publish them: a refused publish leaves a stale queued run for the requeue job."""
+    res = self.resources
+    woken = waits.wake_due_runs(res.db, now=datetime.fromisoformat(now) if now else None)
+    for run in woken:
+        res.publisher.publish(*run.events)
+        if run.queued:
+            send_or_log(self.app, TASK_EXECUTE_RUN, str(run.run_id))
+        if run.deliveries:
+            queue_deliveries(self.app, run.deliveries)
+    return {"resumed": sum(run.queued for run in woken), "failed": sum(not r.queued for r in woken)}

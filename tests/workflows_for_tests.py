@@ -207,3 +207,128 @@ workflows.define(
         ],
     )
 )
+
+
+class MaybeHoldInput(BaseModel):
+    """Where the `http` step calls, the key the test server counts by, and whether it holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str
+    key: str
+    hold: bool = False
+
+
+workflows.define(
+    Workflow(
+        name="call_maybe_hold_call",
+        description="A model call, an HTTP call the test server holds if asked, a model call.",
+        input_model=MaybeHoldInput,
+        steps=[
+            StepSpec(name="first", kind="llm", config={"prompt": "first {{ inputs.key }}"}),
+            StepSpec(
+                name="maybe_hold",
+                kind="http",
+                config={
+                    "url": "{{ inputs.server }}/{{ 'hold' if inputs.hold else 'pass' }}/"
+                    "{{ inputs.key }}"
+                },
+                timeout_seconds=60,
+            ),
+            StepSpec(name="last", kind="llm", config={"prompt": "last {{ inputs.key }}"}),
+        ],
+    )
+)
+
+workflows.define(
+    Workflow(
+        name="big_then_measure",
+        description="A step with a large (stored) output, then a step that measures it.",
+        input_model=BigInput,
+        steps=[
+            python_step("make", "tests.big_output"),
+            StepSpec(
+                name="measure",
+                kind="transform",
+                config={"output": {"length": "{{ steps.make.output.blob | length }}"}},
+            ),
+        ],
+    )
+)
+
+
+class NapInput(BaseModel):
+    """How long the `nap` step sleeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(ge=0, le=30 * 24 * 3600)
+
+
+class ApprovalInput(BaseModel):
+    """Which ticket a signal must name, and how long to wait for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ticket: str = Field(min_length=1, max_length=100)
+    timeout: float = Field(3600.0, gt=0, le=30 * 24 * 3600)
+
+
+@steps.function("tests.note")
+def note(ctx: StepContext, data: Any) -> dict[str, Any]:
+    """A step that records which attempt ran it."""
+    return {"attempt": ctx.attempt}
+
+
+def nap_workflow(name: str, *, timeout_seconds: float) -> Workflow:
+    """A step, a durable sleep of `inputs.seconds`, a step reading the sleep's output."""
+    return Workflow(
+        name=name,
+        description="A step, a durable sleep, another step.",
+        input_model=NapInput,
+        timeout_seconds=timeout_seconds,
+        steps=[
+            python_step("before", "tests.note"),
+            StepSpec(name="nap", kind="sleep", config={"seconds": "{{ inputs.seconds }}"}),
+            StepSpec(
+                name="after",
+                kind="transform",
+                config={"output": {"slept_until": "{{ steps.nap.output.wake_at }}"}},
+            ),
+        ],
+    )
+
+
+workflows.define(nap_workflow("nap", timeout_seconds=60))
+# The whole run may execute for 1.5 s: a longer sleep must not count against it.
+workflows.define(nap_workflow("nap_in_a_short_run", timeout_seconds=1.5))
+
+
+def approval_workflow(name: str, *, on_timeout: str) -> Workflow:
+    """Wait for the `approved` signal naming the ticket, then pass its payload on."""
+    return Workflow(
+        name=name,
+        description="Wait for an approval signal, then report it.",
+        input_model=ApprovalInput,
+        steps=[
+            StepSpec(
+                name="approval",
+                kind="wait_for_event",
+                config={
+                    "event": "approved",
+                    "match": "{{ inputs.ticket }}",
+                    "timeout_seconds": "{{ inputs.timeout }}",
+                    "on_timeout": on_timeout,
+                },
+            ),
+            StepSpec(
+                name="report",
+                kind="transform",
+                config={"output": {"approval": "{{ steps.approval.output }}"}},
+            ),
+        ],
+    )
+
+
+workflows.define(approval_workflow("await_approval", on_timeout="fail"))
+workflows.define(approval_workflow("await_approval_or_go_on", on_timeout="continue"))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from conveyor import runs
+from conveyor import metrics, runs
 from conveyor.auth.tenancy import record_audit
-from conveyor.runs import artifacts, views
-from conveyor.runs.payloads import RunEventsQuery, RunListQuery, RunSummary, RunView
+from conveyor.constants import TASK_EXECUTE_RUN
+from conveyor.runs import artifacts, rerun, views
+from conveyor.runs.payloads import RerunRequest, RunEventsQuery, RunListQuery, RunSummary, RunView
 from web.auth import client_ip, require_admin
-from web.body import parse_query
-from web.context import get_db, get_principal, get_publisher, get_store
+from web.body import idempotency_key, parse_body, parse_query
+from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_store
 from web.openapi import contract, listing
 
 bp = Blueprint("runs", __name__)
@@ -103,3 +104,50 @@ def cancel_run(run_id: str) -> Response:
             details={"owner": str(owner)},
         )
     return jsonify(view.model_dump(mode="json"))
+
+
+@bp.post("/api/runs/<run_id>/rerun")
+@contract(
+    {200: RunView, 202: RunView},
+    body=RerunRequest,
+    headers={"Idempotency-Key": "Retrying with the same key returns the same new run."},
+)
+def rerun_run(run_id: str) -> tuple[Response, int]:
+    """Start a new run of a finished run from `from_step` on, reusing the earlier steps'
+    checkpoints (not run, not charged again); `inputs` replace the old inputs (a fork). 202 with
+    the new run; 200 when an Idempotency-Key replays an earlier rerun."""
+    principal = get_principal()
+    principal.require_user()
+    body = parse_body(RerunRequest)
+    db = get_db()
+    target = views.parse_run_id(run_id)
+    started = rerun.rerun(
+        db,
+        get_store(),
+        principal.rls_claims(),
+        target,
+        from_step=body.from_step,
+        inputs=body.inputs,
+        idempotency_key=idempotency_key(),
+    )
+    new = started.run
+    if new.created:
+        if started.owner != principal.user_id:
+            record_audit(
+                db,
+                action="admin.run.rerun",
+                outcome="success",
+                actor_user_id=principal.user_id,
+                subject=str(target),
+                ip=client_ip(),
+                user_agent=request.user_agent.string,
+                details={"owner": str(started.owner), "new_run": str(new.id)},
+            )
+        view = views.get_run(db, principal.rls_claims(), new.id)
+        metrics.RUNS_SUBMITTED.labels(view.workflow_id).inc()
+        assert new.event is not None
+        get_publisher().publish(new.event)
+        get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(new.id))
+        return jsonify(view.model_dump(mode="json")), 202
+    view = views.get_run(db, principal.rls_claims(), new.id)
+    return jsonify(view.model_dump(mode="json")), 200

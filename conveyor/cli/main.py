@@ -30,6 +30,7 @@ from conveyor.cli.backing import (
     one_line,
 )
 from conveyor.cli.maintenance import maintenance_group
+from conveyor.cli.rerun import rerun
 from conveyor.cli.status import status
 from conveyor.cli.submit import submit
 from conveyor.cli.users import users
@@ -272,5 +273,6 @@ def token(
 
 main.add_command(maintenance_group, "maintenance")
 main.add_command(submit)
+main.add_command(rerun)
 main.add_command(status)
 main.add_command(users)

@@ -27,6 +27,7 @@ from conveyor.ops.analytics import PUSH_SECONDS, TASK_PUSH_ANALYTICS
 from conveyor.ops.job_runs import MaintenanceRun, recent_runs
 from conveyor.ops.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
 from conveyor.ops.schedule import Daily, Every, Hourly, Job, Monthly
+from conveyor.runs.waits import TASK_WAKE_WAITING_RUNS, WAKE_EVERY_SECONDS
 
 JOBS: tuple[Job, ...] = (
     Job(
@@ -37,6 +38,15 @@ JOBS: tuple[Job, ...] = (
         # A missed tick is worthless once the next one is due.
         expires_seconds=25,
         description="republish runs left queued or with an expired lease",
+    ),
+    Job(
+        name="wake_waiting_runs",
+        task=TASK_WAKE_WAITING_RUNS,
+        queue="maintenance",
+        # A sleep ends at most this late; the scan reads only waiting runs (a partial index).
+        cadence=Every(WAKE_EVERY_SECONDS),
+        expires_seconds=WAKE_EVERY_SECONDS - 3,
+        description="resume waiting runs whose sleep or wait timeout has ended",
     ),
     Job(
         name="requeue_usage_batches",

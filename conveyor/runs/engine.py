@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -17,13 +16,14 @@ from conveyor import metrics, steps
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events.run_events import EventPublisher
-from conveyor.runs import artifacts, checkpoints
+from conveyor.runs import artifacts, checkpoints, waits
+from conveyor.runs.fingerprints import step_fingerprint
 from conveyor.runs.step_rows import CompletedStep
 from conveyor.runs.store import ClaimedRun, Outcome, StepState
 from conveyor.runs.supabase_storage import StorageUnavailable
 from conveyor.runs.supervision import HandedBack, LeaseLost, RunInterrupted, RunTimedOut, Watch
 from conveyor.settings import Settings
-from conveyor.steps import StepContext, StepFailure, StepResult
+from conveyor.steps import StepContext, StepFailure, StepResult, StepSuspended
 from conveyor.workflows import templates
 from conveyor.workflows.definitions import StepSpec, Workflow
 
@@ -48,7 +48,7 @@ class Engine:
     def run(self) -> Outcome:
         """Execute the remaining steps. Raises RunCancelled or LeaseLost when the run must stop."""
         inputs = self.workflow.validate_input(self.claim.input).model_dump(mode="json")
-        elapsed = (datetime.now(UTC) - self.claim.started_at).total_seconds()
+        elapsed = waits.execution_seconds(self.db, self.claim, self.workflow)
         watch = Watch(
             self.db,
             self.claim,
@@ -87,6 +87,16 @@ class Engine:
                     f"during step {spec.name!r}",
                     error_code="RUN_TIMEOUT",
                     failed_position=position,
+                )
+            except StepSuspended as suspended:
+                # A durable wait: committed on the run row, and this attempt ends (RunSuspended).
+                waits.suspend(
+                    self.db,
+                    self.publisher,
+                    self.claim,
+                    position,
+                    suspended.request,
+                    step_fingerprint(spec),
                 )
             outputs[spec.name] = {"output": result.output}
             last_step = self._checkpoint(watch, position, spec, result, plan)
@@ -167,6 +177,9 @@ class Engine:
             )
             outcome = "completed"
             return result
+        except StepSuspended:
+            outcome = "waiting"
+            raise
         except (StepFailure, RunInterrupted, ServiceUnavailable):
             raise
         except Exception as exc:
@@ -215,7 +228,7 @@ class Engine:
     ) -> CompletedStep | None:
         """Commit a finished step and start the next; the last one is returned for finish_run."""
         stored, url = self._offload(watch, spec.name, result.output)
-        step = CompletedStep(position, stored, url, result.usage)
+        step = CompletedStep(position, stored, url, result.usage, step_fingerprint(spec))
         following = position + 1
         if following == len(plan):
             return step

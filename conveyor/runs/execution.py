@@ -17,7 +17,7 @@ from conveyor.runs import artifacts, checkpoints
 from conveyor.runs.engine import Engine
 from conveyor.runs.store import Outcome
 from conveyor.runs.supabase_storage import StorageUnavailable
-from conveyor.runs.supervision import HandedBack, LeaseLost, RunCancelled
+from conveyor.runs.supervision import HandedBack, LeaseLost, RunCancelled, RunSuspended
 from conveyor.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -35,6 +35,7 @@ class Result(StrEnum):
     # Queued again, but left to the reaper: the step would not stop, and republished at once
     # the run could start that step beside the thread still running it until this process exits.
     QUEUED_FOR_REAPER = "queued_for_reaper"
+    WAITING = "waiting"  # a durable wait was committed: the run holds no worker until resumed
 
 
 def execute_run(
@@ -88,6 +89,9 @@ def execute_run(
     except LeaseLost:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
+    except RunSuspended:
+        log.info("run_waiting")
+        return Result.WAITING
     except HandedBack as exc:
         # A step that would not stop keeps its attempt counted: it may still be running.
         queued = checkpoints.hand_back(

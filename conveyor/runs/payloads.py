@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.payload import Payload
 
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 # A service token with this scope starts runs for the user its body names (seed 001's
 # "server-to-server" caller); the run is that user's, charged to them.
@@ -94,6 +94,11 @@ class StepView(BaseModel):
     usage: dict[str, Any] | None
     error: str | None
     error_code: str | None
+    # Set on a rerun's steps before its from_step: copied from that run's checkpoint, not run.
+    reused_from: UUID | None = None
+    # A durable wait (sleep, wait_for_event): when its timer ends, and what it waits for.
+    wake_at: datetime | None = None
+    wait: dict[str, Any] | None = None
 
 
 class RunSummary(BaseModel):
@@ -124,6 +129,19 @@ class RunView(RunSummary):
     steps: list[StepView]
     cancel_requested_at: datetime | None
     updated_at: datetime
+    # While `waiting`: when the beat job resumes it (null when only a signal can).
+    wake_at: datetime | None = None
+    # A rerun names the run it was started from and the step it was rerun from.
+    rerun_of: UUID | None = None
+    rerun_from_step: str | None = None
+
+
+class RerunRequest(Payload):
+    """`POST /api/runs/<id>/rerun`: a new run from `from_step` on, reusing the earlier steps'
+    checkpoints; `inputs` replace the old run's inputs (a fork)."""
+
+    from_step: str = Field(min_length=1, max_length=64)
+    inputs: dict[str, Any] | None = None
 
 
 class RunListQuery(Payload):

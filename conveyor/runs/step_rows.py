@@ -23,6 +23,8 @@ class CompletedStep:
     output: Any
     output_url: str | None
     llm_usage: LlmUsage | None
+    # What made it (runs/fingerprints.py): a rerun reuses it only while that is unchanged.
+    spec_hash: str | None = None
 
 
 def mark_completed(
@@ -35,12 +37,12 @@ def mark_completed(
         """
         update workflow_steps
            set status = 'completed', output = %s, output_url = %s, finished_at = now(),
-               error = null, error_code = null
+               error = null, error_code = null, spec_hash = coalesce(%s, spec_hash)
          where run_id = %s and position = %s
         returning name, attempt,
                   (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms
         """,
-        (Jsonb(step.output), step.output_url, run_id, step.position),
+        (Jsonb(step.output), step.output_url, step.spec_hash, run_id, step.position),
     ).fetchone()
     assert row is not None, "a claimed run has a row for every step"
     events: list[tuple[str, dict[str, Any]]] = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -95,10 +95,12 @@ def create_run(
     session_id: UUID | None = None,
     admit: bool = False,
     webhook_url: str | None = None,
+    prepare: Callable[[Connection, UUID], None] | None = None,
 ) -> NewRun:
     """Insert a queued run with its (name, kind) steps pending; with an idempotency key this user
     already used, return that run instead. With `admit`, the plan's limits are checked and the
-    job's credits taken in the same transaction (RateLimited, QuotaExceeded, ... roll it back)."""
+    job's credits taken in the same transaction (RateLimited, QuotaExceeded, ... roll it back).
+    `prepare(conn, run_id)` completes the new run in that transaction (a rerun's reused steps)."""
     with db.transaction() as conn:
         # The run starts at event seq 1: its first event is inserted below, not appended.
         row = conn.execute(
@@ -147,6 +149,8 @@ def create_run(
             )
         if admission is not None:
             ledger.admission_verdict(admission)
+        if prepare is not None:
+            prepare(conn, row["id"])
         created = first.fetchone()
         assert created is not None
     event = RunEvent(
@@ -306,8 +310,8 @@ def close_unfinished_steps(
     error: str | None = None,
     error_code: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Give every pending or running step its final status: the failing step `failed`, the rest
-    `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
+    """Give every pending, running or waiting step its final status: the failing step `failed`,
+    the rest `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
     return conn.execute(
         """
         update workflow_steps
@@ -316,8 +320,9 @@ def close_unfinished_steps(
                              else 'skipped' end,
                error = case when position = %(failed)s then %(error)s else error end,
                error_code = case when position = %(failed)s then %(code)s else error_code end,
-               finished_at = case when status = 'running' then now() else finished_at end
-         where run_id = %(run)s and status in ('pending', 'running')
+               finished_at = case when status in ('running', 'waiting') then now()
+                                  else finished_at end
+         where run_id = %(run)s and status in ('pending', 'running', 'waiting')
         returning name as step, position, status, error, error_code
         """,
         {
@@ -333,18 +338,21 @@ def close_unfinished_steps(
 def cancel_run(
     db: Database, claims: dict[str, Any], run_id: UUID
 ) -> tuple[RunView, RunEvent, UUID]:
-    """Cancel a queued run now, or ask a running one to stop; only its owner or an admin may.
-    Returns the run, the event, and the owner's id."""
+    """Cancel a queued or waiting run now, or ask a running one to stop; only its owner or an
+    admin may. Returns the run, the event, and the owner's id."""
     require_visible(db, claims, run_id)
     with db.transaction() as conn:
         row = conn.execute(
             """
             update workflow_runs
-               set status = case when status = 'queued' then 'cancelled' else status end,
-                   finished_at = case when status = 'queued' then now() else finished_at end,
+               set status = case when status in ('queued', 'waiting') then 'cancelled'
+                                 else status end,
+                   finished_at = case when status in ('queued', 'waiting') then now()
+                                      else finished_at end,
                    cancel_requested_at = coalesce(cancel_requested_at, now()),
+                   wake_at = null, waiting_since = null,
                    updated_at = now()
-             where id = %s and status in ('queued', 'running')
+             where id = %s and status in ('queued', 'running', 'waiting')
             returning *
             """,
             (run_id,),
@@ -359,8 +367,9 @@ def cancel_run(
 
 
 def record_cancelled(conn: Connection, row: dict[str, Any]) -> RunEvent:
-    """In the transaction that made a run cancelled without its worker (queued, or abandoned):
-    close its steps, queue its run.cancelled webhook event and append its status event."""
+    """In the transaction that made a run cancelled without its worker (queued, waiting, or
+    abandoned): close its steps, queue its run.cancelled webhook event and append its status
+    event."""
     close_unfinished_steps(conn, row["id"], run_status="cancelled")
     # Sent by the re-queue job's next tick (beat, every 30 s): the caller answers at once.
     outbound.record_run_finished(conn, row, queued=False)

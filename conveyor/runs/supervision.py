@@ -41,6 +41,11 @@ class RunTimedOut(RunInterrupted):
     """The run exceeded its overall timeout."""
 
 
+class RunSuspended(RunInterrupted):
+    """The run is waiting (sleep, signal) and committed so: this attempt ends, no worker holds
+    it until it is resumed (conveyor/runs/waits.py)."""
+
+
 class HandedBack(RunInterrupted):
     """This worker is shutting down: give the run back to the queue. attempt_started: the
     current step's attempt was counted (and is given back with the run). step_stopped: False

@@ -38,7 +38,8 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
             """
             select position, name, kind, status, attempt, started_at, finished_at,
                    (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms,
-                   output, output_url, usage, error, error_code
+                   output, output_url, usage, error, error_code, reused_from,
+                   wake_at, wait
               from workflow_steps where run_id = %s order by position
             """,
             (run_id,),
@@ -68,6 +69,9 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         updated_at=row["updated_at"],
+        rerun_of=row["rerun_of"],
+        rerun_from_step=row["rerun_from_step"],
+        wake_at=row["wake_at"],
     )
 
 

@@ -1,4 +1,5 @@
-"""Built-in step kinds: llm, http, python, transform."""
+"""Built-in step kinds: llm, http, python, transform, and the durable waits sleep and
+wait_for_event."""
 
 from __future__ import annotations
 
@@ -14,17 +15,29 @@ from conveyor.steps.http import HTTP
 from conveyor.steps.llm import LLM
 from conveyor.steps.python import PYTHON, function, get_function
 from conveyor.steps.transform import TRANSFORM
+from conveyor.steps.wait import (
+    SLEEP_KIND,
+    WAIT_FOR_EVENT_KIND,
+    WAIT_KINDS,
+    StepSuspended,
+    WaitRequest,
+)
 
-KINDS: dict[str, StepKind] = {kind.name: kind for kind in (LLM, HTTP, PYTHON, TRANSFORM)}
+KINDS: dict[str, StepKind] = {
+    kind.name: kind for kind in (LLM, HTTP, PYTHON, TRANSFORM, SLEEP_KIND, WAIT_FOR_EVENT_KIND)
+}
 
 __all__ = [
     "KINDS",
+    "WAIT_KINDS",
     "LlmUsage",
     "StepContext",
     "StepFailure",
     "StepKind",
     "StepResult",
     "StepStopped",
+    "StepSuspended",
+    "WaitRequest",
     "function",
     "get_function",
 ]

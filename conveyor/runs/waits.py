@@ -1,0 +1,258 @@
+"""Durable waits: a run that sleeps or waits for a signal is a `waiting` row, not a busy worker.
+
+`suspend` commits the wait from the engine (fenced like a checkpoint) and ends the attempt;
+`wake_due_runs` (the beat job) and `signals.deliver_signal` resume a run with one conditional
+UPDATE each, so concurrent resumers resume it once. docs/architecture.md, "Durable waits".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from conveyor import outbound
+from conveyor.db import Connection, Database
+from conveyor.events import notifications
+from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, RunEvent, append_events
+from conveyor.ledger.usage import StepOwner
+from conveyor.runs.step_rows import CompletedStep, mark_completed
+from conveyor.runs.store import STEP_FAILED, ClaimedRun, close_unfinished_steps, status_data
+from conveyor.runs.supervision import RunCancelled, RunSuspended
+from conveyor.steps import WAIT_KINDS, WaitRequest
+from conveyor.workflows.definitions import Workflow
+
+TASK_WAKE_WAITING_RUNS = "maintenance.wake_waiting_runs"
+WAKE_EVERY_SECONDS = 15
+STEP_WAITING = "step_waiting"
+STEP_RESUMED = "step_resumed"
+WAIT_TIMEOUT = "WAIT_TIMEOUT"
+
+# The one conditional UPDATE that takes a run out of `waiting` when its timer ended: only while
+# it still waits at that step and is due, so a second beat process, a retried job or a signal
+# racing the timer finds nothing to do. The time waited is added up (the run timeout ignores it)
+# and progress counts the wait step as done.
+RESUME_DUE_SQL = """
+update workflow_runs r
+   set status = 'queued', enqueued_at = now(), wake_at = null, waiting_since = null,
+       updated_at = now(),
+       waited_seconds = r.waited_seconds
+         + greatest(0, extract(epoch from now() - coalesce(r.waiting_since, now()))),
+       progress = (select least(1, (count(*) filter (where s.status = 'completed') + 1)::real
+                                   / count(*))
+                     from workflow_steps s where s.run_id = r.id)
+ where r.id = %(id)s and r.status = 'waiting'
+   and r.wake_at <= coalesce(%(now)s::timestamptz, now())
+   and exists (select 1 from workflow_steps s
+                where s.run_id = r.id and s.position = %(position)s and s.status = 'waiting')
+returning r.*, %(position)s::integer as wait_position
+"""
+# The same for an event wait whose timeout fails the run.
+FAIL_DUE_SQL = """
+update workflow_runs r
+   set status = 'failed', error = %(error)s, error_code = %(code)s, current_step = null,
+       finished_at = now(), wake_at = null, waiting_since = null, updated_at = now(),
+       waited_seconds = r.waited_seconds
+         + greatest(0, extract(epoch from now() - coalesce(r.waiting_since, now())))
+ where r.id = %(id)s and r.status = 'waiting'
+   and r.wake_at <= coalesce(%(now)s::timestamptz, now())
+   and exists (select 1 from workflow_steps s
+                where s.run_id = r.id and s.position = %(position)s and s.status = 'waiting')
+returning r.*
+"""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A run taken out of `waiting`: its events to publish and, when queued, a run to send
+    (`runs.execute`) after commit; deliveries are outbound webhooks of a run that ended."""
+
+    run_id: UUID
+    user_id: UUID
+    status: str
+    step: str
+    events: list[RunEvent]
+    deliveries: list[UUID] = field(default_factory=list)
+
+    @property
+    def queued(self) -> bool:
+        """The run goes on: publish it."""
+        return self.status == "queued"
+
+
+def suspend(
+    db: Database,
+    publisher: EventPublisher,
+    claim: ClaimedRun,
+    position: int,
+    request: WaitRequest,
+    spec_hash: str,
+) -> NoReturn:
+    """Commit the wait of the running step at position (run `waiting`, lease released), publish
+    its events and raise RunSuspended. RunCancelled when the run is no longer this worker's or a
+    cancel was asked for: finish_run then records the cancel, or refuses a lost lease."""
+    with db.transaction() as conn:
+        run = conn.execute(
+            """
+            update workflow_runs
+               set status = 'waiting', lease_expires_at = null, waiting_since = now(),
+                   wake_at = case when %(until)s::timestamptz is not null then %(until)s
+                                  when %(seconds)s::float8 is not null
+                                  then now() + make_interval(secs => %(seconds)s) end,
+                   updated_at = now()
+             where id = %(id)s and attempt = %(attempt)s and status = 'running'
+               and cancel_requested_at is null
+            returning *
+            """,
+            {
+                "until": request.until,
+                "seconds": request.seconds,
+                "id": claim.id,
+                "attempt": claim.attempt,
+            },
+        ).fetchone()
+        if run is None:
+            raise RunCancelled()
+        wait = request.describe()
+        # The step's fingerprint is kept from here to its completion (by a timer or a signal,
+        # which do not know the definition), so a rerun can reuse the wait's output.
+        step = conn.execute(
+            "update workflow_steps set status = 'waiting', wake_at = %s, wait = %s, "
+            "spec_hash = %s where run_id = %s and position = %s returning name",
+            (run["wake_at"], Jsonb(wait), spec_hash, claim.id, position),
+        ).fetchone()
+        assert step is not None, "a claimed run has a row for every step"
+        waiting = {
+            "step": step["name"],
+            "position": position,
+            "wake_at": run["wake_at"].isoformat() if run["wake_at"] else None,
+            **wait,
+        }
+        events = append_events(
+            conn, claim.id, [(STEP_WAITING, waiting), (STATUS_UPDATE, status_data(run))]
+        )
+    publisher.publish(*events)
+    raise RunSuspended()
+
+
+def execution_seconds(db: Database, claim: ClaimedRun, workflow: Workflow) -> float:
+    """Seconds the run has executed since it started: waits do not count against its timeout.
+    Only a workflow with a wait step pays the read."""
+    elapsed = (datetime.now(UTC) - claim.started_at).total_seconds()
+    if not any(spec.kind in WAIT_KINDS for spec in workflow.steps):
+        return elapsed
+    with db.single_statement() as conn:
+        row = conn.execute(
+            "select waited_seconds from workflow_runs where id = %s", (claim.id,)
+        ).fetchone()
+    return max(0.0, elapsed - (float(row["waited_seconds"]) if row else 0.0))
+
+
+def complete_wait(
+    conn: Connection,
+    run: dict[str, Any],
+    output: Any,
+    *,
+    resumed_by: str,
+    signal: str | None = None,
+) -> Resumed:
+    """In the transaction that took the run out of `waiting`: checkpoint the wait step as
+    completed with output (as any step) and append the events."""
+    position = run["wait_position"]
+    step = conn.execute(
+        "update workflow_steps set wait = coalesce(wait, '{}'::jsonb) || %s "
+        "where run_id = %s and position = %s returning name",
+        (Jsonb({"resumed_by": resumed_by}), run["id"], position),
+    ).fetchone()
+    assert step is not None
+    owner = StepOwner(run["id"], run["user_id"], run["session_id"], run["workflow_id"])
+    resumed = {"step": step["name"], "position": position, "resumed_by": resumed_by}
+    if signal is not None:
+        resumed["signal"] = signal
+    events: list[tuple[str, dict[str, Any]]] = [(STEP_RESUMED, resumed)]
+    events += mark_completed(conn, owner, CompletedStep(position, output, None, None))
+    events.append((STATUS_UPDATE, status_data(run)))
+    appended = append_events(conn, run["id"], events)
+    return Resumed(run["id"], run["user_id"], run["status"], step["name"], appended)
+
+
+def wake_due_runs(db: Database, *, now: datetime | None = None, limit: int = 500) -> list[Resumed]:
+    """Resume every run whose timer ended by `now` (default: the database's now()), each in its
+    own transaction: sleeps and `continue` timeouts are queued, `fail` timeouts fail the run."""
+    with db.transaction() as conn:
+        due = conn.execute(
+            """
+            select r.id, s.position, s.wait, r.wake_at
+              from workflow_runs r
+              join workflow_steps s on s.run_id = r.id and s.status = 'waiting'
+             where r.status = 'waiting' and r.wake_at <= coalesce(%s::timestamptz, now())
+             order by r.wake_at
+             limit %s
+            """,
+            (now, limit),
+        ).fetchall()
+    woken: list[Resumed] = []
+    for candidate in due:
+        wait = candidate["wait"] or {}
+        with db.transaction() as conn:
+            if wait.get("kind") == "event" and wait.get("on_timeout") == "fail":
+                done = _fail_timed_out(conn, candidate, now)
+            else:
+                done = _resume_due(conn, candidate, now)
+        if done is not None:
+            woken.append(done)
+    return woken
+
+
+def _resume_due(
+    conn: Connection, candidate: dict[str, Any], now: datetime | None
+) -> Resumed | None:
+    params = {"id": candidate["id"], "now": now, "position": candidate["position"]}
+    run = conn.execute(RESUME_DUE_SQL, params).fetchone()
+    if run is None:
+        return None  # resumed, signalled or cancelled meanwhile: someone else's to report
+    wait = candidate["wait"] or {}
+    if wait.get("kind") == "event":
+        return complete_wait(conn, run, {"timed_out": True}, resumed_by="timeout")
+    output = {
+        "wake_at": candidate["wake_at"].isoformat(),
+        "resumed_at": datetime.now(UTC).isoformat(),
+    }
+    return complete_wait(conn, run, output, resumed_by="timer")
+
+
+def _fail_timed_out(
+    conn: Connection, candidate: dict[str, Any], now: datetime | None
+) -> Resumed | None:
+    wait = candidate["wait"]
+    error = f"no signal {wait.get('event')!r} came before the wait's timeout"
+    params = {
+        "id": candidate["id"],
+        "now": now,
+        "position": candidate["position"],
+        "error": error,
+        "code": WAIT_TIMEOUT,
+    }
+    run = conn.execute(FAIL_DUE_SQL, params).fetchone()
+    if run is None:
+        return None
+    events: list[tuple[str, dict[str, Any]]] = []
+    for closed in close_unfinished_steps(
+        conn,
+        run["id"],
+        run_status="failed",
+        failed_position=candidate["position"],
+        error=error,
+        error_code=WAIT_TIMEOUT,
+    ):
+        if closed["status"] == "failed":
+            events.append((STEP_FAILED, closed))
+    events.append((STATUS_UPDATE, status_data(run)))
+    notifications.notify_run_finished(conn, run)
+    deliveries = outbound.record_run_finished(conn, run)
+    appended = append_events(conn, run["id"], events)
+    step = events[0][1]["step"] if len(events) > 1 else ""
+    return Resumed(run["id"], run["user_id"], run["status"], step, appended, deliveries)

@@ -200,7 +200,7 @@ def active_runs_snapshot(
     with db.user_transaction(claims) as conn:
         rows = conn.execute(
             "select * from workflow_runs where user_id = %s "
-            "and status in ('queued', 'running') order by created_at limit %s",
+            "and status in ('queued', 'running', 'waiting') order by created_at limit %s",
             (user_id, limit),
         ).fetchall()
     return [

@@ -25,7 +25,15 @@ HEARTBEAT_TTL_SECONDS = 20
 # kombu's Redis transport keeps delivered-but-unacked messages in this hash (all queues).
 UNACKED_KEY = "unacked"
 MAX_WORKERS_LISTED = 500
-RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "completed", "failed", "cancelled")
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "queued",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+)
+UNFINISHED: tuple[RunStatus, ...] = ("queued", "running", "waiting")
 
 
 class WorkerHeartbeat(BaseModel):
@@ -186,16 +194,18 @@ def run_stats(db: Database, *, hours: int) -> RunStats:
             "where created_at >= %s group by status",
             (since,),
         ).fetchall()
-        # Matches the partial index workflow_runs_unfinished, whatever the table's size.
+        # Each half matches a partial index (workflow_runs_unfinished, workflow_runs_waking),
+        # whatever the table's size.
         unfinished = conn.execute(
             "select status, count(*) as n from workflow_runs "
-            "where status in ('queued', 'running') group by status"
+            "where status in ('queued', 'running') group by status "
+            "union all select 'waiting', count(*) from workflow_runs where status = 'waiting'"
         ).fetchall()
     return RunStats(
         hours=hours,
         since=since,
         created=_by_status(created, RUN_STATUSES),
-        unfinished=_by_status(unfinished, ("queued", "running")),
+        unfinished=_by_status(unfinished, UNFINISHED),
     )
 
 

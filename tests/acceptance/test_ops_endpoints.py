@@ -179,7 +179,7 @@ def test_bad_parameters_are_400_naming_the_parameter(
 
 
 def test_run_stats_count_runs_by_status(admin: ApiClient, client: ApiClient) -> None:
-    """Created runs are counted per status (all five present), unfinished ones apart."""
+    """Created runs are counted per status (all six present), unfinished ones apart."""
     kept = submit_echo(client, 1)
     dropped = submit_echo(client, 2)
     assert client.post(f"/api/runs/{dropped}/cancel").status_code == 200
@@ -190,11 +190,12 @@ def test_run_stats_count_runs_by_status(admin: ApiClient, client: ApiClient) -> 
     assert body["created"] == {
         "queued": 1,
         "running": 0,
+        "waiting": 0,
         "completed": 0,
         "failed": 0,
         "cancelled": 1,
     }
-    assert body["unfinished"] == {"queued": 1, "running": 0}
+    assert body["unfinished"] == {"queued": 1, "running": 0, "waiting": 0}
     assert kept
 
 

@@ -76,7 +76,7 @@ def test_status_summarises_queues_workers_runs_and_maintenance(
     assert "Workers (1 with a live heartbeat)" in out
     assert worker.hostname in out
     assert "completed 1" in out
-    assert "unfinished now: queued 0, running 0" in out
+    assert "unfinished now: queued 0, running 0, waiting 0" in out
     assert "usage_rollup" in out
     assert "2026-11-22T10" in out
     assert "succeeded" in out

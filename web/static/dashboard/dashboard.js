@@ -225,7 +225,7 @@ function applyStatusUpdate(envelope) {
 }
 
 function renderCounts(stats) {
-  const tiles = ["queued", "running", "completed", "failed", "cancelled"].map((status) => {
+  const tiles = ["queued", "running", "waiting", "completed", "failed", "cancelled"].map((status) => {
     const value = status in stats.unfinished ? stats.unfinished[status] : stats.created[status];
     const note = status in stats.unfinished ? "now" : `last ${stats.hours} h`;
     return el(

@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from psycopg import sql
 from pydantic import Field
 
 from conveyor.db import Connection, Database
 from conveyor.errors import Conflict, RunNotFound
 from conveyor.payload import Payload
-from conveyor.runs.waits import Resumed, complete_wait
+from conveyor.runs.waits import RESUME_SET, Resumed, complete_wait
 
 # A service token with this scope may signal any user's run (a backend relaying an event).
 RUNS_SIGNAL_SCOPE = "runs:signal"
@@ -51,16 +52,8 @@ class WaitTimedOut(Conflict):
     code = "WAIT_TIMED_OUT"
 
 
-SIGNAL_SQL = """
-update workflow_runs r
-   set status = 'queued', enqueued_at = now(), wake_at = null, waiting_since = null,
-       updated_at = now(),
-       waited_seconds = r.waited_seconds
-         + greatest(0, extract(epoch from now() - coalesce(r.waiting_since, now()))),
-       progress = (select least(1, (count(*) filter (where s.status = 'completed') + 1)::real
-                                   / count(*))
-                     from workflow_steps s where s.run_id = r.id)
-  from workflow_steps w
+SIGNAL_SQL = RESUME_SET + sql.SQL(
+    """  from workflow_steps w
  where r.id = %(id)s and r.status = 'waiting'
    and (r.wake_at is null or r.wake_at > now())
    and w.run_id = r.id and w.status = 'waiting' and w.wait ->> 'kind' = 'event'
@@ -68,6 +61,7 @@ update workflow_runs r
    and (w.wait ->> 'match' is null or w.wait ->> 'match' = %(match)s)
 returning r.*, w.position as wait_position
 """
+)
 
 
 def deliver_signal(db: Database, run_id: UUID, event: str, signal: SignalRequest) -> Resumed:

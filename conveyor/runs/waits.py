@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 from uuid import UUID
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from conveyor import outbound
@@ -31,11 +32,12 @@ STEP_WAITING = "step_waiting"
 STEP_RESUMED = "step_resumed"
 WAIT_TIMEOUT = "WAIT_TIMEOUT"
 
-# The one conditional UPDATE that takes a run out of `waiting` when its timer ended: only while
+# How a run leaves `waiting` for `queued` (by its timer here, by a signal in signals.py). The one
+# conditional UPDATE that takes a run out of `waiting` when its timer ended: only while
 # it still waits at that step and is due, so a second beat process, a retried job or a signal
 # racing the timer finds nothing to do. The time waited is added up (the run timeout ignores it)
 # and progress counts the wait step as done.
-RESUME_DUE_SQL = """
+RESUME_SET = sql.SQL("""
 update workflow_runs r
    set status = 'queued', enqueued_at = now(), wake_at = null, waiting_since = null,
        updated_at = now(),
@@ -44,12 +46,15 @@ update workflow_runs r
        progress = (select least(1, (count(*) filter (where s.status = 'completed') + 1)::real
                                    / count(*))
                      from workflow_steps s where s.run_id = r.id)
- where r.id = %(id)s and r.status = 'waiting'
+""")
+RESUME_DUE_SQL = RESUME_SET + sql.SQL(
+    """ where r.id = %(id)s and r.status = 'waiting'
    and r.wake_at <= coalesce(%(now)s::timestamptz, now())
    and exists (select 1 from workflow_steps s
                 where s.run_id = r.id and s.position = %(position)s and s.status = 'waiting')
 returning r.*, %(position)s::integer as wait_position
 """
+)
 # The same for an event wait whose timeout fails the run.
 FAIL_DUE_SQL = """
 update workflow_runs r

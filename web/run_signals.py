@@ -37,7 +37,7 @@ def signal(run_id: str, name: str) -> Response:
     run's owner, an admin, or a service token with scope `runs:signal`. 409 if it is not waiting
     for it, including a second signal for a wait already resumed."""
     body = parse_body(signals.SignalRequest)
-    if not re.match(signals.EVENT_PATTERN, name):
+    if not re.fullmatch(signals.EVENT_PATTERN, name):
         raise InvalidInput(f"{name!r} is not an event name (letters, digits, `_.:-`, ≤ 100)")
     if len(json.dumps(body.payload)) > get_settings().output_inline_max_bytes:
         raise InvalidInput(

@@ -39,6 +39,8 @@ SHORT_JOBS = (
     "requeue_stripe_events",
     "reconcile_stripe_events",
     "push_analytics",
+    "requeue_webhook_deliveries",
+    "wake_waiting_runs",
 )
 
 JobBody = Callable[[Database, Settings, str], dict[str, int]]

@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import sql
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from conveyor.db import Connection, Database
 from conveyor.errors import Conflict, RunNotFound
@@ -24,8 +24,16 @@ class SignalRequest(Payload):
     """`POST /api/runs/<id>/signals/<name>`: the match key the wait expects (if it has one), and
     the payload that becomes the waiting step's output."""
 
-    match: str | None = Field(default=None, max_length=500)
+    match: str | None = Field(default=None, min_length=1, max_length=500)
     payload: Any = None
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _an_integer_key_is_its_text(cls, value: Any) -> Any:
+        # A wait's match rendered from an integer id is compared as text; so is the signal's.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
 
 
 class RunNotWaiting(Conflict):

@@ -27,14 +27,15 @@ def run_status(db: Database, run_id: UUID) -> str:
 
 
 def wait_for_final(db: Database, publisher: EventPublisher, run_id: UUID, timeout: float) -> str:
-    """The run's status once it is final, or whatever it is when `timeout` seconds have passed."""
+    """The run's status once it is final or `waiting` (a durable wait may last days: no request
+    should hold on for it), or whatever it is when `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
     # Subscribe before the first read, so an event published in between still wakes us.
     with publisher.subscription(run_topic(run_id)) as subscription:
         while True:
             status = run_status(db, run_id)
             remaining = deadline - time.monotonic()
-            if status in FINAL_STATUSES or remaining <= 0:
+            if status in FINAL_STATUSES or status == "waiting" or remaining <= 0:
                 return status
             if subscription is None:
                 time.sleep(min(POLL_SECONDS, remaining))

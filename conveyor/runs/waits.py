@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 from uuid import UUID
 
+import structlog
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from conveyor import outbound
 from conveyor.db import Connection, Database
+from conveyor.errors import ServiceUnavailable
 from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, RunEvent, append_events
 from conveyor.ledger.usage import StepOwner
@@ -25,6 +27,8 @@ from conveyor.runs.store import STEP_FAILED, ClaimedRun, close_unfinished_steps,
 from conveyor.runs.supervision import RunCancelled, RunSuspended
 from conveyor.steps import WAIT_KINDS, WaitRequest
 from conveyor.workflows.definitions import Workflow
+
+log = structlog.get_logger(__name__)
 
 TASK_WAKE_WAITING_RUNS = "maintenance.wake_waiting_runs"
 WAKE_EVERY_SECONDS = 15
@@ -202,11 +206,18 @@ def wake_due_runs(db: Database, *, now: datetime | None = None, limit: int = 500
     woken: list[Resumed] = []
     for candidate in due:
         wait = candidate["wait"] or {}
-        with db.transaction() as conn:
-            if wait.get("kind") == "event" and wait.get("on_timeout") == "fail":
-                done = _fail_timed_out(conn, candidate, now)
-            else:
-                done = _resume_due(conn, candidate, now)
+        try:
+            with db.transaction() as conn:
+                if wait.get("kind") == "event" and wait.get("on_timeout") == "fail":
+                    done = _fail_timed_out(conn, candidate, now)
+                else:
+                    done = _resume_due(conn, candidate, now)
+        except ServiceUnavailable:
+            raise  # Postgres is down: the next tick tries every run again
+        except Exception:
+            # One run that cannot be resumed (a bug) must not hold back every run due after it.
+            log.exception("wake_waiting_run_failed", run_id=str(candidate["id"]))
+            continue
         if done is not None:
             woken.append(done)
     return woken

@@ -59,7 +59,10 @@ def is_template(value: object) -> bool:
 def parse_time(value: str) -> datetime:
     """An ISO 8601 time; without an offset it is UTC."""
     moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except OverflowError:  # an offset that moves the year past 9999 or before 1
+        raise ValueError(f"{value!r} is outside the years datetime can hold in UTC") from None
 
 
 def checked_duration(value: float | str | None) -> float | str | None:
@@ -100,7 +103,8 @@ class WaitForEventConfig(StepConfig):
     signal must carry, and what happens when no signal came within `timeout_seconds`."""
 
     event: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-    match: str | None = Field(default=None, max_length=500)
+    # A whole-expression template keeps its type: an integer id is a key too (compared as text).
+    match: str | int | None = Field(default=None)
     timeout_seconds: float | str | None = Field(
         default=None, description="No timeout when absent: the run waits until signalled."
     )
@@ -123,6 +127,12 @@ def run_sleep(ctx: StepContext, config: SleepConfig) -> StepResult:
         now = datetime.now(UTC)
         if until <= now:
             return StepResult({"wake_at": until.isoformat(), "resumed_at": now.isoformat()})
+        if (until - now).total_seconds() > MAX_WAIT_SECONDS:
+            raise StepFailure(
+                f"`until` {config.until!r} is more than {MAX_WAIT_SECONDS / 86400:g} days away",
+                retryable=False,
+                code="INVALID_STEP_CONFIG",
+            )
         raise StepSuspended(WaitRequest("sleep", until=until))
     seconds = _number(config.seconds, "seconds")
     if seconds == 0:
@@ -134,12 +144,20 @@ def run_sleep(ctx: StepContext, config: SleepConfig) -> StepResult:
 def run_wait_for_event(ctx: StepContext, config: WaitForEventConfig) -> StepResult:
     """Suspend until a signal for the event (or the timeout) resumes the run."""
     timeout = None if config.timeout_seconds is None else _number(config.timeout_seconds, "timeout")
+    match = None if config.match is None else str(config.match).strip()
+    if match is not None and not 1 <= len(match) <= 500:
+        raise StepFailure(
+            "`match` must render to 1 to 500 characters (spaces around it are dropped, as from "
+            "a signal's match)",
+            retryable=False,
+            code="INVALID_STEP_CONFIG",
+        )
     raise StepSuspended(
         WaitRequest(
             "event",
             seconds=timeout,
             event=config.event,
-            match=None if config.match is None else str(config.match),
+            match=match,
             on_timeout=config.on_timeout,
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -131,6 +132,18 @@ def test_a_rerun_from_the_step_after_a_sleep_reuses_the_sleep(
     assert steps["nap"]["reused_from"] == run_id
 
 
+def test_a_synchronous_execute_answers_once_the_run_waits(worker: Any, client: ApiClient) -> None:
+    started = time.monotonic()
+    response = client.post(
+        "/api/agents/workflows/execute",
+        json={"workflow_id": "nap", "inputs": {"seconds": THREE_DAYS}},
+    )
+
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "waiting"
+    assert time.monotonic() - started < 5  # not the whole WORKFLOW_WAIT_SECONDS
+
+
 def test_two_wake_jobs_at_once_resume_a_run_once(db: Database, settings: Settings) -> None:
     run_id = run_until_waiting(db, settings, "nap", {"seconds": THREE_DAYS})
     later = db_now(db) + timedelta(days=4)
@@ -208,6 +221,13 @@ def test_a_worker_killed_while_its_run_waits_loses_nothing_and_runs_nothing_twic
         wait_for_run(client, run_id, until=WAITING)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
+    # The killed worker's message, were it redelivered, finds nothing to claim: waiting is not
+    # claimable, so only the wake-up starts the run again.
+    publisher = EventPublisher(str(settings.redis_url))
+    try:
+        assert execute_run(db, publisher, settings, uuid.UUID(run_id)) is Result.SKIPPED
+    finally:
+        publisher.close()
     request.getfixturevalue("worker")  # a new worker, on every queue
 
     celery_app.send_task(

@@ -196,12 +196,18 @@ def run_snapshot(db: Database, claims: dict[str, Any], run_id: UUID) -> dict[str
 def active_runs_snapshot(
     db: Database, claims: dict[str, Any], user_id: UUID, *, limit: int = 100
 ) -> list[dict[str, Any]]:
-    """Status snapshots of the user's unfinished runs, oldest first (a `user:` subscription)."""
+    """Status snapshots of the user's unfinished runs (a `user:` subscription): those queued or
+    running first, then those waiting, each oldest first; each half reads a partial index."""
     with db.user_transaction(claims) as conn:
         rows = conn.execute(
-            "select * from workflow_runs where user_id = %s "
-            "and status in ('queued', 'running', 'waiting') order by created_at limit %s",
-            (user_id, limit),
+            "select * from ("
+            " (select * from workflow_runs where user_id = %(user)s "
+            "  and status in ('queued', 'running') order by created_at limit %(limit)s) "
+            " union all "
+            " (select * from workflow_runs where user_id = %(user)s and status = 'waiting' "
+            "  order by created_at limit %(limit)s)) unfinished "
+            "order by status = 'waiting', created_at limit %(limit)s",
+            {"user": user_id, "limit": limit},
         ).fetchall()
     return [
         event_message(

@@ -17,6 +17,9 @@ from conveyor.ledger.balances import MAX_CREDITS
 from conveyor.pagination import Listing, user_page
 from conveyor.payload import Payload
 
+# The plan a new account opens on (user_accounts.plan_id's default).
+NEW_ACCOUNT_PLAN = "free"
+
 
 class CreditAmount(Payload):
     """`{amount}`: a whole number of credits, 1..10^12; 1.5, "5", true, 0 and negatives are
@@ -178,6 +181,15 @@ def account(db: Database, user_id: UUID) -> Account:
             (user_id,),
         ).fetchone()
     return Account.model_validate(row)
+
+
+def starting_credits(db: Database) -> int:
+    """The credits a new account starts with: this month's grant of the plan accounts open on."""
+    with db.connection() as conn:
+        row = conn.execute(
+            "select monthly_credit_grant from plans where id = %s", (NEW_ACCOUNT_PLAN,)
+        ).fetchone()
+    return int(row["monthly_credit_grant"]) if row is not None else 0
 
 
 def credit_summary(db: Database, user_id: UUID) -> CreditSummary:

@@ -16,9 +16,8 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from conveyor.db import Database
+from conveyor.ledger.accounts import NEW_ACCOUNT_PLAN
 from conveyor.ledger.balances import CreditMove, deduct_credits
-
-FALLBACK_PLAN = "free"  # a user without an account yet is on it
 
 
 class EndpointRateView(BaseModel):
@@ -99,7 +98,7 @@ def daily_api_request_limit(db: Database, user_id: UUID) -> int:
             " (select p.daily_api_request_limit from user_accounts a"
             "   join plans p on p.id = a.plan_id where a.user_id = %s),"
             " (select daily_api_request_limit from plans where id = %s), 0) as requests",
-            (user_id, FALLBACK_PLAN),
+            (user_id, NEW_ACCOUNT_PLAN),
         ).fetchone()
     assert row is not None
     return int(row["requests"])

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import requests
 
+from conveyor.db import Database
 from tests.fake_supabase_auth import FakeSupabaseAuth
 from tests.support import ApiClient
 
@@ -17,6 +18,7 @@ SIGNUP, SIGNIN, SIGNOUT = "/api/v1/auth/signup", "/api/v1/auth/signin", "/api/v1
 PASSWORD = "correct horse"
 
 ClientFactory = Callable[..., ApiClient]
+FREE_PLAN_CREDITS = 100  # plans.monthly_credit_grant of free, what a new account starts with
 
 
 def refused(response: requests.Response, status: int, code: str) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def test_a_weak_password_is_400_with_supabases_reasons(anonymous: ApiClient) -> 
 
 
 def test_with_email_confirmation_signup_has_no_session_and_signin_waits_for_it(
-    anonymous: ApiClient, fake_auth: FakeSupabaseAuth
+    anonymous: ApiClient, fake_auth: FakeSupabaseAuth, db: Database
 ) -> None:
     fake_auth.autoconfirm = False
     credentials = {"email": "ada@example.com", "password": PASSWORD}
@@ -59,6 +61,11 @@ def test_with_email_confirmation_signup_has_no_session_and_signin_waits_for_it(
     body = signed_up.json()
     assert (body["access_token"], body["refresh_token"]) == (None, None)
     assert "confirm your email" in body["message"]
+    assert body["token"] == FREE_PLAN_CREDITS  # what the account will start with
+    with db.transaction() as conn:
+        opened = conn.execute("select count(*) as n from user_accounts").fetchone()
+    assert opened is not None
+    assert opened["n"] == 0  # opened at the first sign-in, not for a made-up user
     refused(anonymous.post(SIGNIN, json=credentials), 403, "EMAIL_NOT_CONFIRMED")
 
 

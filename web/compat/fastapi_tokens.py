@@ -130,9 +130,14 @@ class TokensChanged(BaseModel):
 
 
 def auth_view(result: AuthResult, message: str) -> Response:
-    """The AuthView of a sign-up or sign-in; the user gets their Conveyor account here."""
-    found = accounts.account(get_db(), result.user.id)
+    """The AuthView of a sign-up or sign-in; a signed-in user gets their Conveyor account here.
+    One awaiting confirmation gets it at first sign-in: Supabase then answers an already
+    registered email with a made-up user, who must not get an account (and credits)."""
     session = result.session
+    if session is not None:
+        balance = accounts.account(get_db(), result.user.id).credit_balance
+    else:
+        balance = accounts.starting_credits(get_db())
     view = AuthView(
         access_token=session.access_token if session else None,
         refresh_token=session.refresh_token if session else None,
@@ -142,7 +147,7 @@ def auth_view(result: AuthResult, message: str) -> Response:
         user=UserView(
             id=result.user.id, email=result.user.email, created_at=result.user.created_at
         ),
-        token=found.credit_balance,
+        token=balance,
         message=message,
     )
     return jsonify(view.model_dump(mode="json"))

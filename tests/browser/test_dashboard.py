@@ -22,7 +22,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
-import tests.workflows_for_tests  # noqa: F401 - registers tests.wait_cooperatively
+import tests.workflows_for_tests  # noqa: F401 - registers tests.wait_cooperatively and nap
 from conveyor import workflows
 from conveyor.billing import inbox
 from conveyor.db import Database
@@ -30,12 +30,19 @@ from conveyor.ledger.balances import UsageRecord, record_usage
 from conveyor.ops import job_runs
 from conveyor.payload import Payload
 from conveyor.workflows.definitions import StepSpec, Workflow
-from tests.support import ApiClient, LiveServer, close_worker_resources, token_for
+from tests.support import (
+    ApiClient,
+    LiveServer,
+    close_worker_resources,
+    token_for,
+    wait_for_run,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # Longer than the page's list refresh (4 s), so "appears" does not depend on luck.
 APPEAR_SECONDS = 15
 FINISH_SECONDS = 30
+THREE_DAYS = 3 * 24 * 3600
 
 
 class TourInput(Payload):
@@ -226,6 +233,120 @@ def test_a_submitted_run_moves_from_queued_to_completed_without_reloading(
         )
         save_screenshot(browser, tmp_path)
     close_worker_resources(celery_app)
+
+
+def open_detail(browser: webdriver.Chrome, run_id: str) -> None:
+    """Click the run's row once it is listed: its detail opens."""
+    wait_for(browser, "the run listed", lambda b: row_status(b, run_id), APPEAR_SECONDS)
+    browser.execute_script(
+        "document.querySelector(`#runs tr[data-run-id='${arguments[0]}']`).click()", run_id
+    )
+
+
+# (text, datetime attribute of its <time>) of an element, read at one instant.
+TEXT_AND_TIME = """
+const found = document.querySelector(arguments[0]);
+const time = found && found.querySelector('time');
+return found ? [found.textContent, time ? time.getAttribute('datetime') : null] : null;
+"""
+
+
+def test_a_waiting_runs_detail_shows_what_it_waits_for_and_when_it_wakes(
+    browser: webdriver.Chrome,
+    live_server: LiveServer,
+    make_client: Callable[..., ApiClient],
+    worker: object,
+) -> None:
+    """A run sleeping for three days: the detail shows it waiting, its wake time, and its nap
+    step's wait; the status filter lists it under waiting."""
+    client = make_client(uuid.uuid4())
+    submitted = client.post(
+        "/api/agents/workflows/execute",
+        json={"workflow_id": "nap", "inputs": {"seconds": THREE_DAYS}, "async": True},
+    )
+    assert submitted.status_code == 202, submitted.text
+    run_id = submitted.json()["workflow_run_id"]
+    view = wait_for_run(client, run_id, until=frozenset({"waiting"}))
+    wake_at = view["wake_at"]
+    assert wake_at
+
+    sign_in(browser, live_server.url, token_for(uuid.uuid4(), admin=True))
+    browser.execute_script(
+        "const f = document.querySelector('#status-filter');"
+        "f.value = 'waiting'; f.dispatchEvent(new Event('change'));"
+    )
+    wait_for(
+        browser,
+        "the run listed under waiting",
+        lambda b: (row_status(b, run_id) or ("",))[0] == "waiting",
+        APPEAR_SECONDS,
+    )
+    assert texts(browser, f"#runs tr[data-run-id='{run_id}'] .pill.waiting") == ["waiting"]
+    open_detail(browser, run_id)
+
+    wait_for(
+        browser,
+        "the run waiting, with its wake time",
+        lambda b: (
+            texts(b, "#detail-summary dd[data-field=status]") == ["waiting"]
+            and (b.execute_script(TEXT_AND_TIME, "#detail-summary dd[data-field=wakes]") or [""])[1]
+            == wake_at
+        ),
+        10,
+    )
+    text, step_wake_at = browser.execute_script(TEXT_AND_TIME, "#steps tr[data-step=nap] td.wait")
+    assert text.startswith("sleep · until "), text
+    assert step_wake_at == wake_at
+    assert texts(browser, "#steps tr[data-step=nap] .pill") == ["waiting"]
+    assert texts(browser, "#steps tr[data-step=before] td.wait") == [""]
+
+
+def test_a_reruns_detail_names_the_run_it_reruns_and_the_steps_it_reused(
+    browser: webdriver.Chrome,
+    live_server: LiveServer,
+    make_client: Callable[..., ApiClient],
+    worker: object,
+) -> None:
+    """A rerun of a finished tour from `think`: its detail links to the old run, from that step,
+    and shows `fetch` reused from it (attempt 0); the link opens the old run."""
+    client = make_client(uuid.uuid4())
+    submitted = client.post(
+        "/api/agents/workflows/execute",
+        json={"workflow_id": "dashboard_tour", "inputs": {"seconds": 0.05}, "async": True},
+    )
+    assert submitted.status_code == 202, submitted.text
+    old_id = submitted.json()["workflow_run_id"]
+    assert wait_for_run(client, old_id)["status"] == "completed"
+    answer = client.post(f"/api/runs/{old_id}/rerun", json={"from_step": "think"})
+    assert answer.status_code == 202, answer.text
+    new_id = answer.json()["id"]
+    assert wait_for_run(client, new_id)["status"] == "completed"
+
+    sign_in(browser, live_server.url, token_for(uuid.uuid4(), admin=True))
+    open_detail(browser, new_id)
+
+    wait_for(
+        browser,
+        "the rerun's origin in its detail",
+        lambda b: (
+            texts(b, "#detail-summary dd[data-field=rerun-of]") == [f"{old_id[:8]} from step think"]
+        ),
+        10,
+    )
+    assert texts(browser, "#steps tbody td.reused") == [old_id[:8], "", ""]
+    assert texts(browser, "#steps tbody td:nth-child(5)") == ["0", "1", "1"]
+
+    browser.execute_script("document.querySelector('#detail-summary a[data-run-id]').click()")
+    wait_for(
+        browser,
+        "the old run's detail, opened from the link",
+        lambda b: (
+            texts(b, "#detail-id") == [old_id]
+            and texts(b, "#detail-summary dd[data-field=status]") == ["completed"]
+            and not texts(b, "#detail-summary dd[data-field=rerun-of]")
+        ),
+        10,
+    )
 
 
 def save_screenshot(browser: webdriver.Chrome, tmp_path: Path) -> Path:

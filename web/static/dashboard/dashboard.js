@@ -296,9 +296,15 @@ async function refreshDetail() {
     ["Duration", seconds(runDuration(run))],
     ["Error", run.error ? `${run.error_code}: ${run.error}` : "—"],
   ];
-  $("#detail-summary").replaceChildren(
-    ...fields.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, String(value))]),
-  );
+  if (run.wake_at) fields.push(["Wakes", timeOf(run.wake_at)]);
+  if (run.rerun_of) {
+    fields.push(["Rerun of", el("span", {}, runLink(run.rerun_of), ` from step ${run.rerun_from_step}`)]);
+  }
+  $("#detail-summary").replaceChildren(...fields.flatMap(([term, value]) => [
+    el("dt", {}, term),
+    el("dd", { "data-field": term.toLowerCase().replace(/ /g, "-") },
+      value instanceof Node ? value : String(value)),
+  ]));
   $("#steps tbody").replaceChildren(...run.steps.map((step) => el(
     "tr",
     { "data-step": step.name },
@@ -308,8 +314,39 @@ async function refreshDetail() {
     el("td", {}, el("span", { class: `pill ${step.status}` }, step.status)),
     el("td", {}, String(step.attempt)),
     el("td", {}, step.duration_ms === null ? "—" : seconds(step.duration_ms)),
+    el("td", { class: "wait" }, describeWait(step)),
+    el("td", { class: "reused" }, step.reused_from ? runLink(step.reused_from) : ""),
     el("td", { class: "error-text" }, step.error ? `${step.error_code || ""} ${step.error}` : ""),
   )));
+}
+
+// A <time> shown in local time; its datetime attribute keeps the API's value.
+function timeOf(iso) {
+  return el("time", { dateTime: iso, title: `${iso} (${ago(iso)})` }, when(iso));
+}
+
+// Another run's id, opening its detail when clicked (a rerun's origin, a reused step's run).
+function runLink(id) {
+  const link = el("a", { href: "#", class: "mono", title: id, "data-run-id": id }, shortId(id));
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    selectRun(id).catch(showError);
+  });
+  return link;
+}
+
+// What a durable wait waits for: a sleep, or an event (with its match key and timeout action).
+function describeWait(step) {
+  const wait = step.wait;
+  if (!wait) return "";
+  let what = wait.kind;
+  if (wait.kind === "event") {
+    what = `event ${wait.event}`;
+    if (wait.match !== null && wait.match !== undefined) what += ` · match ${wait.match}`;
+    if (wait.on_timeout) what += ` · on timeout ${wait.on_timeout}`;
+  }
+  if (!step.wake_at) return el("span", { "data-wait-kind": wait.kind }, what);
+  return el("span", { "data-wait-kind": wait.kind }, `${what} · until `, timeOf(step.wake_at));
 }
 
 function appendEvent(envelope) {
@@ -405,7 +442,8 @@ function onMessage(message) {
   document.body.dataset.wsEvents = String(Number(document.body.dataset.wsEvents) + 1);
   if (message.topic.startsWith("workflow_run:") && message.data.workflow_run_id === state.selected) {
     if (!message.snapshot) appendEvent(message);
-    if (message.event !== "workflow_status_update" || FINAL.has(message.data.status)) {
+    const status = message.data.status;
+    if (message.event !== "workflow_status_update" || FINAL.has(status) || status === "waiting") {
       refreshDetail().catch(showError); // steps changed
     }
   }

@@ -60,11 +60,15 @@ class WaitTimedOut(Conflict):
     code = "WAIT_TIMED_OUT"
 
 
+# A signal resumes the run even when its user is at the plan's concurrency limit (the beat's
+# timer defers instead): it is one explicit request for one run, paced by its sender, and the
+# caller is told it was delivered. The deadline is the waiting step's wake_at, which a deferral
+# of the run's timer at the limit leaves alone: after it, the timeout decides.
 SIGNAL_SQL = RESUME_SET + sql.SQL(
     """  from workflow_steps w
  where r.id = %(id)s and r.status = 'waiting'
-   and (r.wake_at is null or r.wake_at > now())
-   and w.run_id = r.id and w.status = 'waiting' and w.wait ->> 'kind' = 'event'
+   and w.run_id = r.id and w.status = 'waiting' and (w.wake_at is null or w.wake_at > now())
+   and w.wait ->> 'kind' = 'event'
    and w.wait ->> 'event' = %(event)s
    and (w.wait ->> 'match' is null or w.wait ->> 'match' = %(match)s)
 returning r.*, w.position as wait_position

@@ -59,6 +59,55 @@ RESUME_DUE_SQL = RESUME_SET + sql.SQL(
 returning r.*, %(position)s::integer as wait_position
 """
 )
+# Admission's concurrency limit, applied when a timer would resume a run (docs/architecture.md,
+# "Waiting is not execution"): with the run row locked (first, as every writer of a run row
+# does before the account: a worker's checkpoint charging usage, erasure), the user's account
+# row is locked as admit_run locks it, so two beat processes, or a beat and a submit, count
+# one after the other; the count reads the partial index workflow_runs_user_unfinished. A user
+# without an account row was never admitted and has no limit. A user at the limit keeps the
+# run `waiting` and its timer moves on by one beat tick; the step keeps the wait's own end.
+DEFER_SECONDS = WAKE_EVERY_SECONDS
+LOCK_DUE_SQL = """
+select r.user_id from workflow_runs r
+ where r.id = %(id)s and r.status = 'waiting'
+   and r.wake_at <= coalesce(%(now)s::timestamptz, now())
+   and exists (select 1 from workflow_steps s
+                where s.run_id = r.id and s.position = %(position)s and s.status = 'waiting')
+   for no key update of r
+"""
+LOCK_ACCOUNT_SQL = """
+select p.max_concurrent_runs from user_accounts a join plans p on p.id = a.plan_id
+ where a.user_id = %s
+   for update of a
+"""
+# A statement of its own, after the lock: its snapshot sees what the lock waited for.
+IN_FLIGHT_SQL = """
+select count(*) as n from workflow_runs
+ where user_id = %s and status in ('queued', 'running')
+"""
+DEFER_SQL = """
+update workflow_runs
+   set wake_at = greatest(wake_at, now()) + make_interval(secs => %(delay)s), updated_at = now()
+ where id = %(id)s and status = 'waiting'
+"""
+# The user's other due timers move on too (their own transaction, no account lock; run rows in
+# id order, as erasure locks them), so one user's parked runs do not fill every tick's batch.
+DEFER_USER_SQL = """
+with due as (
+  select r.id from workflow_runs r
+    join workflow_steps s on s.run_id = r.id and s.status = 'waiting'
+   where r.user_id = %(user)s and r.status = 'waiting'
+     and r.wake_at <= coalesce(%(now)s::timestamptz, now())
+     and not (s.wait ->> 'kind' = 'event' and s.wait ->> 'on_timeout' = 'fail')
+   order by r.id
+     for no key update of r
+)
+update workflow_runs r
+   set wake_at = greatest(r.wake_at, now()) + make_interval(secs => %(delay)s), updated_at = now()
+  from due
+ where r.id = due.id and r.status = 'waiting'
+"""
+
 # The same for an event wait whose timeout fails the run.
 FAIL_DUE_SQL = """
 update workflow_runs r
@@ -190,11 +239,12 @@ def complete_wait(
 
 def wake_due_runs(db: Database, *, now: datetime | None = None, limit: int = 500) -> list[Resumed]:
     """Resume every run whose timer ended by `now` (default: the database's now()), each in its
-    own transaction: sleeps and `continue` timeouts are queued, `fail` timeouts fail the run."""
+    own transaction: sleeps and `continue` timeouts are queued, `fail` timeouts fail the run. A
+    user at the plan's max_concurrent_runs has their due timers deferred one tick instead."""
     with db.transaction() as conn:
         due = conn.execute(
             """
-            select r.id, s.position, s.wait, r.wake_at
+            select r.id, r.user_id, s.position, s.wait, coalesce(s.wake_at, r.wake_at) as wake_at
               from workflow_runs r
               join workflow_steps s on s.run_id = r.id and s.status = 'waiting'
              where r.status = 'waiting' and r.wake_at <= coalesce(%s::timestamptz, now())
@@ -204,29 +254,63 @@ def wake_due_runs(db: Database, *, now: datetime | None = None, limit: int = 500
             (now, limit),
         ).fetchall()
     woken: list[Resumed] = []
+    at_limit: set[UUID] = set()  # users whose due timers were deferred by this call
     for candidate in due:
         wait = candidate["wait"] or {}
+        fails = wait.get("kind") == "event" and wait.get("on_timeout") == "fail"
+        if not fails and candidate["user_id"] in at_limit:
+            continue
+        done: Resumed | _AtLimit | None
         try:
             with db.transaction() as conn:
-                if wait.get("kind") == "event" and wait.get("on_timeout") == "fail":
+                if fails:
                     done = _fail_timed_out(conn, candidate, now)
                 else:
                     done = _resume_due(conn, candidate, now)
+            if done is AT_LIMIT:
+                at_limit.add(candidate["user_id"])
+                _defer_user(db, candidate["user_id"], now)
+                continue
         except ServiceUnavailable:
             raise  # Postgres is down: the next tick tries every run again
         except Exception:
             # One run that cannot be resumed (a bug) must not hold back every run due after it.
             log.exception("wake_waiting_run_failed", run_id=str(candidate["id"]))
             continue
-        if done is not None:
+        if isinstance(done, Resumed):
             woken.append(done)
     return woken
 
 
+class _AtLimit:
+    """_resume_due's answer when the user is at the plan's concurrency limit."""
+
+
+AT_LIMIT = _AtLimit()
+
+
+def _defer_user(db: Database, user_id: UUID, now: datetime | None) -> None:
+    with db.transaction() as conn:
+        deferred = conn.execute(
+            DEFER_USER_SQL, {"user": user_id, "now": now, "delay": DEFER_SECONDS}
+        ).rowcount
+    log.info("wake_deferred_at_concurrency_limit", user_id=str(user_id), runs=deferred + 1)
+
+
 def _resume_due(
     conn: Connection, candidate: dict[str, Any], now: datetime | None
-) -> Resumed | None:
+) -> Resumed | _AtLimit | None:
     params = {"id": candidate["id"], "now": now, "position": candidate["position"]}
+    if conn.execute(LOCK_DUE_SQL, params).fetchone() is None:
+        return None  # resumed, signalled or cancelled meanwhile: someone else's to report
+    user_id = candidate["user_id"]
+    account = conn.execute(LOCK_ACCOUNT_SQL, (user_id,)).fetchone()
+    if account is not None:
+        in_flight = conn.execute(IN_FLIGHT_SQL, (user_id,)).fetchone()
+        assert in_flight is not None
+        if in_flight["n"] >= account["max_concurrent_runs"]:
+            conn.execute(DEFER_SQL, {"id": candidate["id"], "delay": DEFER_SECONDS})
+            return AT_LIMIT
     run = conn.execute(RESUME_DUE_SQL, params).fetchone()
     if run is None:
         return None  # resumed, signalled or cancelled meanwhile: someone else's to report

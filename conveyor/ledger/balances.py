@@ -76,36 +76,26 @@ class Recorded:
     threshold_crossed: int
 
 
+def usage_arguments(user_id: UUID, record: UsageRecord) -> dict[str, object]:
+    """record as the named parameters of the SQL functions that record usage."""
+    return {"user": user_id, **record.model_dump()}
+
+
 def record_usage(conn: Connection, user_id: UUID, record: UsageRecord) -> Recorded:
     """Record one AI request exactly once, inside the caller's transaction."""
     row = conn.execute(
         """
         select * from record_usage(
-          p_user => %s, p_idempotency_key => %s, p_provider => %s, p_model => %s,
-          p_prompt_tokens => %s, p_completion_tokens => %s, p_input_cost => %s,
-          p_output_cost => %s, p_agent_mode => %s, p_latency_ms => %s, p_run_id => %s,
-          p_step_position => %s, p_session_id => %s, p_success => %s, p_error => %s,
-          p_credits => %s, p_occurred_at => coalesce(%s, now()))
+          p_user => %(user)s, p_idempotency_key => %(idempotency_key)s,
+          p_provider => %(provider)s, p_model => %(model)s,
+          p_prompt_tokens => %(prompt_tokens)s, p_completion_tokens => %(completion_tokens)s,
+          p_input_cost => %(input_cost_micro_usd)s, p_output_cost => %(output_cost_micro_usd)s,
+          p_agent_mode => %(agent_mode)s, p_latency_ms => %(latency_ms)s,
+          p_run_id => %(run_id)s, p_step_position => %(step_position)s,
+          p_session_id => %(session_id)s, p_success => %(success)s, p_error => %(error)s,
+          p_credits => %(credits)s, p_occurred_at => coalesce(%(occurred_at)s, now()))
         """,
-        (
-            user_id,
-            record.idempotency_key,
-            record.provider,
-            record.model,
-            record.prompt_tokens,
-            record.completion_tokens,
-            record.input_cost_micro_usd,
-            record.output_cost_micro_usd,
-            record.agent_mode,
-            record.latency_ms,
-            record.run_id,
-            record.step_position,
-            record.session_id,
-            record.success,
-            record.error,
-            record.credits,
-            record.occurred_at,
-        ),
+        usage_arguments(user_id, record),
     ).fetchone()
     assert row is not None
     return Recorded(

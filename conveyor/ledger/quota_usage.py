@@ -12,7 +12,7 @@ from conveyor.db import Connection, Database
 from conveyor.errors import IdempotencyKeyReused, QuotaExceeded
 from conveyor.events.notifications import Notification
 from conveyor.ledger.accounts import USAGE_EVENTS, UsageEventView
-from conveyor.ledger.balances import UsageRecord
+from conveyor.ledger.balances import UsageRecord, usage_arguments
 from conveyor.ledger.usage import announce_quota_threshold
 
 # What a repeated key must match for the repeat to be the same request (costs only when sent:
@@ -84,26 +84,15 @@ def record_within_quota(db: Database, user_id: UUID, record: UsageRecord) -> Tra
         row = conn.execute(
             """
             select * from record_usage_within_quota(
-              p_user => %s, p_idempotency_key => %s, p_provider => %s, p_model => %s,
-              p_prompt_tokens => %s, p_completion_tokens => %s, p_input_cost => %s,
-              p_output_cost => %s, p_agent_mode => %s, p_latency_ms => %s, p_session_id => %s,
-              p_success => %s, p_error => %s)
+              p_user => %(user)s, p_idempotency_key => %(idempotency_key)s,
+              p_provider => %(provider)s, p_model => %(model)s,
+              p_prompt_tokens => %(prompt_tokens)s, p_completion_tokens => %(completion_tokens)s,
+              p_input_cost => %(input_cost_micro_usd)s,
+              p_output_cost => %(output_cost_micro_usd)s, p_agent_mode => %(agent_mode)s,
+              p_latency_ms => %(latency_ms)s, p_session_id => %(session_id)s,
+              p_success => %(success)s, p_error => %(error)s)
             """,
-            (
-                user_id,
-                record.idempotency_key,
-                record.provider,
-                record.model,
-                record.prompt_tokens,
-                record.completion_tokens,
-                record.input_cost_micro_usd,
-                record.output_cost_micro_usd,
-                record.agent_mode,
-                record.latency_ms,
-                record.session_id,
-                record.success,
-                record.error,
-            ),
+            usage_arguments(user_id, record),
         ).fetchone()
         assert row is not None
         if row["quota_exceeded"]:

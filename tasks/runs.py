@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from celery import shared_task
@@ -24,6 +25,7 @@ def execute(self: ConveyorTask, run_id: str) -> str:
         UUID(run_id),
         store=res.store,
         wake_deliveries=lambda ids: queue_deliveries(self.app, ids),
+        wake_runs=lambda ids: publish_runs(self, ids),
     )
     if result is Result.HANDED_BACK:
         republish(self, run_id)
@@ -34,3 +36,9 @@ def republish(task: ConveyorTask, run_id: str) -> None:
     """Queue a handed-back run at once, so another worker resumes it now rather than when the
     reaper finds it (which it still will if Redis refuses this)."""
     send_or_log(task.app, TASK_EXECUTE_RUN, run_id)
+
+
+def publish_runs(task: ConveyorTask, run_ids: Sequence[UUID]) -> None:
+    """Queue runs made runnable after commit; a refused publish leaves them to the reaper."""
+    for run_id in run_ids:
+        send_or_log(task.app, TASK_EXECUTE_RUN, str(run_id))

@@ -18,6 +18,7 @@ from conveyor.errors import ServiceUnavailable
 from conveyor.events.run_events import EventPublisher
 from conveyor.runs import artifacts, checkpoints, waits
 from conveyor.runs.fingerprints import step_fingerprint
+from conveyor.runs.step_events import emit_step_event
 from conveyor.runs.step_rows import CompletedStep
 from conveyor.runs.store import ClaimedRun, Outcome, StepState
 from conveyor.runs.supabase_storage import StorageUnavailable
@@ -166,6 +167,9 @@ class Engine:
             attempt=attempt,
             settings=self.settings,
             deadline=min(time.monotonic() + spec.timeout_seconds, watch.run_deadline),
+            emit=lambda event, data: emit_step_event(
+                self.db, self.publisher, self.claim, event, data
+            ),
         )
         started = time.monotonic()
         outcome = "failed"

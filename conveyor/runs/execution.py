@@ -46,9 +46,11 @@ def execute_run(
     *,
     store: artifacts.ArtifactStore | None = None,
     wake_deliveries: Callable[[Sequence[UUID]], None] | None = None,
+    wake_runs: Callable[[Sequence[UUID]], None] | None = None,
 ) -> Result:
     """Run run_id once; a duplicate delivery of the same run is a no-op (SKIPPED). The webhook
-    deliveries its end created are handed to wake_deliveries after commit."""
+    deliveries its end created are handed to wake_deliveries after commit, and the runs it made
+    runnable (children it started, a parent its end resumed) to wake_runs."""
     claimed = runs.claim_run(db, run_id, lease_seconds=settings.run_lease_seconds)
     if claimed is None:
         log.info("run_not_claimable", run_id=str(run_id))
@@ -89,8 +91,10 @@ def execute_run(
     except LeaseLost:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
-    except RunSuspended:
+    except RunSuspended as suspended:
         log.info("run_waiting")
+        if suspended.enqueue and wake_runs is not None:
+            wake_runs(suspended.enqueue)
         return Result.WAITING
     except HandedBack as exc:
         # A step that would not stop keeps its attempt counted: it may still be running.
@@ -110,7 +114,8 @@ def execute_run(
         )
 
     deliveries: list[UUID] = []
-    finished = runs.finish_run(db, claim, outcome, deliveries=deliveries)
+    resumed: list[UUID] = []
+    finished = runs.finish_run(db, claim, outcome, deliveries=deliveries, resumed=resumed)
     if finished is None:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
@@ -120,4 +125,6 @@ def execute_run(
     publisher.publish(*finished)
     if deliveries and wake_deliveries is not None:
         wake_deliveries(deliveries)
+    if resumed and wake_runs is not None:
+        wake_runs(resumed)
     return Result(status)

@@ -236,11 +236,12 @@ def finish_run(
     outcome: Outcome,
     *,
     deliveries: list[UUID] | None = None,
+    resumed: list[UUID] | None = None,
 ) -> list[RunEvent] | None:
     """Record how a claimed run ended (cancelled if a cancel was requested meanwhile) and close its
     unfinished steps; returns the events, the final status last. None: the lease was lost and a
-    successor owns the run. The run's webhook deliveries are appended to `deliveries`, to queue
-    after commit."""
+    successor owns the run. The run's webhook deliveries are appended to `deliveries`, and the
+    runs its end made runnable to `resumed`, to queue after commit."""
     status = "failed" if outcome.error is not None else "completed"
     with db.transaction() as conn:
         row = conn.execute(

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from uuid import UUID
 
 import structlog
 
@@ -42,8 +43,13 @@ class RunTimedOut(RunInterrupted):
 
 
 class RunSuspended(RunInterrupted):
-    """The run is waiting (sleep, signal) and committed so: this attempt ends, no worker holds
-    it until it is resumed (conveyor/runs/waits.py)."""
+    """The run is waiting (sleep, signal, its branches or children) and committed so: this
+    attempt ends, no worker holds it until it is resumed (conveyor/runs/waits.py). `enqueue`:
+    runs the suspension created (children), to publish after commit."""
+
+    def __init__(self, enqueue: tuple[UUID, ...] = ()) -> None:
+        super().__init__()
+        self.enqueue = enqueue
 
 
 class HandedBack(RunInterrupted):

@@ -92,6 +92,9 @@ class StepContext:
     settings: Settings
     deadline: float  # time.monotonic() by which the attempt must end
     stop: threading.Event = field(default_factory=threading.Event)
+    # Appends a stored run event (`step_tokens`, ...) while the attempt runs; fenced by the run's
+    # attempt, so a worker that lost the run writes nothing. None outside the engine.
+    emit: Callable[[str, dict[str, Any]], None] | None = None
 
     def remaining(self) -> float:
         """Seconds left before the step times out (never below a small floor)."""

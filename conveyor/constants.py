@@ -13,6 +13,8 @@ EVENTS_CHANNEL_PREFIX = f"{REDIS_PREFIX}events:"
 
 # Celery task names are part of the wire contract between web and worker: keep them stable.
 TASK_EXECUTE_RUN = "runs.execute"
+# One lane of a run's parallel branches or map items (conveyor/runs/lanes.py).
+TASK_EXECUTE_LANE = "runs.execute_lane"
 TASK_REQUEUE_STALE_RUNS = "maintenance.requeue_stale_runs"
 TASK_RECORD_USAGE = "usage.record_batch"
 TASK_REQUEUE_USAGE_BATCHES = "maintenance.requeue_usage_batches"

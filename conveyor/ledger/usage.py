@@ -38,19 +38,35 @@ class StepOwner:
 
 
 def record_step_usage(
-    conn: Connection, owner: StepOwner, *, position: int, attempt: int, usage: LlmUsage
+    conn: Connection,
+    owner: StepOwner,
+    *,
+    position: int,
+    attempt: int,
+    usage: LlmUsage,
+    item: int | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Store the call's figures on the step and charge them to the ledger once (keyed by run, step
-    and attempt); returns a `quota_threshold_crossed` event when this call crossed 80% or 100%."""
-    conn.execute(
-        "update workflow_steps set usage = %s where run_id = %s and position = %s",
-        (Jsonb(usage.as_dict()), owner.run_id, position),
-    )
+    """Store the call's figures on the step (or the map item) and charge them to the ledger once
+    (keyed by run, step, item and attempt); returns a `quota_threshold_crossed` event when this
+    call crossed 80% or 100%."""
+    if item is None:
+        conn.execute(
+            "update workflow_steps set usage = %s where run_id = %s and position = %s",
+            (Jsonb(usage.as_dict()), owner.run_id, position),
+        )
+        key = f"run:{owner.run_id}:step:{position}:attempt:{attempt}"
+    else:
+        conn.execute(
+            "update run_work_items set usage = %s "
+            "where run_id = %s and position = %s and item = %s",
+            (Jsonb(usage.as_dict()), owner.run_id, position, item),
+        )
+        key = f"run:{owner.run_id}:step:{position}:item:{item}:attempt:{attempt}"
     recorded = ledger.record_usage(
         conn,
         owner.user_id,
         ledger.UsageRecord(
-            idempotency_key=f"run:{owner.run_id}:step:{position}:attempt:{attempt}",
+            idempotency_key=key,
             provider=usage.provider,
             model=usage.model,
             prompt_tokens=usage.prompt_tokens,

@@ -16,7 +16,7 @@ from conveyor import metrics, steps
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events.run_events import EventPublisher
-from conveyor.runs import artifacts, checkpoints, waits
+from conveyor.runs import artifacts, checkpoints, fanout, waits
 from conveyor.runs.fingerprints import step_fingerprint
 from conveyor.runs.step_events import emit_step_event
 from conveyor.runs.step_rows import CompletedStep
@@ -25,6 +25,7 @@ from conveyor.runs.supabase_storage import StorageUnavailable
 from conveyor.runs.supervision import HandedBack, LeaseLost, RunInterrupted, RunTimedOut, Watch
 from conveyor.settings import Settings
 from conveyor.steps import StepContext, StepFailure, StepResult, StepSuspended
+from conveyor.steps.map import MAP, PARALLEL_KINDS, items_of
 from conveyor.workflows import templates
 from conveyor.workflows.definitions import StepSpec, Workflow
 
@@ -47,18 +48,9 @@ class Engine:
     workflow: Workflow
 
     def run(self) -> Outcome:
-        """Execute the remaining steps. Raises RunCancelled or LeaseLost when the run must stop."""
-        inputs = self.workflow.validate_input(self.claim.input).model_dump(mode="json")
-        elapsed = waits.execution_seconds(self.db, self.claim, self.workflow)
-        watch = Watch(
-            self.db,
-            self.claim,
-            lease_seconds=self.settings.run_lease_seconds,
-            check_every=self.settings.cancel_check_seconds,
-            run_deadline=time.monotonic() + self.workflow.timeout_seconds - elapsed,
-            drain_seconds=self.settings.worker_drain_seconds,
-        )
-        stored = {state.name: state for state in self.claim.steps}
+        """Execute the remaining steps. Raises RunCancelled or LeaseLost when the run must stop,
+        RunSuspended when it waits, RunFannedOut when lanes take its work over."""
+        watch = self.watch()
         if [state.name for state in self.claim.steps] != [
             spec.name for spec in self.workflow.steps
         ]:
@@ -67,19 +59,60 @@ class Engine:
                 "flight (its steps differ); submit it again",
                 error_code="DEFINITION_CHANGED",
             )
-        outputs = {
-            state.name: {"output": self._load(watch, state)}
-            for state in self.claim.steps
-            if state.status == "completed"
-        }
-        context: dict[str, Any] = {"inputs": inputs, "steps": outputs, "run": self._run_facts()}
+        context = self.context(watch)
+        outputs: dict[str, Any] = context["steps"]
         plan = self.workflow.steps
+        # The step the claim started (its attempt counted): the first one not completed.
+        started = next(s.position for s in self.claim.steps if s.status != "completed")
+        parallel = fanout.may_fan_out(self.workflow)
+        if parallel:
+            state = fanout.item_state(self.db, self.claim.id)
+            if state.unfinished:
+                fanout.dispatch_again(
+                    self.db,
+                    self.claim,
+                    self.workflow,
+                    state,
+                    started,
+                    lease_seconds=self.settings.run_lease_seconds,
+                )
+            failure = state.first_failure(plan)
+            if failure is not None:
+                spec = plan[failure.position]
+                # A branch's error names its step already; a map item's names only the item.
+                prefix = f"step {spec.name!r}: " if spec.kind == MAP else ""
+                return Outcome(
+                    error=f"{prefix}{failure.error}",
+                    error_code=failure.error_code or "STEP_FAILED",
+                    failed_position=failure.position,
+                )
         last_step: CompletedStep | None = None
-        for position, spec in enumerate(plan):
-            if spec.name in outputs:
-                continue
+        while True:
+            ready = [
+                (position, spec)
+                for position, spec in enumerate(plan)
+                if spec.name not in outputs
+                and all(need in outputs for need in self.workflow.needs(spec.name))
+            ]
+            if not ready:
+                break
+            position, spec = ready[0]
+            if parallel:
+                branches = [(p, s) for p, s in ready if s.kind in PARALLEL_KINDS]
+                if len(branches) >= 2 and branches[0][0] == position:
+                    fanout.dispatch_branches(
+                        self.db,
+                        self.publisher,
+                        self.claim,
+                        branches,
+                        lease_seconds=self.settings.run_lease_seconds,
+                    )
             try:
-                result = self._run_step(watch, position, spec, stored[spec.name].attempt, context)
+                if spec.kind == MAP:
+                    result = self._map(watch, position, spec, context)
+                else:
+                    attempt = self.claim.steps[position].attempt if position == started else 1
+                    result = self.run_step(watch, position, spec, attempt, context)
             except StepFailure as failure:
                 return self._failed(position, spec, failure)
             except RunTimedOut:
@@ -101,12 +134,68 @@ class Engine:
                 )
             outputs[spec.name] = {"output": result.output}
             last_step = self._checkpoint(watch, position, spec, result, plan)
+            started = -1
         return self._completed(watch, context, outputs, last_step)
+
+    def watch(self) -> Watch:
+        """The watch over this claim: lease renewal, cancel, the run's deadline (waits excluded)."""
+        elapsed = waits.execution_seconds(self.db, self.claim, self.workflow)
+        return Watch(
+            self.db,
+            self.claim,
+            lease_seconds=self.settings.run_lease_seconds,
+            check_every=self.settings.cancel_check_seconds,
+            run_deadline=time.monotonic() + self.workflow.timeout_seconds - elapsed,
+            drain_seconds=self.settings.worker_drain_seconds,
+        )
+
+    def context(self, watch: Watch) -> dict[str, Any]:
+        """What templates see: the inputs, each completed step's output, the run's facts."""
+        inputs = self.workflow.validate_input(self.claim.input).model_dump(mode="json")
+        outputs = {
+            state.name: {"output": self._load(watch, state)}
+            for state in self.claim.steps
+            if state.status == "completed"
+        }
+        return {"inputs": inputs, "steps": outputs, "run": self._run_facts()}
+
+    def _map(  # noqa: RET503 (dispatch_map raises RunFannedOut)
+        self, watch: Watch, position: int, spec: StepSpec, context: dict[str, Any]
+    ) -> StepResult:
+        """A map reached for the first time fans out; once its items are done, its output."""
+        if position in fanout.item_state(self.db, self.claim.id).positions:
+            return StepResult(
+                fanout.map_output(
+                    self.db,
+                    self.claim,
+                    position,
+                    spec,
+                    lambda stub, url: self._with_storage(
+                        watch, lambda: artifacts.load(self.store, stub, url)
+                    ),
+                )
+            )
+        try:
+            over = templates.render(spec.config["over"], context)
+        except templates.TemplateFailure as exc:
+            raise StepFailure(str(exc), retryable=False, code="TEMPLATE_ERROR") from exc
+        items = items_of(over)
+        if not items:
+            return StepResult({"items": [], "failed": []})
+        fanout.dispatch_map(
+            self.db,
+            self.publisher,
+            self.claim,
+            position,
+            spec,
+            items,
+            lease_seconds=self.settings.run_lease_seconds,
+        )
 
     def _run_facts(self) -> dict[str, Any]:
         return {"id": str(self.claim.id), "attempt": self.claim.attempt}
 
-    def _run_step(
+    def run_step(
         self, watch: Watch, position: int, spec: StepSpec, attempt: int, context: dict[str, Any]
     ) -> StepResult:
         """Attempts of one step until one succeeds or the failure is final."""
@@ -121,7 +210,7 @@ class Engine:
         while True:
             watch.poll()
             try:
-                return self._attempt(watch, spec, attempt, context)
+                return self.attempt(watch, spec, attempt, context)
             except StepFailure as failure:
                 if not failure.retryable or attempt >= spec.retry.max_attempts:
                     failure.message = (
@@ -148,9 +237,15 @@ class Engine:
                     raise LeaseLost() from failure
                 attempt += 1
 
-    def _attempt(
-        self, watch: Watch, spec: StepSpec, attempt: int, context: dict[str, Any]
+    def attempt(
+        self,
+        watch: Watch,
+        spec: StepSpec,
+        attempt: int,
+        context: dict[str, Any],
+        label: str | None = None,
     ) -> StepResult:
+        """One attempt of spec (label: a map item's name, `step[3]`, in logs and requests)."""
         kind = steps.KINDS[spec.kind]
         try:
             config = kind.config_model.model_validate(templates.render(spec.config, context))
@@ -163,7 +258,7 @@ class Engine:
         ctx = StepContext(
             run_id=self.claim.id,
             user_id=self.claim.user_id,
-            step=spec.name,
+            step=label or spec.name,
             attempt=attempt,
             settings=self.settings,
             deadline=min(time.monotonic() + spec.timeout_seconds, watch.run_deadline),
@@ -219,7 +314,7 @@ class Engine:
             watch, lambda: artifacts.load(self.store, state.output, state.output_url)
         )
 
-    def _offload(self, watch: Watch, name: str, value: Any) -> tuple[Any, str | None]:
+    def offload(self, watch: Watch, name: str, value: Any) -> tuple[Any, str | None]:
         """value, or a stub and its URL once stored (see artifacts.offload)."""
         key = f"{self.claim.id}/{self.claim.attempt}/{name}.json"
         limit = self.settings.output_inline_max_bytes
@@ -231,7 +326,7 @@ class Engine:
         self, watch: Watch, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]
     ) -> CompletedStep | None:
         """Commit a finished step and start the next; the last one is returned for finish_run."""
-        stored, url = self._offload(watch, spec.name, result.output)
+        stored, url = self.offload(watch, spec.name, result.output)
         step = CompletedStep(position, stored, url, result.usage, step_fingerprint(spec))
         following = position + 1
         if following == len(plan):
@@ -277,7 +372,7 @@ class Engine:
             # The run's output is its last step's, stored once (an upload fewer when it is large).
             stored, url = last_step.output, last_step.output_url
         else:
-            stored, url = self._offload(watch, "output", output)
+            stored, url = self.offload(watch, "output", output)
         return Outcome(output=stored, output_url=url, reply=reply_text(output), last_step=last_step)
 
 

@@ -15,6 +15,7 @@ from conveyor.errors import ConveyorError, ServiceUnavailable
 from conveyor.events.run_events import EventPublisher
 from conveyor.runs import artifacts, checkpoints
 from conveyor.runs.engine import Engine
+from conveyor.runs.fanout import Lane, RunFannedOut
 from conveyor.runs.store import Outcome
 from conveyor.runs.supabase_storage import StorageUnavailable
 from conveyor.runs.supervision import HandedBack, LeaseLost, RunCancelled, RunSuspended
@@ -36,6 +37,7 @@ class Result(StrEnum):
     # the run could start that step beside the thread still running it until this process exits.
     QUEUED_FOR_REAPER = "queued_for_reaper"
     WAITING = "waiting"  # a durable wait was committed: the run holds no worker until resumed
+    FANNED_OUT = "fanned_out"  # its branches or map items were handed to lanes
 
 
 def execute_run(
@@ -47,10 +49,12 @@ def execute_run(
     store: artifacts.ArtifactStore | None = None,
     wake_deliveries: Callable[[Sequence[UUID]], None] | None = None,
     wake_runs: Callable[[Sequence[UUID]], None] | None = None,
+    start_lanes: Callable[[Sequence[Lane]], None] | None = None,
 ) -> Result:
     """Run run_id once; a duplicate delivery of the same run is a no-op (SKIPPED). The webhook
-    deliveries its end created are handed to wake_deliveries after commit, and the runs it made
-    runnable (children it started, a parent its end resumed) to wake_runs."""
+    deliveries its end created are handed to wake_deliveries after commit, the runs it made
+    runnable (children it started, a parent its end resumed) to wake_runs, and the lanes of its
+    branches or map items to start_lanes."""
     claimed = runs.claim_run(db, run_id, lease_seconds=settings.run_lease_seconds)
     if claimed is None:
         log.info("run_not_claimable", run_id=str(run_id))
@@ -91,6 +95,11 @@ def execute_run(
     except LeaseLost:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST
+    except RunFannedOut as fanned:
+        log.info("run_fanned_out", lanes=len(fanned.lanes))
+        if start_lanes is not None:
+            start_lanes(fanned.lanes)
+        return Result.FANNED_OUT
     except RunSuspended as suspended:
         log.info("run_waiting")
         if suspended.enqueue and wake_runs is not None:

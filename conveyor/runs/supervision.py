@@ -74,6 +74,8 @@ class Watch:
     run_deadline: float  # time.monotonic()
     # Once the worker drains, the run may go on (and finish) for this long, then it is handed back.
     drain_seconds: float = 0.0
+    # Called after each lease renewal: a lane renews its work item's lease with the run's.
+    on_renew: Callable[[], None] | None = None
     _next_check: float = field(default=0.0, init=False)
     _next_renew: float = field(default=0.0, init=False)
 
@@ -107,6 +109,8 @@ class Watch:
             raise LeaseLost()
         if liveness.cancel_requested:
             raise RunCancelled()
+        if renew and self.on_renew is not None:
+            self.on_renew()
 
     def sleep(self, seconds: float) -> None:
         """Wait (between retries) while still checking in."""

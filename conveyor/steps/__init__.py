@@ -1,4 +1,4 @@
-"""Built-in step kinds: llm, http, python, transform, and the durable waits sleep and
+"""Built-in step kinds: llm, http, python, transform, map, and the durable waits sleep and
 wait_for_event."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from conveyor.steps.base import (
 )
 from conveyor.steps.http import HTTP
 from conveyor.steps.llm import LLM
+from conveyor.steps.map import MAP_KIND
 from conveyor.steps.python import PYTHON, function, get_function
 from conveyor.steps.transform import TRANSFORM
 from conveyor.steps.wait import (
@@ -24,7 +25,8 @@ from conveyor.steps.wait import (
 )
 
 KINDS: dict[str, StepKind] = {
-    kind.name: kind for kind in (LLM, HTTP, PYTHON, TRANSFORM, SLEEP_KIND, WAIT_FOR_EVENT_KIND)
+    kind.name: kind
+    for kind in (LLM, HTTP, PYTHON, TRANSFORM, SLEEP_KIND, WAIT_FOR_EVENT_KIND, MAP_KIND)
 }
 
 __all__ = [

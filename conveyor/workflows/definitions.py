@@ -10,7 +10,7 @@ import random
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from conveyor import steps
 from conveyor.errors import InvalidInput, UnknownAgent, UnknownWorkflow
@@ -85,6 +85,8 @@ class Workflow(BaseModel):
     # The run's output; default: the last step's output.
     output: Any = None
     timeout_seconds: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    # Each step's prerequisites, resolved (`depends_on` None means the step declared before it).
+    _needs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _dag_in_run_order(self) -> Workflow:
@@ -108,11 +110,17 @@ class Workflow(BaseModel):
                 f"workflow {self.name!r}: steps depend on each other in a cycle: {exc.args[1]}"
             ) from exc
         templates.check_syntax(self.output)
-        # Steps run one at a time (one task per run) in an order that respects every dependency;
-        # the model is frozen for callers, so the validator stores that order directly.
+        # Steps are stored in an order that respects every dependency (a chain runs in it; ready
+        # branches run side by side, conveyor/runs/fanout.py); the model is frozen for callers,
+        # so the validator stores that order directly.
         by_name = {step.name: step for step in self.steps}
         object.__setattr__(self, "steps", [by_name[name] for name in order])
+        self._needs = {name: tuple(needs) for name, needs in graph.items()}
         return self
+
+    def needs(self, step: str) -> tuple[str, ...]:
+        """The steps `step` waits for."""
+        return self._needs[step]
 
     def validate_input(self, raw: dict[str, Any]) -> BaseModel:
         """Parse raw input, or InvalidInput naming the offending fields."""

@@ -39,3 +39,4 @@ create policy run_work_items_owner_or_admin_select on conveyor.run_work_items
 revoke all on conveyor.run_work_items from public, anon, authenticated;
 grant select on conveyor.run_work_items to authenticated;
 grant all on conveyor.run_work_items to service_role;
+revoke all on type conveyor.run_work_items from public, anon, authenticated;

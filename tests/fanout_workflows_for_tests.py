@@ -170,3 +170,43 @@ workflows.define(
         ],
     )
 )
+
+
+class HeldInput(BaseModel):
+    """Where the held branch calls (the fake LLM server's /hold) and the key it counts by."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str
+    key: str
+
+
+workflows.define(
+    Workflow(
+        name="model_call_beside_a_held_call",
+        description="A model call and an HTTP call the test server holds, side by side.",
+        input_model=HeldInput,
+        steps=[
+            StepSpec(name="start", kind="transform", config={"output": "go"}),
+            StepSpec(
+                name="ask",
+                kind="llm",
+                depends_on=["start"],
+                config={"prompt": "branch {{ inputs.key }}"},
+            ),
+            StepSpec(
+                name="hold",
+                kind="http",
+                depends_on=["start"],
+                config={"url": "{{ inputs.server }}/hold/{{ inputs.key }}"},
+                timeout_seconds=60,
+            ),
+            StepSpec(
+                name="joined",
+                kind="transform",
+                depends_on=["ask", "hold"],
+                config={"output": "{{ steps.ask.output.text }}"},
+            ),
+        ],
+    )
+)

@@ -30,6 +30,7 @@ from web import (
     observability,
     ops,
     payments,
+    run_items,
     run_signals,
     runs,
     sessions,
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(agents.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(run_signals.bp)
+    app.register_blueprint(run_items.bp)
     app.register_blueprint(identity.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(sessions.bp)

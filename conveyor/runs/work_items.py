@@ -289,6 +289,14 @@ def record_end(
                 (claim.id,),
             ).fetchone()
             assert queued is not None
+            if taken.step_attempt is None:
+                # The coordinator's claim counts an attempt of the map it resumes at; assembling
+                # the map's output is no new attempt of it.
+                conn.execute(
+                    "update workflow_steps set attempt = attempt - 1 "
+                    "where run_id = %s and position = %s and attempt > 0",
+                    (claim.id, taken.position),
+                )
             pending.append((STATUS_UPDATE, status_data(queued)))
             recorded.resume = True
         elif not counts["open"]:

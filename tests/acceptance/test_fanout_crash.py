@@ -48,13 +48,13 @@ def finish_with_reaper(
     """Fire beat's reaper by hand until the run ends (it acts once the lease has expired)."""
     deadline = time.monotonic() + timeout
     view = client.get(f"/api/runs/{run_id}").json()
-    while view["status"] not in ("completed", "failed", "cancelled") and time.monotonic() < deadline:
+    while (
+        view["status"] not in ("completed", "failed", "cancelled") and time.monotonic() < deadline
+    ):
         celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
         time.sleep(0.5)
         view = client.get(f"/api/runs/{run_id}").json()
     return dict(view)
-
-
 
 
 def test_a_map_survives_a_killed_worker_and_completed_items_do_not_run_again(
@@ -93,9 +93,7 @@ def test_branches_survive_a_killed_worker_and_the_model_call_is_charged_once(
     celery_app: Celery,
     db: Database,
 ) -> None:
-    run_id = submit(
-        client, "model_call_beside_a_held_call", {"server": fake_llm.url, "key": "b1"}
-    )
+    run_id = submit(client, "model_call_beside_a_held_call", {"server": fake_llm.url, "key": "b1"})
     assert fake_llm.holding.wait(60), "the first worker never reached the held branch"
 
     kill(doomed_worker)
@@ -110,4 +108,5 @@ def test_branches_survive_a_killed_worker_and_the_model_call_is_charged_once(
         charges = conn.execute(
             "select count(*) as n from usage_events where run_id = %s", (run_id,)
         ).fetchone()
-    assert charges is not None and charges["n"] == 1
+    assert charges is not None
+    assert charges["n"] == 1

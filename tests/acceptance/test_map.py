@@ -19,7 +19,14 @@ from conveyor.runs.work_items import MAP_PROGRESS
 from conveyor.settings import Settings
 from tests.acceptance.durable_waits_calls import events_of, submit
 from tests.fake_llm import FakeLlm
-from tests.support import ApiClient, celery_process, wait_for_run, worker_args, worker_env
+from tests.support import (
+    ApiClient,
+    celery_process,
+    wait_for_run,
+    wait_until,
+    worker_args,
+    worker_env,
+)
 
 USES_FAKE_LLM = True
 
@@ -96,7 +103,8 @@ def test_a_failing_item_fails_the_map_fast_and_items_not_started_never_run(
     assert view["error_code"] == "BY_DESIGN"
     assert "item 1 failed" in view["error"]
     ran = [int(clean_redis.get(f"{inputs['key']}:ran:{i}") or 0) for i in range(12)]
-    assert ran[1] == 1 and sum(ran) < 12
+    assert ran[1] == 1
+    assert sum(ran) < 12
     statuses = {step["name"]: step["status"] for step in view["steps"]}
     assert statuses == {"list": "completed", "each": "failed", "after": "skipped"}
 
@@ -159,3 +167,79 @@ def test_each_items_model_call_is_charged_once(
     assert sorted(row["idempotency_key"].split(":")[5] for row in rows) == [
         str(i) for i in range(5)
     ]
+
+
+def test_a_runs_items_are_listed_in_order_with_counts_per_step(
+    worker: Any, client: ApiClient, settings: Settings
+) -> None:
+    run_id = submit(client, "map_collect", counted_inputs(settings, count=5, fail_at=[3]))
+    wait_for_run(client, run_id, timeout=60)
+
+    first = client.get(f"/api/runs/{run_id}/items", params={"limit": 2}).json()
+    rest = client.get(
+        f"/api/runs/{run_id}/items", params={"after": first["next_after"], "limit": 10}
+    ).json()
+    failed = client.get(f"/api/runs/{run_id}/items", params={"status": "failed"}).json()
+
+    assert [item["index"] for item in first["items"] + rest["items"]] == [0, 1, 2, 3, 4]
+    assert first["next_after"] == 1
+    assert rest["next_after"] is None
+    assert first["steps"] == [
+        {
+            "step": "each",
+            "kind": "map",
+            "total": 5,
+            "pending": 0,
+            "running": 0,
+            "completed": 4,
+            "failed": 1,
+            "cancelled": 0,
+        }
+    ]
+    assert [(i["index"], i["input"], i["error_code"]) for i in failed["items"]] == [
+        (3, 3, "BY_DESIGN")
+    ]
+
+
+def test_someone_elses_runs_items_are_not_found(
+    worker: Any, client: ApiClient, make_client: Any, settings: Settings
+) -> None:
+    run_id = submit(client, "map_collect", counted_inputs(settings, count=1))
+
+    response = make_client(uuid.uuid4()).get(f"/api/runs/{run_id}/items")
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "RUN_NOT_FOUND"
+
+
+def test_items_of_an_unknown_step_are_a_clear_400(
+    worker: Any, client: ApiClient, settings: Settings
+) -> None:
+    run_id = submit(client, "map_collect", counted_inputs(settings, count=1))
+    wait_for_run(client, run_id, timeout=30)
+
+    response = client.get(f"/api/runs/{run_id}/items", params={"step": "nope"})
+
+    assert response.status_code == 400
+    assert "each" in response.json()["error"]
+
+
+def test_cancelling_a_mapping_run_stops_its_lanes_and_runs_no_item_not_yet_started(
+    six_processes: subprocess.Popen[bytes],
+    client: ApiClient,
+    settings: Settings,
+    clean_redis: redis.Redis,
+) -> None:
+    inputs = counted_inputs(settings, count=30, nap=2)
+    run_id = submit(client, "map_wide", inputs)
+    wait_until(lambda: int(clean_redis.get(f"{inputs['key']}:active") or 0) >= 2, 30, "lanes")
+
+    assert client.post(f"/api/runs/{run_id}/cancel").status_code == 200
+    view = wait_for_run(client, run_id, timeout=30)
+
+    assert view["status"] == "cancelled"
+    ran = sum(int(clean_redis.get(f"{inputs['key']}:ran:{i}") or 0) for i in range(30))
+    assert ran <= 8
+    items = client.get(f"/api/runs/{run_id}/items", params={"limit": 100}).json()
+    assert {item["status"] for item in items["items"]} == {"cancelled"}
+    assert {step["name"]: step["status"] for step in view["steps"]}["each"] == "cancelled"

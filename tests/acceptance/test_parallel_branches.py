@@ -27,8 +27,14 @@ from tests.support import ApiClient, new_run, wait_for_run, worker_subprocess
 @pytest.fixture
 def two_workers(settings: Settings) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Two worker processes on the runs queue, one task at a time each."""
-    with worker_subprocess(settings, "runs") as first, worker_subprocess(settings, "runs") as second:
+    with (
+        worker_subprocess(settings, "runs") as first,
+        worker_subprocess(settings, "runs") as second,
+    ):
         yield [first, second]
+
+
+BRANCH_STEPS = ("left", "right", "joined")
 
 
 def counted_inputs(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -46,7 +52,8 @@ def test_ready_branches_run_at_the_same_time_on_different_workers(
     assert view["status"] == "completed", view
     left, right = (step["output"] for step in view["steps"] if step["name"] in ("left", "right"))
     assert left["pid"] != right["pid"]
-    assert left["started"] < right["ended"] and right["started"] < left["ended"]
+    assert left["started"] < right["ended"]
+    assert right["started"] < left["ended"]
 
 
 def test_the_step_after_the_branches_runs_once_after_both(
@@ -67,7 +74,10 @@ def test_the_step_after_the_branches_runs_once_after_both(
 
     assert [view["status"] for view in views] == ["completed"] * 10
     key = inputs["key"]
-    assert [int(clean_redis.get(f"{key}:ran:{name}") or 0) for name in ("left", "right")] == [10, 10]
+    assert [int(clean_redis.get(f"{key}:ran:{name}") or 0) for name in ("left", "right")] == [
+        10,
+        10,
+    ]
     assert int(clean_redis.get(f"{key}:ran:joined") or 0) == 10
     for client, run_id, view in zip(clients, run_ids, views, strict=True):
         steps = {step["name"]: step for step in view["steps"]}
@@ -92,7 +102,8 @@ def test_a_failing_branch_fails_the_run_at_that_step_and_what_needs_it_never_run
     statuses = {step["name"]: step["status"] for step in view["steps"]}
     # `left` completed, or was never taken once `right` failed (fail fast): either way not run
     # twice, and `joined` never ran.
-    assert statuses["right"] == "failed" and statuses["joined"] == "skipped"
+    assert statuses["right"] == "failed"
+    assert statuses["joined"] == "skipped"
     assert statuses["left"] in ("completed", "skipped")
 
 
@@ -136,4 +147,5 @@ def test_two_branches_ending_at_the_same_instant_queue_the_run_once(
     assert sorted(result.resume for result in results) == [False, True]
     with db.transaction() as conn:
         row = conn.execute("select status from workflow_runs where id = %s", (run.id,)).fetchone()
-    assert row is not None and row["status"] == "queued"
+    assert row is not None
+    assert row["status"] == "queued"

@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_model: str = "gpt-4o-mini"
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_LLM_PRICES))
+    # A streamed `llm` step appends its new text as one `step_tokens` run event at most this often
+    # (plus a last one): each event is a Postgres row and a Redis publish, so not one per token.
+    llm_stream_flush_seconds: float = Field(0.05, ge=0, le=10)
 
     # Realtime
     # The server pings each websocket this often; no pong by the next ping closes it.

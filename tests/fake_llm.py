@@ -1,9 +1,12 @@
 """A loopback server that answers like an OpenAI-compatible API, scripted by the test.
 
 `POST /v1/chat/completions` replies with a completion and `usage`, or with the next status a test
-scripted for that prompt (429, 500, 400...). `GET /hold/<key>` holds its first request until the
-client goes away (a killed worker), then answers later ones at once. Every answer that reached a
-connected client is counted, per prompt or key.
+scripted for that prompt (429, 500, 400...). With `"stream": true` it sends server-sent events
+instead: the chunks a test scripted for the prompt (`stream_script`, default: the reply word by
+word), a usage chunk when the request asks for one, then `data: [DONE]`; the script may cut the
+first request's connection, or hold it, after some chunks. `GET /hold/<key>` holds its first
+request until the client goes away (a killed worker), then answers later ones at once. Every
+answer that reached a connected client is counted, per prompt or key.
 """
 
 from __future__ import annotations
@@ -14,10 +17,29 @@ import socket
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HOLD_LIMIT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class StreamScript:
+    """How the fake streams its reply to a prompt. cut_after and hold_after apply to the first
+    request only: close the connection (no [DONE]) or hold it until the client goes away."""
+
+    chunks: tuple[str, ...]
+    delay: float = 0.0  # seconds before each chunk
+    usage: bool = True  # send the final usage chunk when the request asks for it
+    cut_after: int | None = None
+    hold_after: int | None = None
+    ignore_stream: bool = False  # answer with one JSON completion, as some servers do
+
+    @property
+    def text(self) -> str:
+        """The whole reply, as a complete stream carries it."""
+        return "".join(self.chunks)
 
 
 class FakeLlm:
@@ -30,6 +52,11 @@ class FakeLlm:
         self.holding = threading.Event()
         self._scripts: dict[str, deque[int]] = defaultdict(deque)
         self._held: set[str] = set()
+        self._streams: dict[str, StreamScript] = {}
+        self.stream_requests: Counter[str] = Counter()
+        self.cut: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()  # streams the client closed before their end
+        self.streams_ended: Counter[str] = Counter()  # streamed answers over, however they ended
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -49,6 +76,21 @@ class FakeLlm:
         """Answer the next requests with this prompt with these statuses, then normally."""
         with self._lock:
             self._scripts[prompt].extend(statuses)
+
+    def stream_script(self, prompt: str, script: StreamScript) -> None:
+        """Stream the reply to this prompt as script says."""
+        with self._lock:
+            self._streams[prompt] = script
+
+    def _stream_for(self, prompt: str) -> tuple[StreamScript, bool]:
+        """The prompt's script (default: the reply word by word) and whether this is the first
+        streamed request for it."""
+        with self._lock:
+            self.stream_requests[prompt] += 1
+            words = f"reply to: {prompt}".split(" ")
+            default = StreamScript(chunks=(*(f"{word} " for word in words[:-1]), words[-1]))
+            script = self._streams.get(prompt, default)
+            return script, self.stream_requests[prompt] == 1
 
     def _next_status(self, prompt: str) -> int:
         with self._lock:
@@ -79,6 +121,9 @@ class FakeLlm:
                     self._send(status, error, {"Retry-After": "0"} if status == 429 else {})
                     return
                 words = len(prompt.split())
+                if body.get("stream"):
+                    self._stream(prompt, body, words)
+                    return
                 reply = {
                     "id": f"chatcmpl-{fake.received.total()}",
                     "object": "chat.completion",
@@ -109,6 +154,73 @@ class FakeLlm:
                         return
                 self._send(200, {"key": key})
                 fake.completed[key] += 1
+
+            def _stream(self, prompt: str, body: dict[str, Any], words: int) -> None:
+                try:
+                    self._send_stream(prompt, body, words)
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.dropped[prompt] += 1  # the client stopped reading mid-stream
+                finally:
+                    fake.streams_ended[prompt] += 1
+
+            def _send_stream(self, prompt: str, body: dict[str, Any], words: int) -> None:
+                script, first = fake._stream_for(prompt)
+                if script.ignore_stream:
+                    reply = {
+                        "id": f"chatcmpl-{fake.received.total()}",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": script.text},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": words, "completion_tokens": len(script.chunks)},
+                    }
+                    self._send(200, reply)
+                    fake.completed[prompt] += 1
+                    return
+                ident = f"chatcmpl-{fake.received.total()}"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("x-request-id", f"req-{fake.received.total()}")
+                self.end_headers()  # HTTP/1.0 without a length: the body ends when we close
+                for number, text in enumerate(script.chunks):
+                    if first and script.cut_after == number:
+                        fake.cut[prompt] += 1
+                        return
+                    if first and script.hold_after == number:
+                        fake.holding.set()
+                        if self._client_left_within(HOLD_LIMIT_SECONDS):
+                            fake.abandoned[prompt] += 1
+                            return
+                    time.sleep(script.delay)
+                    self._event(ident, body, [{"index": 0, "delta": {"content": text}}])
+                self._event(ident, body, [{"index": 0, "delta": {}, "finish_reason": "stop"}])
+                wants_usage = (body.get("stream_options") or {}).get("include_usage")
+                if script.usage and wants_usage:
+                    usage = {
+                        "prompt_tokens": words,
+                        "completion_tokens": len(script.chunks),
+                        "total_tokens": words + len(script.chunks),
+                    }
+                    self._event(ident, body, [], usage=usage)
+                self.wfile.write(b"data: [DONE]\n\n")
+                fake.completed[prompt] += 1
+
+            def _event(
+                self, ident: str, body: dict[str, Any], choices: list[Any], **extra: Any
+            ) -> None:
+                chunk = {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "model": body["model"],
+                    "choices": choices,
+                    **extra,
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
             def _client_left_within(self, seconds: float) -> bool:
                 deadline = time.monotonic() + seconds

@@ -1,5 +1,6 @@
 """`conveyor submit WORKFLOW --input '{...}' [--follow]`: submit a run over the HTTP API and
-follow its events over the workflows websocket, with a progress bar, until it ends. Without
+follow its events over the workflows websocket, with a progress bar, until it ends; a streamed
+`llm` step's text is printed as it arrives. Without
 --url, a DATABASE_URL that is not migrated is refused first (exit 2)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from conveyor.auth.tokens import mint_token
 from conveyor.cli.backing import require_migrated
 from conveyor.runs.payloads import FINAL_STATUSES
 from conveyor.settings import get_settings
+from conveyor.steps.llm_stream import STEP_TOKENS, STEP_TOKENS_DISCARDED
 
 FOLLOW_LIMIT_SECONDS = 24 * 3600  # a follow ends by then even if the run has not
 BAR_WIDTH = 30
@@ -96,7 +98,9 @@ def follow_run(base: str, token: str, run_id: str) -> str:
     ws_url = urlunsplit(
         ("wss" if scheme == "https" else "ws", netloc, "/api/ws/workflows", f"token={token}", "")
     )
-    last_seq: int | None = None
+    # From the run's first event: tokens streamed before the socket opened are replayed too.
+    last_seq = 0
+    view = FollowView()
     deadline = time.monotonic() + FOLLOW_LIMIT_SECONDS
     while time.monotonic() < deadline:
         try:
@@ -104,18 +108,16 @@ def follow_run(base: str, token: str, run_id: str) -> str:
         except (OSError, simple_websocket.ConnectionError) as exc:
             raise click.ClickException(f"cannot open {ws_url.split('?')[0]}: {exc}") from exc
         try:
-            subscribe: dict[str, Any] = {"type": "subscribe", "topic": f"workflow_run:{run_id}"}
-            if last_seq is not None:
-                subscribe["since"] = last_seq
-            socket.send(json.dumps(subscribe))
+            topic = f"workflow_run:{run_id}"
+            socket.send(json.dumps({"type": "subscribe", "topic": topic, "since": last_seq}))
             while True:
                 message = json.loads(socket.receive(timeout=60) or "null")
                 if message is None or message.get("type") != "event":
                     if message and message.get("type") == "error":
                         raise click.ClickException(f"{message['code']}: {message['message']}")
                     continue
-                last_seq = max(last_seq or 0, int(message["seq"]))
-                status = show(message)
+                last_seq = max(last_seq, int(message["seq"]))
+                status = view.show(message)
                 if status in FINAL_STATUSES:
                     click.echo()
                     return status
@@ -126,16 +128,43 @@ def follow_run(base: str, token: str, run_id: str) -> str:
     raise click.ClickException("stopped following: the run did not end in time")
 
 
-def show(message: dict[str, Any]) -> str | None:
-    """Print one event; returns the run's status when the event carries one."""
-    data = message.get("data") or {}
-    if message.get("event") != "workflow_status_update":
-        click.echo(f"\n  {message.get('event')}: {json.dumps(data)[:200]}")
-        return None
-    progress = float(data.get("progress") or 0.0)
-    filled = int(progress * BAR_WIDTH)
-    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    step = data.get("step") or ""
-    click.echo(f"\r[{bar}] {progress:4.0%} {data.get('status', ''):<10} {step:<24}", nl=False)
-    status = data.get("status")
-    return str(status) if status else None
+class FollowView:
+    """Prints events: the progress bar redrawn in place on one line, streamed text as it comes on
+    lines of its own (the bar moves below it rather than overwrite it)."""
+
+    def __init__(self) -> None:
+        self.in_text = False  # the cursor is at the end of streamed text, not on the bar
+
+    def show(self, message: dict[str, Any]) -> str | None:
+        """Print one event; returns the run's status when the event carries one."""
+        data = message.get("data") or {}
+        event = message.get("event")
+        if event == STEP_TOKENS:
+            if not self.in_text:
+                click.echo()  # leave the bar's line as it is
+                self.in_text = True
+            click.echo(str(data.get("text", "")), nl=False)
+            return None
+        self.end_text()
+        if event == STEP_TOKENS_DISCARDED:
+            click.echo(
+                f"\n  [step {data.get('step')}: attempt {data.get('attempt')} was cut off; "
+                f"its {data.get('chars')} characters above are void, retrying]"
+            )
+            return None
+        if event != "workflow_status_update":
+            click.echo(f"\n  {event}: {json.dumps(data)[:200]}")
+            return None
+        progress = float(data.get("progress") or 0.0)
+        filled = int(progress * BAR_WIDTH)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        step = data.get("step") or ""
+        click.echo(f"\r[{bar}] {progress:4.0%} {data.get('status', ''):<10} {step:<24}", nl=False)
+        status = data.get("status")
+        return str(status) if status else None
+
+    def end_text(self) -> None:
+        """End the streamed text's line before anything else is printed."""
+        if self.in_text:
+            click.echo()
+            self.in_text = False

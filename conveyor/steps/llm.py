@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+import structlog
 from pydantic import BaseModel, Field, model_validator
 
 from conveyor.settings import Settings
@@ -20,6 +22,9 @@ from conveyor.steps.base import (
     StepResult,
 )
 from conveyor.steps.http import send
+from conveyor.steps.llm_stream import StreamedReply, stream_completion
+
+log = structlog.get_logger(__name__)
 
 
 class ChatMessage(BaseModel):
@@ -38,6 +43,9 @@ class LlmConfig(StepConfig):
     model: str | None = Field(default=None, description="Default: the LLM_MODEL setting.")
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = Field(
+        default=False, description="Send the reply's text as `step_tokens` run events as it comes."
+    )
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> LlmConfig:
@@ -88,6 +96,11 @@ def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
     url = settings.llm_base_url.rstrip("/") + "/chat/completions"
 
     started = time.monotonic()
+    if config.stream:
+        # The final usage chunk is the only place a stream states what it cost.
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        streamed = stream_completion(ctx, httpx.Request("POST", url, json=body, headers=headers))
+        return _streamed_result(ctx, model, streamed, round((time.monotonic() - started) * 1000))
     response = send(
         ctx, httpx.Request("POST", url, json=body, headers=headers), what="LLM", code="LLM_ERROR"
     )
@@ -104,26 +117,79 @@ def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
             f"LLM reply is not a chat completion: {exc!r}", retryable=True, code="LLM_ERROR"
         ) from exc
 
-    answered_model = str(reply.get("model") or model)
-    cost = cost_micro_usd(settings, answered_model, prompt_tokens, completion_tokens)
-    if cost is None:  # providers often answer with a dated variant of the requested model
-        cost = cost_micro_usd(settings, model, prompt_tokens, completion_tokens)
     request_id = response.headers.get("x-request-id") or reply.get("id")
-    return StepResult(
-        output={
-            "text": text,
-            "model": answered_model,
-            "finish_reason": choice.get("finish_reason"),
-        },
-        usage=LlmUsage(
-            provider=provider_name(settings.llm_base_url),
-            model=answered_model,
+    return _result(
+        settings,
+        model,
+        Reply(
+            text=text,
+            model=str(reply.get("model") or model),
+            finish_reason=choice.get("finish_reason"),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            latency_ms=latency_ms,
+            request_id=str(request_id) if request_id else None,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished completion, streamed or not, as the step's output and usage are made from."""
+
+    text: str
+    model: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    request_id: str | None
+
+
+def _streamed_result(
+    ctx: StepContext, model: str, streamed: StreamedReply, latency_ms: int
+) -> StepResult:
+    """The result of a stream read to [DONE]. Without a usage chunk (a provider that ignores
+    `stream_options`) the call is recorded at 0 tokens rather than failed: another attempt would
+    pay the provider again for text the client already has, and would get no usage either."""
+    usage = streamed.usage or {}
+    if not usage:
+        log.warning("llm_stream_without_usage", run_id=str(ctx.run_id), step=ctx.step)
+    try:
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        completion_tokens = int(usage.get("completion_tokens", 0))
+    except (TypeError, ValueError) as exc:
+        raise StepFailure(
+            f"LLM stream usage is not numeric: {usage!r}", retryable=True, code="LLM_ERROR"
+        ) from exc
+    reply = Reply(
+        text=streamed.text,
+        model=str(streamed.model or model),
+        finish_reason=streamed.finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_ms=latency_ms,
+        request_id=streamed.request_id,
+    )
+    return _result(ctx.settings, model, reply)
+
+
+def _result(settings: Settings, model: str, reply: Reply) -> StepResult:
+    """The step's output ({text, model, finish_reason}) and its priced usage."""
+    cost = cost_micro_usd(settings, reply.model, reply.prompt_tokens, reply.completion_tokens)
+    if cost is None:  # providers often answer with a dated variant of the requested model
+        cost = cost_micro_usd(settings, model, reply.prompt_tokens, reply.completion_tokens)
+    return StepResult(
+        output={"text": reply.text, "model": reply.model, "finish_reason": reply.finish_reason},
+        usage=LlmUsage(
+            provider=provider_name(settings.llm_base_url),
+            model=reply.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
             input_cost_micro_usd=cost[0] if cost else 0,
             output_cost_micro_usd=cost[1] if cost else 0,
-            latency_ms=latency_ms,
-            provider_request_id=str(request_id) if request_id else None,
+            latency_ms=reply.latency_ms,
+            provider_request_id=reply.request_id,
             priced=cost is not None,
         ),
     )

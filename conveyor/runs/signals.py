@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from conveyor.db import Connection, Database
 from conveyor.errors import Conflict, RunNotFound
 from conveyor.payload import Payload
-from conveyor.runs.waits import RESUME_SET, Resumed, complete_wait
+from conveyor.runs.resume import RESUME_SET, Resumed, complete_wait
 
 # A service token with this scope may signal any user's run (a backend relaying an event).
 RUNS_SIGNAL_SCOPE = "runs:signal"

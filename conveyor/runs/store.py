@@ -21,11 +21,13 @@ from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_event, ap
 from conveyor.ledger.usage import StepOwner
 from conveyor.runs import sessions
 from conveyor.runs.payloads import RunView
+from conveyor.runs.run_rows import STEP_FAILED as STEP_FAILED
+from conveyor.runs.run_rows import close_unfinished_steps as close_unfinished_steps
+from conveyor.runs.run_rows import status_data as status_data
 from conveyor.runs.step_rows import CompletedStep, mark_completed
 from conveyor.runs.views import get_run, require_visible
 
 RunKind = Literal["agent", "workflow"]
-STEP_FAILED = "step_failed"
 
 
 @dataclass(frozen=True)
@@ -67,19 +69,6 @@ class ClaimedRun:
     def owner(self) -> StepOwner:
         """Whose run this is, for the usage ledger."""
         return StepOwner(self.id, self.user_id, self.session_id, self.workflow_id)
-
-
-def status_data(row: dict[str, Any]) -> dict[str, Any]:
-    """The `workflow_status_update` payload for a run row."""
-    return {
-        "workflow_run_id": str(row["id"]),
-        "workflow_id": row["workflow_id"],
-        "user_id": str(row["user_id"]),
-        "status": row["status"],
-        "step": row["current_step"],
-        "progress": row["progress"],
-        "updated_at": row["updated_at"].isoformat(),
-    }
 
 
 def create_run(
@@ -300,40 +289,6 @@ def finish_run(
         if deliveries is not None:
             deliveries.extend(created)
         return append_events(conn, claim.id, events)
-
-
-def close_unfinished_steps(
-    conn: Connection,
-    run_id: UUID,
-    *,
-    run_status: str,
-    failed_position: int | None = None,
-    error: str | None = None,
-    error_code: str | None = None,
-) -> list[dict[str, Any]]:
-    """Give every pending, running or waiting step its final status: the failing step `failed`,
-    the rest `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
-    return conn.execute(
-        """
-        update workflow_steps
-           set status = case when %(run_status)s = 'cancelled' then 'cancelled'
-                             when position = %(failed)s then 'failed'
-                             else 'skipped' end,
-               error = case when position = %(failed)s then %(error)s else error end,
-               error_code = case when position = %(failed)s then %(code)s else error_code end,
-               finished_at = case when status in ('running', 'waiting') then now()
-                                  else finished_at end
-         where run_id = %(run)s and status in ('pending', 'running', 'waiting')
-        returning name as step, position, status, error, error_code
-        """,
-        {
-            "failed": failed_position,
-            "run_status": run_status,
-            "error": error,
-            "code": error_code,
-            "run": run_id,
-        },
-    ).fetchall()
 
 
 def cancel_run(

@@ -1,0 +1,58 @@
+"""Rows of a run that every writer shares: the status event's payload and closing the steps of a
+run that ended (store.py and waits.py both end runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from conveyor.db import Connection
+
+STEP_FAILED = "step_failed"
+
+
+def status_data(row: dict[str, Any]) -> dict[str, Any]:
+    """The `workflow_status_update` payload for a run row."""
+    return {
+        "workflow_run_id": str(row["id"]),
+        "workflow_id": row["workflow_id"],
+        "user_id": str(row["user_id"]),
+        "status": row["status"],
+        "step": row["current_step"],
+        "progress": row["progress"],
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def close_unfinished_steps(
+    conn: Connection,
+    run_id: UUID,
+    *,
+    run_status: str,
+    failed_position: int | None = None,
+    error: str | None = None,
+    error_code: str | None = None,
+) -> list[dict[str, Any]]:
+    """Give every pending, running or waiting step its final status: the failing step `failed`,
+    the rest `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
+    return conn.execute(
+        """
+        update workflow_steps
+           set status = case when %(run_status)s = 'cancelled' then 'cancelled'
+                             when position = %(failed)s then 'failed'
+                             else 'skipped' end,
+               error = case when position = %(failed)s then %(error)s else error end,
+               error_code = case when position = %(failed)s then %(code)s else error_code end,
+               finished_at = case when status in ('running', 'waiting') then now()
+                                  else finished_at end
+         where run_id = %(run)s and status in ('pending', 'running', 'waiting')
+        returning name as step, position, status, error, error_code
+        """,
+        {
+            "failed": failed_position,
+            "run_status": run_status,
+            "error": error,
+            "code": error_code,
+            "run": run_id,
+        },
+    ).fetchall()

@@ -19,6 +19,7 @@ from web import (
     agents,
     analytics,
     api_docs,
+    approvals,
     auth,
     credits,
     dashboard,
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(runs.bp)
     app.register_blueprint(run_signals.bp)
     app.register_blueprint(run_items.bp)
+    app.register_blueprint(approvals.bp)
     app.register_blueprint(identity.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(sessions.bp)

@@ -101,6 +101,22 @@ class StepView(BaseModel):
     wait: dict[str, Any] | None = None
 
 
+class ChildRunView(BaseModel):
+    """A child run of a `workflow` step, as its parent's view lists it, with its usage."""
+
+    id: UUID
+    workflow_id: str
+    status: RunStatus
+    parent_step: int
+    awaited: bool
+    created_at: datetime
+    finished_at: datetime | None
+    calls: int
+    total_tokens: int
+    cost_micro_usd: int
+    credits_charged: int
+
+
 class RunSummary(BaseModel):
     """A run in a listing."""
 
@@ -134,6 +150,12 @@ class RunView(RunSummary):
     # A rerun names the run it was started from and the step it was rerun from.
     rerun_of: UUID | None = None
     rerun_from_step: str | None = None
+    # A child run names its parent and the parent's step position; a parent lists its children
+    # (`workflow` steps) with each one's usage, and their sum.
+    parent_run_id: UUID | None = None
+    parent_step: int | None = None
+    children: list[ChildRunView] = Field(default_factory=list)
+    children_usage: dict[str, int] | None = None
 
 
 class RerunRequest(Payload):

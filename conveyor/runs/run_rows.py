@@ -1,5 +1,5 @@
 """Rows of a run that every writer shares: the status event's payload and closing the steps of a
-run that ended (store.py and waits.py both end runs)."""
+run that ended (store.py, waits, approvals and child runs all end runs)."""
 
 from __future__ import annotations
 

@@ -4,40 +4,32 @@ queries for lost runs are in conveyor/runs/reaper.py."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor import ledger, outbound
+from conveyor import outbound
 from conveyor.db import Connection, Database
-from conveyor.errors import IdempotencyKeyReused, RunFinished, SessionNotFound
+from conveyor.errors import RunFinished, SessionNotFound
 from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_event, append_events
 from conveyor.ledger.usage import StepOwner
-from conveyor.runs import sessions
+from conveyor.runs import children, sessions
+from conveyor.runs.new_runs import NewRun as NewRun
+from conveyor.runs.new_runs import ParentLink as ParentLink
+from conveyor.runs.new_runs import RunKind as RunKind
+from conveyor.runs.new_runs import existing_run as existing_run
+from conveyor.runs.new_runs import insert_run as insert_run
 from conveyor.runs.payloads import RunView
 from conveyor.runs.run_rows import STEP_FAILED as STEP_FAILED
 from conveyor.runs.run_rows import close_unfinished_steps as close_unfinished_steps
 from conveyor.runs.run_rows import status_data as status_data
 from conveyor.runs.step_rows import CompletedStep, mark_completed
 from conveyor.runs.views import get_run, require_visible
-
-RunKind = Literal["agent", "workflow"]
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """The result of a submit: the run and whether this call created it."""
-
-    id: UUID
-    status: str
-    created: bool
-    event: RunEvent | None
 
 
 @dataclass(frozen=True)
@@ -91,85 +83,20 @@ def create_run(
     job's credits taken in the same transaction (RateLimited, QuotaExceeded, ... roll it back).
     `prepare(conn, run_id)` completes the new run in that transaction (a rerun's reused steps)."""
     with db.transaction() as conn:
-        # The run starts at event seq 1: its first event is inserted below, not appended.
-        row = conn.execute(
-            """
-            insert into workflow_runs
-              (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id,
-               webhook_url, last_event_seq)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, 1)
-            on conflict (user_id, idempotency_key) do nothing
-            returning *
-            """,
-            (
-                user_id,
-                kind,
-                workflow_id,
-                Jsonb(input),
-                Jsonb(metadata),
-                idempotency_key,
-                session_id,
-                webhook_url,
-            ),
-        ).fetchone()
-        if row is None:
-            return existing_run(conn, user_id, idempotency_key, kind, workflow_id, input)
-        data = status_data(row)
-        # One round trip for the rest: admission, the steps and the first event are pipelined,
-        # and a refusal read afterwards still rolls all of them back with the transaction.
-        with conn.pipeline():
-            admission = (
-                ledger.start_admission(conn, user_id, row["id"], f"{kind}:{workflow_id}")
-                if admit
-                else None
-            )
-            conn.execute(
-                """
-                insert into workflow_steps (run_id, position, name, kind)
-                select %s, ordinality - 1, step ->> 0, step ->> 1
-                  from jsonb_array_elements(%s::jsonb) with ordinality as s(step, ordinality)
-                """,
-                (row["id"], json.dumps([list(step) for step in steps])),
-            )
-            first = conn.execute(
-                "insert into run_events (run_id, seq, event, data) "
-                "values (%s, 1, %s, %s) returning created_at",
-                (row["id"], STATUS_UPDATE, Jsonb(data)),
-            )
-        if admission is not None:
-            ledger.admission_verdict(admission)
-        if prepare is not None:
-            prepare(conn, row["id"])
-        created = first.fetchone()
-        assert created is not None
-    event = RunEvent(
-        run_id=row["id"], seq=1, event=STATUS_UPDATE, data=data, ts=created["created_at"]
-    )
-    return NewRun(row["id"], row["status"], created=True, event=event)
-
-
-def existing_run(
-    conn: Connection,
-    user_id: UUID,
-    idempotency_key: str | None,
-    kind: RunKind,
-    workflow_id: str,
-    input: dict[str, Any],
-) -> NewRun:
-    """The run this user already submitted with idempotency_key; IdempotencyKeyReused when it
-    was a different request."""
-    existing = conn.execute(
-        "select id, status, kind, workflow_id, input from workflow_runs "
-        "where user_id = %s and idempotency_key = %s",
-        (user_id, idempotency_key),
-    ).fetchone()
-    assert existing is not None, "conflict without a row: the key must exist"
-    if (existing["kind"], existing["workflow_id"], existing["input"]) != (kind, workflow_id, input):
-        raise IdempotencyKeyReused(
-            f"Idempotency-Key {idempotency_key!r} was already used for run "
-            f"{existing['id']} with a different request; use a new key for a new run."
+        return insert_run(
+            conn,
+            user_id=user_id,
+            kind=kind,
+            workflow_id=workflow_id,
+            input=input,
+            metadata=metadata,
+            steps=steps,
+            idempotency_key=idempotency_key,
+            session_id=session_id,
+            admit=admit,
+            webhook_url=webhook_url,
+            prepare=prepare,
         )
-    return NewRun(existing["id"], existing["status"], created=False, event=None)
 
 
 def claim_run(
@@ -286,9 +213,17 @@ def finish_run(
         notifications.notify_run_finished(conn, row)
         # The outbox: the run.* webhook event commits with the status it reports.
         created = outbound.record_run_finished(conn, row)
+        # A child's end resumes (or fails) the parent waiting for it, in this transaction.
+        parents = children.child_ended(conn, row)
+        for parent in parents:
+            created += parent.deliveries
+            if parent.queued and resumed is not None:
+                resumed.append(parent.run_id)
         if deliveries is not None:
             deliveries.extend(created)
-        return append_events(conn, claim.id, events)
+        ended = append_events(conn, claim.id, events)
+        # The final status stays last: execute_run reads it there.
+        return [event for parent in parents for event in parent.events] + ended
 
 
 def cancel_run(
@@ -298,6 +233,8 @@ def cancel_run(
     admin may. Returns the run, the event, and the owner's id."""
     require_visible(db, claims, run_id)
     with db.transaction() as conn:
+        # Children before their parent, the order a child's end locks them in.
+        children.lock_descendants(conn, run_id)
         row = conn.execute(
             """
             update workflow_runs
@@ -315,6 +252,8 @@ def cancel_run(
         ).fetchone()
         if row is None:
             raise RunFinished(f"run {run_id} has already finished; there is nothing to cancel")
+        # Its awaited children (and theirs) are cancelled with it; detached ones go on.
+        children.cancel_descendants(conn, run_id)
         if row["status"] == "cancelled":
             event = record_cancelled(conn, row)
         else:
@@ -329,4 +268,8 @@ def record_cancelled(conn: Connection, row: dict[str, Any]) -> RunEvent:
     close_unfinished_steps(conn, row["id"], run_status="cancelled")
     # Sent by the re-queue job's next tick (beat, every 30 s): the caller answers at once.
     outbound.record_run_finished(conn, row, queued=False)
-    return append_event(conn, row["id"], STATUS_UPDATE, status_data(row))
+    event = append_event(conn, row["id"], STATUS_UPDATE, status_data(row))
+    # A cancelled child fails the step of the parent waiting for it (CHILD_CANCELLED). Those
+    # events are stored, not published: a client following the parent reads them with `since`.
+    children.child_ended(conn, row)
+    return event

@@ -10,7 +10,9 @@ from conveyor.db import Database
 from conveyor.errors import RunNotFound
 from conveyor.events.run_events import RunEvent
 from conveyor.pagination import Listing, user_page
-from conveyor.runs.payloads import RunSummary, RunView, StepView
+from conveyor.runs.children import children_of
+from conveyor.runs.payloads import ChildRunView, RunSummary, RunView, StepView
+from conveyor.steps.child import CHILD
 
 
 def parse_run_id(raw: str) -> UUID:
@@ -48,6 +50,7 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
         if row is None:
             raise RunNotFound(f"run {run_id} does not exist")
         steps = step_rows.fetchall()
+    kids = _children(db, claims, run_id, steps)
     return RunView(
         id=row["id"],
         kind=row["kind"],
@@ -72,7 +75,30 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
         rerun_of=row["rerun_of"],
         rerun_from_step=row["rerun_from_step"],
         wake_at=row["wake_at"],
+        parent_run_id=row["parent_run_id"],
+        parent_step=row["parent_step"],
+        children=kids,
+        children_usage=_usage_total(kids) if kids else None,
     )
+
+
+def _children(
+    db: Database, claims: dict[str, Any], run_id: UUID, steps: list[dict[str, Any]]
+) -> list[ChildRunView]:
+    """A run's child runs; read only when it has a `workflow` step (one read fewer otherwise)."""
+    if not any(step["kind"] == CHILD for step in steps):
+        return []
+    with db.user_transaction(claims) as conn:
+        return [ChildRunView.model_validate(child) for child in children_of(conn, run_id)]
+
+
+def _usage_total(kids: list[ChildRunView]) -> dict[str, int]:
+    return {
+        "calls": sum(kid.calls for kid in kids),
+        "total_tokens": sum(kid.total_tokens for kid in kids),
+        "cost_micro_usd": sum(kid.cost_micro_usd for kid in kids),
+        "credits_charged": sum(kid.credits_charged for kid in kids),
+    }
 
 
 def list_events(

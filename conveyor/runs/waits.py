@@ -1,8 +1,11 @@
-"""Durable waits: a run that sleeps or waits for a signal is a `waiting` row, not a busy worker.
+"""Durable waits: a run that sleeps, waits for a signal, an approval or a child run is a
+`waiting` row, not a busy worker.
 
-`suspend` commits the wait from the engine (fenced like a checkpoint) and ends the attempt;
-`wake_due_runs` (the beat job) and `signals.deliver_signal` resume a run with one conditional
-UPDATE each, so concurrent resumers resume it once. docs/architecture.md, "Durable waits".
+`suspend` commits the wait from the engine (fenced like a checkpoint) and ends the attempt (a
+`workflow` step's child is started in that transaction: child_start.py); `wake_due_runs` (the
+beat job), `signals.deliver_signal`, `approvals` and a child's end (`children.child_ended`)
+resume a run with one conditional UPDATE each (resume.py), so concurrent resumers resume it
+once. docs/architecture.md, "Durable waits".
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ import structlog
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from conveyor import outbound
 from conveyor.db import Connection, Database
 from conveyor.errors import ServiceUnavailable
-from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_events
-from conveyor.runs.resume import RESUME_SET, STEP_WAITING
+from conveyor.runs import children
+from conveyor.runs.approvals import expired_output
+from conveyor.runs.child_start import suspend_for_child
+from conveyor.runs.resume import FAIL_SET, RESUME_SET, STEP_WAITING, record_failed
 from conveyor.runs.resume import STEP_RESUMED as STEP_RESUMED
 from conveyor.runs.resume import Resumed as Resumed
 from conveyor.runs.resume import complete_wait as complete_wait
-from conveyor.runs.store import STEP_FAILED, ClaimedRun, close_unfinished_steps, status_data
+from conveyor.runs.store import ClaimedRun, status_data
 from conveyor.runs.supervision import RunCancelled, RunSuspended
 from conveyor.steps import WAIT_KINDS, WaitRequest
 from conveyor.workflows.definitions import Workflow
@@ -35,6 +39,16 @@ TASK_WAKE_WAITING_RUNS = "maintenance.wake_waiting_runs"
 WAKE_EVERY_SECONDS = 15
 WAIT_TIMEOUT = "WAIT_TIMEOUT"
 
+# Both waits whose timeout can fail the run (wait_for_event, approval) say so the same way.
+FAILS_ON_TIMEOUT = frozenset({"event", "approval"})
+FAIL_DUE_SQL = FAIL_SET + sql.SQL(
+    """ where r.id = %(id)s and r.status = 'waiting'
+   and r.wake_at <= coalesce(%(now)s::timestamptz, now())
+   and exists (select 1 from workflow_steps s
+                where s.run_id = r.id and s.position = %(position)s and s.status = 'waiting')
+returning r.*
+"""
+)
 RESUME_DUE_SQL = RESUME_SET + sql.SQL(
     """ where r.id = %(id)s and r.status = 'waiting'
    and r.wake_at <= coalesce(%(now)s::timestamptz, now())
@@ -82,7 +96,7 @@ with due as (
     join workflow_steps s on s.run_id = r.id and s.status = 'waiting'
    where r.user_id = %(user)s and r.status = 'waiting'
      and r.wake_at <= coalesce(%(now)s::timestamptz, now())
-     and not (s.wait ->> 'kind' = 'event' and s.wait ->> 'on_timeout' = 'fail')
+     and not (s.wait ->> 'kind' in ('event', 'approval') and s.wait ->> 'on_timeout' = 'fail')
    order by r.id
      for no key update of r
 )
@@ -90,20 +104,6 @@ update workflow_runs r
    set wake_at = greatest(r.wake_at, now()) + make_interval(secs => %(delay)s), updated_at = now()
   from due
  where r.id = due.id and r.status = 'waiting'
-"""
-
-# The same for an event wait whose timeout fails the run.
-FAIL_DUE_SQL = """
-update workflow_runs r
-   set status = 'failed', error = %(error)s, error_code = %(code)s, current_step = null,
-       finished_at = now(), wake_at = null, waiting_since = null, updated_at = now(),
-       waited_seconds = r.waited_seconds
-         + greatest(0, extract(epoch from now() - coalesce(r.waiting_since, now())))
- where r.id = %(id)s and r.status = 'waiting'
-   and r.wake_at <= coalesce(%(now)s::timestamptz, now())
-   and exists (select 1 from workflow_steps s
-                where s.run_id = r.id and s.position = %(position)s and s.status = 'waiting')
-returning r.*
 """
 
 
@@ -118,6 +118,8 @@ def suspend(
     """Commit the wait of the running step at position (run `waiting`, lease released), publish
     its events and raise RunSuspended. RunCancelled when the run is no longer this worker's or a
     cancel was asked for: finish_run then records the cancel, or refuses a lost lease."""
+    if request.kind == "child":
+        suspend_for_child(db, publisher, claim, position, request, spec_hash)
     with db.transaction() as conn:
         run = conn.execute(
             """
@@ -195,7 +197,7 @@ def wake_due_runs(db: Database, *, now: datetime | None = None, limit: int = 500
     at_limit: set[UUID] = set()  # users whose due timers were deferred by this call
     for candidate in due:
         wait = candidate["wait"] or {}
-        fails = wait.get("kind") == "event" and wait.get("on_timeout") == "fail"
+        fails = wait.get("kind") in FAILS_ON_TIMEOUT and wait.get("on_timeout") == "fail"
         if not fails and candidate["user_id"] in at_limit:
             continue
         done: Resumed | _AtLimit | None
@@ -255,6 +257,8 @@ def _resume_due(
     wait = candidate["wait"] or {}
     if wait.get("kind") == "event":
         return complete_wait(conn, run, {"timed_out": True}, resumed_by="timeout")
+    if wait.get("kind") == "approval":
+        return complete_wait(conn, run, expired_output(wait), resumed_by="timeout")
     output = {
         "wake_at": candidate["wake_at"].isoformat(),
         "resumed_at": datetime.now(UTC).isoformat(),
@@ -266,7 +270,10 @@ def _fail_timed_out(
     conn: Connection, candidate: dict[str, Any], now: datetime | None
 ) -> Resumed | None:
     wait = candidate["wait"]
-    error = f"no signal {wait.get('event')!r} came before the wait's timeout"
+    if wait.get("kind") == "approval":
+        error = f"approver {wait.get('approver')} decided nothing before the approval expired"
+    else:
+        error = f"no signal {wait.get('event')!r} came before the wait's timeout"
     params = {
         "id": candidate["id"],
         "now": now,
@@ -277,20 +284,7 @@ def _fail_timed_out(
     run = conn.execute(FAIL_DUE_SQL, params).fetchone()
     if run is None:
         return None
-    events: list[tuple[str, dict[str, Any]]] = []
-    for closed in close_unfinished_steps(
-        conn,
-        run["id"],
-        run_status="failed",
-        failed_position=candidate["position"],
-        error=error,
-        error_code=WAIT_TIMEOUT,
-    ):
-        if closed["status"] == "failed":
-            events.append((STEP_FAILED, closed))
-    events.append((STATUS_UPDATE, status_data(run)))
-    notifications.notify_run_finished(conn, run)
-    deliveries = outbound.record_run_finished(conn, run)
-    appended = append_events(conn, run["id"], events)
-    step = events[0][1]["step"] if len(events) > 1 else ""
-    return Resumed(run["id"], run["user_id"], run["status"], step, appended, deliveries)
+    failed = record_failed(
+        conn, run, candidate["position"], error=error, code=WAIT_TIMEOUT, resumed_by="timeout"
+    )
+    return children.with_parents(conn, run, failed)

@@ -1,8 +1,9 @@
-"""Built-in step kinds: llm, http, python, transform, map, and the durable waits sleep and
-wait_for_event."""
+"""Built-in step kinds: llm, http, python, transform, the durable waits sleep, wait_for_event
+and approval, and workflow (a child run)."""
 
 from __future__ import annotations
 
+from conveyor.steps.approval import APPROVAL_KIND
 from conveyor.steps.base import (
     LlmUsage,
     StepContext,
@@ -11,6 +12,7 @@ from conveyor.steps.base import (
     StepResult,
     StepStopped,
 )
+from conveyor.steps.child import CHILD_KIND
 from conveyor.steps.http import HTTP
 from conveyor.steps.llm import LLM
 from conveyor.steps.map import MAP_KIND
@@ -26,7 +28,17 @@ from conveyor.steps.wait import (
 
 KINDS: dict[str, StepKind] = {
     kind.name: kind
-    for kind in (LLM, HTTP, PYTHON, TRANSFORM, SLEEP_KIND, WAIT_FOR_EVENT_KIND, MAP_KIND)
+    for kind in (
+        LLM,
+        HTTP,
+        PYTHON,
+        TRANSFORM,
+        SLEEP_KIND,
+        WAIT_FOR_EVENT_KIND,
+        MAP_KIND,
+        APPROVAL_KIND,
+        CHILD_KIND,
+    )
 }
 
 __all__ = [

@@ -16,25 +16,51 @@ from conveyor.steps.base import StepConfig, StepContext, StepFailure, StepKind, 
 MAX_WAIT_SECONDS = 366 * 24 * 3600
 SLEEP = "sleep"
 WAIT_FOR_EVENT = "wait_for_event"
-WAIT_KINDS = frozenset({SLEEP, WAIT_FOR_EVENT})
+APPROVAL = "approval"
+# Kinds whose wait counts against no run timeout (waits.execution_seconds reads waited_seconds).
+WAIT_KINDS = frozenset({SLEEP, WAIT_FOR_EVENT, APPROVAL, "workflow"})
 
 
 @dataclass(frozen=True)
 class WaitRequest:
     """What a suspended step waits for: a timer (seconds from now, or until a time) and, for
-    `wait_for_event`, the event, its match key and what its timeout does."""
+    `wait_for_event`, the event, its match key and what its timeout does; for `approval`, the
+    approver and the signed link; for `workflow`, the child run to start (and whether to await
+    it: a detached child is started and the step completes at once)."""
 
-    kind: Literal["sleep", "event"]
+    kind: Literal["sleep", "event", "approval", "child"]
     seconds: float | None = None
     until: datetime | None = None
     event: str | None = None
     match: str | None = None
     on_timeout: Literal["fail", "continue"] = "fail"
+    approver: str | None = None
+    message: str | None = None
+    on_reject: Literal["fail", "continue"] = "continue"
+    token: str | None = None
+    workflow: str | None = None
+    inputs: dict[str, Any] | None = None
+    detached: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The step row's `wait` column (and the step_waiting event's fields)."""
         if self.kind == "sleep":
             return {"kind": "sleep"}
+        if self.kind == "approval":
+            link = f"/api/approvals/{self.token}"
+            return {
+                "kind": "approval",
+                "approver": self.approver,
+                "message": self.message,
+                "on_timeout": self.on_timeout,
+                "on_reject": self.on_reject,
+                "links": {
+                    "approve": f"{link}?decision=approve",
+                    "reject": f"{link}?decision=reject",
+                },
+            }
+        if self.kind == "child":
+            return {"kind": "child", "workflow": self.workflow}
         return {
             "kind": "event",
             "event": self.event,

@@ -289,7 +289,11 @@ async function selectRun(id) {
 
 async function refreshDetail() {
   if (!state.selected) return;
-  const run = await api(`/api/runs/${state.selected}`);
+  const [run, items] = await Promise.all([
+    api(`/api/runs/${state.selected}`),
+    api(`/api/runs/${state.selected}/items?limit=1`),
+  ]);
+  const itemCounts = new Map(items.steps.map((counts) => [counts.step, counts]));
   const fields = [
     ["Workflow", run.workflow_id], ["Kind", run.kind], ["Status", run.status],
     ["Attempts", run.attempts], ["Created", when(run.created_at)],
@@ -299,6 +303,17 @@ async function refreshDetail() {
   if (run.wake_at) fields.push(["Wakes", timeOf(run.wake_at)]);
   if (run.rerun_of) {
     fields.push(["Rerun of", el("span", {}, runLink(run.rerun_of), ` from step ${run.rerun_from_step}`)]);
+  }
+  if (run.parent_run_id) {
+    fields.push(["Parent", el("span", {}, runLink(run.parent_run_id), ` at step ${run.parent_step}`)]);
+  }
+  if (run.children && run.children.length) {
+    fields.push(["Children", el("span", {}, ...run.children.flatMap((child) => [
+      runLink(child.id), ` ${child.workflow_id} `,
+      el("span", { class: `pill ${child.status}` }, child.status), " ",
+    ]))]);
+    const usage = run.children_usage || {};
+    fields.push(["Children's usage", `${usage.total_tokens || 0} tokens · ${usd(usage.cost_micro_usd || 0)}`]);
   }
   $("#detail-summary").replaceChildren(...fields.flatMap(([term, value]) => [
     el("dt", {}, term),
@@ -315,6 +330,7 @@ async function refreshDetail() {
     el("td", {}, String(step.attempt)),
     el("td", {}, step.duration_ms === null ? "—" : seconds(step.duration_ms)),
     el("td", { class: "wait" }, describeWait(step)),
+    el("td", { class: "items" }, describeItems(itemCounts.get(step.name))),
     el("td", { class: "reused" }, step.reused_from ? runLink(step.reused_from) : ""),
     el("td", { class: "error-text" }, step.error ? `${step.error_code || ""} ${step.error}` : ""),
   )));
@@ -335,6 +351,17 @@ function runLink(id) {
   return link;
 }
 
+// A step run beside others (a branch) or over a list (a map: its items by state).
+function describeItems(counts) {
+  if (!counts) return "";
+  if (counts.kind !== "map") return "branch";
+  const parts = [`${counts.completed}/${counts.total} done`];
+  for (const state of ["running", "failed", "cancelled"]) {
+    if (counts[state]) parts.push(`${counts[state]} ${state}`);
+  }
+  return parts.join(" · ");
+}
+
 // What a durable wait waits for: a sleep, or an event (with its match key and timeout action).
 function describeWait(step) {
   const wait = step.wait;
@@ -344,6 +371,10 @@ function describeWait(step) {
     what = `event ${wait.event}`;
     if (wait.match !== null && wait.match !== undefined) what += ` · match ${wait.match}`;
     if (wait.on_timeout) what += ` · on timeout ${wait.on_timeout}`;
+  } else if (wait.kind === "approval") {
+    what = `approval by ${shortId(wait.approver || "")}`;
+  } else if (wait.kind === "child") {
+    what = `child run of ${wait.workflow}`;
   }
   if (!step.wake_at) return el("span", { "data-wait-kind": wait.kind }, what);
   return el("span", { "data-wait-kind": wait.kind }, `${what} · until `, timeOf(step.wake_at));
@@ -440,12 +471,13 @@ function onMessage(message) {
   }
   if (message.type !== "event") return;
   document.body.dataset.wsEvents = String(Number(document.body.dataset.wsEvents) + 1);
-  if (message.topic.startsWith("workflow_run:") && message.data.workflow_run_id === state.selected) {
+  if (state.selected && message.topic === `workflow_run:${state.selected}`) {
     if (!message.snapshot) appendEvent(message);
     const status = message.data.status;
-    if (message.event !== "workflow_status_update" || FINAL.has(status) || status === "waiting") {
-      refreshDetail().catch(showError); // steps changed
-    }
+    // Streamed tokens change no step: the log shows them, the detail stays as it is.
+    const stepsChanged = message.event !== "workflow_status_update" || FINAL.has(status)
+      || status === "waiting";
+    if (stepsChanged && message.event !== "step_tokens") refreshDetail().catch(showError);
   }
   if (message.event === "workflow_status_update") applyStatusUpdate(message);
 }

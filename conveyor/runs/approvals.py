@@ -13,12 +13,16 @@ from pydantic import Field
 
 from conveyor.db import Connection, Database
 from conveyor.errors import Conflict, ConveyorError, Forbidden, InvalidInput, RunNotFound
+from conveyor.events import notifications
+from conveyor.events.notifications import Notification
 from conveyor.payload import Payload
 from conveyor.runs import children
 from conveyor.runs.resume import FAIL_SET, RESUME_SET, Resumed, complete_wait, record_failed
 from conveyor.steps.approval import ApprovalClaims, verify_link
+from conveyor.steps.wait import WaitRequest
 
 APPROVAL_REJECTED = "APPROVAL_REJECTED"
+APPROVAL_REQUESTED = "approval_requested"
 DECIDED = {"approve": "approved", "reject": "rejected"}
 
 
@@ -77,6 +81,27 @@ REJECT_FAIL_SQL = (
     + _PENDING
     + sql.SQL(" and w.wait ->> 'on_reject' = 'fail' returning r.*, w.position as wait_position")
 )
+
+
+def notify_approver(
+    conn: Connection, run: dict[str, Any], step: str, request: WaitRequest
+) -> Notification | None:
+    """In the suspending transaction: the approver's notification carrying the signed links.
+    Only the approver (and admins) read it under RLS, so the run's owner cannot approve their
+    own run with a link; once per suspension of the step (its expiry is in the key)."""
+    links = request.links()
+    expires = run["wake_at"].isoformat() if run["wake_at"] else None
+    return notifications.notify(
+        conn,
+        UUID(str(request.approver)),
+        APPROVAL_REQUESTED,
+        "info",
+        f"Approval requested: {run['workflow_id']}, step {step}",
+        request.message or f"Run {run['id']} waits for your decision until {expires}.",
+        action_url=links["approve"],
+        metadata={"run_id": str(run["id"]), "step": step, "expires_at": expires, **links},
+        dedupe_key=f"approval:{run['id']}:{step}:{expires}",
+    )
 
 
 def expired_output(wait: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from psycopg.types.json import Jsonb
 
 from conveyor.db import Connection, Database
 from conveyor.errors import ServiceUnavailable
+from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_events
 from conveyor.runs import children
-from conveyor.runs.approvals import expired_output
+from conveyor.runs.approvals import expired_output, notify_approver
 from conveyor.runs.child_start import suspend_for_child
 from conveyor.runs.resume import FAIL_SET, RESUME_SET, STEP_WAITING, record_failed
 from conveyor.runs.resume import STEP_RESUMED as STEP_RESUMED
@@ -160,7 +161,13 @@ def suspend(
         events = append_events(
             conn, claim.id, [(STEP_WAITING, waiting), (STATUS_UPDATE, status_data(run))]
         )
+        notified = (
+            notify_approver(conn, run, step["name"], request)
+            if request.kind == "approval"
+            else None
+        )
     publisher.publish(*events)
+    notifications.publish_notifications(publisher, [notified] if notified else [])
     raise RunSuspended()
 
 

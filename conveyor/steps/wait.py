@@ -42,22 +42,24 @@ class WaitRequest:
     inputs: dict[str, Any] | None = None
     detached: bool = False
 
+    def links(self) -> dict[str, str]:
+        """An approval's signed approve and reject links (relative to the API's base URL)."""
+        link = f"/api/approvals/{self.token}"
+        return {"approve": f"{link}?decision=approve", "reject": f"{link}?decision=reject"}
+
     def describe(self) -> dict[str, Any]:
         """The step row's `wait` column (and the step_waiting event's fields)."""
         if self.kind == "sleep":
             return {"kind": "sleep"}
         if self.kind == "approval":
-            link = f"/api/approvals/{self.token}"
+            # No links: the run's owner reads this, and a link is the approver's credential
+            # (they reach the approver as a notification, conveyor/runs/approvals.py).
             return {
                 "kind": "approval",
                 "approver": self.approver,
                 "message": self.message,
                 "on_timeout": self.on_timeout,
                 "on_reject": self.on_reject,
-                "links": {
-                    "approve": f"{link}?decision=approve",
-                    "reject": f"{link}?decision=reject",
-                },
             }
         if self.kind == "child":
             return {"kind": "child", "workflow": self.workflow}

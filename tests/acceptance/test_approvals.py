@@ -3,6 +3,7 @@ a rejection, an expiry on a movable clock, and the refusals."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -34,9 +35,16 @@ def gate(
     return run_until_waiting(db, settings, workflow, inputs, user_id=owner)
 
 
-def links(client: ApiClient, run_id: uuid.UUID) -> dict[str, str]:
-    """The approve and reject links the run detail shows."""
-    return dict(client.get(f"/api/runs/{run_id}").json()["steps"][0]["wait"]["links"])
+def links(db: Database, run_id: uuid.UUID) -> dict[str, str]:
+    """The approve and reject links the approver was sent (their notification)."""
+    with db.transaction() as conn:
+        row = conn.execute(
+            "select metadata from notifications where notification_type = 'approval_requested' "
+            "and metadata ->> 'run_id' = %s",
+            (str(run_id),),
+        ).fetchone()
+    assert row is not None, "the approver was not notified"
+    return {"approve": row["metadata"]["approve"], "reject": row["metadata"]["reject"]}
 
 
 def test_approving_by_link_resumes_the_run_once(
@@ -49,7 +57,7 @@ def test_approving_by_link_resumes_the_run_once(
 ) -> None:
     approver = uuid.uuid4()
     run_id = gate(db, settings, user_id, approver)
-    link = links(client, run_id)["approve"]
+    link = links(db, run_id)["approve"]
 
     first = anonymous.post(link)
     second = anonymous.post(link)
@@ -81,7 +89,7 @@ def test_two_decisions_at_once_decide_once(
     client: ApiClient, anonymous: ApiClient, user_id: uuid.UUID, db: Database, settings: Settings
 ) -> None:
     run_id = gate(db, settings, user_id, uuid.uuid4())
-    both = links(client, run_id)
+    both = links(db, run_id)
     start = threading.Barrier(2)
     answers: list[Any] = []
 
@@ -102,20 +110,38 @@ def test_two_decisions_at_once_decide_once(
     assert len(resumed) == 1
 
 
-def test_the_waiting_event_shows_the_approver_and_both_links(
+def test_the_waiting_event_shows_the_approver_but_no_link(
     client: ApiClient, user_id: uuid.UUID, db: Database, settings: Settings
 ) -> None:
     approver = uuid.uuid4()
     run_id = gate(db, settings, user_id, approver)
 
     waiting = next(e for e in events_of(client, str(run_id)) if e["event"] == "step_waiting")
+    step = client.get(f"/api/runs/{run_id}").json()["steps"][0]
 
     assert waiting["data"]["kind"] == "approval"
     assert waiting["data"]["approver"] == str(approver)
     assert waiting["data"]["message"] == "Ship it?"
-    assert waiting["data"]["links"]["approve"].startswith("/api/approvals/")
-    assert waiting["data"]["links"]["approve"].endswith("?decision=approve")
-    assert waiting["data"]["links"]["reject"].endswith("?decision=reject")
+    # The owner reads both: a link there would let them approve their own run.
+    assert "/api/approvals/" not in json.dumps([waiting, step])
+
+
+def test_the_approver_is_sent_both_links_as_a_notification(
+    make_client: Callable[..., ApiClient], user_id: uuid.UUID, db: Database, settings: Settings
+) -> None:
+    approver = uuid.uuid4()
+    run_id = gate(db, settings, user_id, approver)
+
+    mine = make_client(approver).get("/api/notifications").json()["notifications"]
+    owners = make_client(user_id).get("/api/notifications").json()["notifications"]
+
+    [note] = [n for n in mine if n["notification_type"] == "approval_requested"]
+    assert note["metadata"]["run_id"] == str(run_id)
+    assert note["metadata"]["approve"].startswith("/api/approvals/")
+    assert note["metadata"]["approve"].endswith("?decision=approve")
+    assert note["metadata"]["reject"].endswith("?decision=reject")
+    assert note["action_url"] == note["metadata"]["approve"]
+    assert [n for n in owners if n["notification_type"] == "approval_requested"] == []
 
 
 def test_a_rejection_is_the_steps_output_and_the_run_goes_on(
@@ -127,7 +153,7 @@ def test_a_rejection_is_the_steps_output_and_the_run_goes_on(
     settings: Settings,
 ) -> None:
     run_id = gate(db, settings, user_id, uuid.uuid4())
-    link = links(client, run_id)["reject"]
+    link = links(db, run_id)["reject"]
 
     answer = anonymous.post(link, json={"comment": "not on a Friday"})
     done = wait_for_run(client, str(run_id))
@@ -144,7 +170,7 @@ def test_a_rejection_with_on_reject_fail_fails_the_run(
     client: ApiClient, anonymous: ApiClient, user_id: uuid.UUID, db: Database, settings: Settings
 ) -> None:
     run_id = gate(db, settings, user_id, uuid.uuid4(), workflow="approval_gate_strict")
-    link = links(client, run_id)["reject"]
+    link = links(db, run_id)["reject"]
 
     answer = anonymous.post(link)
     view = client.get(f"/api/runs/{run_id}").json()
@@ -199,7 +225,7 @@ def test_a_tampered_link_is_refused_and_the_run_keeps_waiting(
     client: ApiClient, anonymous: ApiClient, user_id: uuid.UUID, db: Database, settings: Settings
 ) -> None:
     run_id = gate(db, settings, user_id, uuid.uuid4())
-    path, _, query = links(client, run_id)["approve"].partition("?")
+    path, _, query = links(db, run_id)["approve"].partition("?")
     body, _, mac = path.removeprefix("/api/approvals/").partition(".")
     flipped = body[:-1] + ("A" if body[-1] != "A" else "B")
 
@@ -218,7 +244,7 @@ def test_a_decision_is_required(
     client: ApiClient, anonymous: ApiClient, user_id: uuid.UUID, db: Database, settings: Settings
 ) -> None:
     run_id = gate(db, settings, user_id, uuid.uuid4())
-    path = links(client, run_id)["approve"].partition("?")[0]
+    path = links(db, run_id)["approve"].partition("?")[0]
 
     answer = anonymous.post(path, json={"comment": "no decision"})
 
@@ -236,7 +262,7 @@ def test_an_approval_of_three_days_expires_on_a_moved_clock_and_the_run_goes_on(
     settings: Settings,
 ) -> None:
     run_id = gate(db, settings, user_id, uuid.uuid4(), expires=THREE_DAYS)
-    link = links(client, run_id)["approve"]
+    link = links(db, run_id)["approve"]
     now = db_now(db)
 
     early = wake_due_runs(db, now=now + timedelta(days=2))

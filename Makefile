@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # suite mostly waits on servers and workers: 3 processes on 2 cores took 8.7 min, one took ~14.
 TEST_WORKERS ?= 3
 
-.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance clean
+.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream clean
 
 install: $(STAMP)
 
@@ -63,6 +63,10 @@ bench: install
 	$(BIN)/python -m bench.maintenance
 	$(BIN)/python -m bench.ws
 	$(BIN)/python -m bench.load
+
+## Submit → first streamed token on the websocket, p50/p99, beside the provider's own (bench/stream_first_token.py).
+bench-stream: install
+	$(BIN)/python -m bench.stream_first_token
 
 ## HTTP submit + poll + websockets for a fixed time beside a bare Flask + Celery endpoint (bench/load.py).
 bench-load: install

@@ -110,10 +110,11 @@ class _Lane:
             context = self.engine.context(self.watch)
         except LeaseLost:
             return LaneResult.LEASE_LOST
+        taken = work_items.take(
+            db, self.claim, self.position, branch=not self.is_map, lease_seconds=self.lease
+        )
         while True:
-            self.taken = taken = work_items.take(
-                db, self.claim, self.position, branch=not self.is_map, lease_seconds=self.lease
-            )
+            self.taken = taken
             if taken is None:
                 return LaneResult.DONE
             try:
@@ -137,6 +138,7 @@ class _Lane:
                 fail_fast=self.fail_fast,
                 progress=progress,
                 lease_seconds=self.lease,
+                take_next=self.is_map,
             )
             if progress:
                 self._last_progress = now
@@ -149,6 +151,7 @@ class _Lane:
                 if wake_runs is not None:
                     wake_runs([self.claim.id])
                 return LaneResult.RESUMED
+            taken = recorded.next
 
     def _run_item(self, taken: TakenItem, context: dict[str, Any]) -> ItemEnd:
         """Run the branch step or the map item to its end (retries included)."""

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from conveyor.db import Database
+from conveyor.db import Connection, Database
 from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_events
 from conveyor.ledger.usage import record_step_usage
 from conveyor.runs.step_rows import CompletedStep, mark_completed
@@ -72,12 +72,14 @@ class ItemEnd:
 @dataclass
 class Recorded:
     """What recording an item's end did: the events, and whether the run is to be queued for its
-    coordinator (`resume`) or finished as cancelled (`cancelled`); `lost`: the run is not ours."""
+    coordinator (`resume`) or finished as cancelled (`cancelled`); `lost`: the run is not ours;
+    `next`: the lane's next item, taken in the same transaction."""
 
     events: list[RunEvent] = field(default_factory=list)
     resume: bool = False
     cancelled: bool = False
     lost: bool = False
+    next: TakenItem | None = None  # the lane's next item, when it asked for it
 
 
 def load_claim(db: Database, run_id: UUID, attempt: int) -> ClaimedRun | None:
@@ -195,19 +197,18 @@ def record_end(
     fail_fast: bool,
     progress: bool,
     lease_seconds: int,
+    take_next: bool = False,
 ) -> Recorded:
     """Record the item's end with its output and charges in one transaction; a failure that
-    fails fast cancels the items nobody took yet; the run's last open item queues the run."""
+    fails fast cancels the items nobody took yet; the run's last open item queues the run.
+    With take_next (a map's lane), the lane's next item is taken in the same transaction."""
     with db.transaction() as conn:
+        # The run row's lock orders the ends of two items (the fan-in); the lane's watch renews
+        # the lease, so the row is locked here, not rewritten for every item.
         run = conn.execute(
-            """
-            update workflow_runs
-               set lease_expires_at = now() + make_interval(secs => %s), heartbeat_at = now(),
-                   updated_at = now()
-             where id = %s and attempt = %s and status = 'running'
-            returning *
-            """,
-            (lease_seconds, claim.id, claim.attempt),
+            "select cancel_requested_at from workflow_runs "
+            "where id = %s and attempt = %s and status = 'running' for no key update",
+            (claim.id, claim.attempt),
         ).fetchone()
         if run is None:
             return Recorded(lost=True)
@@ -234,76 +235,99 @@ def record_end(
         ).fetchone()
         if item is None:
             return Recorded()  # taken over after its lease ran out: the other lane's end counts
-        pending: list[tuple[str, dict[str, Any]]] = []
-        owner = claim.owner()
-        if end.status == "completed" and taken.step_attempt is not None:
-            step = CompletedStep(
-                taken.position, end.output, end.output_url, end.usage, end.spec_hash
-            )
-            pending += mark_completed(conn, owner, step)
-        elif end.status == "completed" and end.usage is not None:
-            pending += record_step_usage(
-                conn,
-                owner,
-                position=taken.position,
-                attempt=taken.attempt,
-                usage=end.usage,
-                item=taken.item,
-            )
-        elif end.status == "failed" and fail_fast:
-            conn.execute(
-                "update run_work_items set status = 'cancelled', finished_at = now() "
-                "where run_id = %s and status = 'pending'",
-                (claim.id,),
-            )
-        counts = conn.execute(
-            """
-            select count(*) filter (where status in ('pending', 'running')) as open,
-                   count(*) filter (where position = %s and status = 'completed') as completed,
-                   count(*) filter (where position = %s and status = 'failed') as failed,
-                   count(*) filter (where position = %s) as total
-              from run_work_items where run_id = %s
-            """,
-            (taken.position, taken.position, taken.position, claim.id),
+        pending = _charge_or_cancel(conn, claim, taken, end, fail_fast=fail_fast)
+        # The partial index answers this at any size; counting the run's items here would make
+        # every item of a 10,000-item map cost O(N) under the run row's lock (bench/map_fanout).
+        open_row = conn.execute(
+            "select exists (select 1 from run_work_items where run_id = %s "
+            "and status in ('pending', 'running')) as open",
+            (claim.id,),
         ).fetchone()
-        assert counts is not None
+        assert open_row is not None
+        still_open = bool(open_row["open"])
         recorded = Recorded()
-        if taken.step_attempt is None and (
-            progress or end.status == "failed" or not counts["open"]
-        ):
-            pending.append(
-                (
-                    MAP_PROGRESS,
-                    {
-                        "position": taken.position,
-                        "completed": counts["completed"],
-                        "failed": counts["failed"],
-                        "total": counts["total"],
-                    },
-                )
-            )
-        if not counts["open"] and run["cancel_requested_at"] is None:
-            queued = conn.execute(
-                "update workflow_runs set status = 'queued', lease_expires_at = null, "
-                "enqueued_at = now(), updated_at = now() where id = %s returning *",
-                (claim.id,),
-            ).fetchone()
-            assert queued is not None
-            if taken.step_attempt is None:
-                # The coordinator's claim counts an attempt of the map it resumes at; assembling
-                # the map's output is no new attempt of it.
-                conn.execute(
-                    "update workflow_steps set attempt = attempt - 1 "
-                    "where run_id = %s and position = %s and attempt > 0",
-                    (claim.id, taken.position),
-                )
-            pending.append((STATUS_UPDATE, status_data(queued)))
+        if taken.step_attempt is None and (progress or end.status == "failed" or not still_open):
+            pending.append((MAP_PROGRESS, _progress(conn, claim, taken.position)))
+        if not still_open and run["cancel_requested_at"] is None:
+            pending += _queue_for_coordinator(conn, claim, taken)
             recorded.resume = True
-        elif not counts["open"]:
+        elif not still_open:
             recorded.cancelled = True
+        elif take_next:
+            params = {
+                "run": claim.id,
+                "position": taken.position,
+                "attempt": claim.attempt,
+                "lease": lease_seconds,
+            }
+            row = conn.execute(TAKE_SQL, params).fetchone()
+            if row is not None:
+                recorded.next = TakenItem(taken.position, row["item"], row["attempt"], row["input"])
         if pending:
             recorded.events = append_events(conn, claim.id, pending)
     return recorded
+
+
+def _charge_or_cancel(
+    conn: Connection, claim: ClaimedRun, taken: TakenItem, end: ItemEnd, *, fail_fast: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """A completed branch's checkpoint or a map item's charge; after a failure that fails fast,
+    the items nobody took are cancelled. The events to append."""
+    owner = claim.owner()
+    if end.status == "completed" and taken.step_attempt is not None:
+        step = CompletedStep(taken.position, end.output, end.output_url, end.usage, end.spec_hash)
+        return mark_completed(conn, owner, step)
+    if end.status == "completed" and end.usage is not None:
+        return record_step_usage(
+            conn,
+            owner,
+            position=taken.position,
+            attempt=taken.attempt,
+            usage=end.usage,
+            item=taken.item,
+        )
+    if end.status == "failed" and fail_fast:
+        conn.execute(
+            "update run_work_items set status = 'cancelled', finished_at = now() "
+            "where run_id = %s and status = 'pending'",
+            (claim.id,),
+        )
+    return []
+
+
+def _progress(conn: Connection, claim: ClaimedRun, position: int) -> dict[str, Any]:
+    """A map's `map_progress` event: its items completed, failed and in all."""
+    counts = conn.execute(
+        """
+        select count(*) filter (where status = 'completed') as completed,
+               count(*) filter (where status = 'failed') as failed, count(*) as total
+          from run_work_items where run_id = %s and position = %s
+        """,
+        (claim.id, position),
+    ).fetchone()
+    assert counts is not None
+    return {"position": position, **counts}
+
+
+def _queue_for_coordinator(
+    conn: Connection, claim: ClaimedRun, taken: TakenItem
+) -> list[tuple[str, dict[str, Any]]]:
+    """The run's last item ended: the run goes back to the queue for its coordinator."""
+    queued = conn.execute(
+        "update workflow_runs set status = 'queued', lease_expires_at = null, "
+        "enqueued_at = now(), updated_at = now() where id = %s returning *",
+        (claim.id,),
+    ).fetchone()
+    assert queued is not None
+    if taken.step_attempt is None:
+        # The coordinator's claim counts an attempt of the map it resumes at; assembling the
+        # map's output is no new attempt of it.
+        conn.execute(
+            "update workflow_steps set attempt = attempt - 1 "
+            "where run_id = %s and position = %s and attempt > 0",
+            (claim.id, taken.position),
+        )
+    return [(STATUS_UPDATE, status_data(queued))]
 
 
 def stop_for_cancel(db: Database, claim: ClaimedRun, taken: TakenItem) -> bool:

@@ -210,3 +210,94 @@ workflows.define(
         ],
     )
 )
+
+
+# The edges of fan-out (tests/acceptance/test_fanout_edges.py).
+workflows.define(
+    Workflow(
+        name="sleep_at_the_end",
+        description="A step, then a sleep that is the run's last step.",
+        input_model=CountedInput,
+        steps=[
+            StepSpec(name="before", kind="transform", config={"output": "go"}),
+            StepSpec(name="nap", kind="sleep", config={"seconds": 60}),
+        ],
+    )
+)
+
+workflows.define(
+    Workflow(
+        name="map_beside_branches",
+        description="A map ready at the same time as two branches, one declared after it.",
+        input_model=CountedInput,
+        steps=[
+            StepSpec(name="start", kind="transform", config={"output": "go"}),
+            counted("x", depends_on=["start"]),
+            StepSpec(
+                name="each",
+                kind="map",
+                depends_on=["start"],
+                config={"over": [0, 1], "step": {"kind": "transform", "config": {"output": 1}}},
+            ),
+            counted("y", depends_on=["start"]),
+            StepSpec(
+                name="end",
+                kind="transform",
+                depends_on=["x", "each", "y"],
+                config={"output": "done"},
+            ),
+        ],
+    )
+)
+
+workflows.define(
+    Workflow(
+        name="map_outlives_the_run",
+        description="A collecting map whose items take longer than the run may.",
+        input_model=CountedInput,
+        timeout_seconds=1.5,
+        steps=[
+            StepSpec(
+                name="each",
+                kind="map",
+                config={
+                    "over": [0, 1, 2, 3],
+                    "concurrency": 1,
+                    "on_failure": "collect",
+                    "step": {
+                        "kind": "python",
+                        "config": {
+                            "function": "tests.counted_nap",
+                            "with": {**_inputs(), "name": "{{ item }}"},
+                        },
+                    },
+                },
+            ),
+        ],
+    )
+)
+
+workflows.define(
+    Workflow(
+        name="map_of_a_stubborn_step",
+        description="One map item that ignores a request to stop.",
+        input_model=CountedInput,
+        steps=[
+            StepSpec(
+                name="each",
+                kind="map",
+                config={
+                    "over": [0],
+                    "step": {
+                        "kind": "python",
+                        "config": {
+                            "function": "tests.sleep_stubbornly",
+                            "with": {"seconds": "{{ inputs.nap }}"},
+                        },
+                        "timeout_seconds": 30,
+                    },
+                },
+            ),
+        ],
+    )
+)

@@ -130,15 +130,16 @@ def decide_as_user(
             "and status = 'waiting' and wait ->> 'kind' = 'approval'",
             (run_id,),
         ).fetchone()
+        owner = conn.execute(
+            "select user_id from workflow_runs where id = %s", (run_id,)
+        ).fetchone()
+        approver = UUID(pending["wait"]["approver"]) if pending is not None else None
+        if owner is not None and user_id not in (owner["user_id"], approver) and not is_admin:
+            # Neither its owner, its approver nor an admin: say no more than RLS would.
+            raise RunNotFound(f"run {run_id} does not exist")
         if pending is None:
-            owner = conn.execute(
-                "select user_id from workflow_runs where id = %s", (run_id,)
-            ).fetchone()
-            if owner is not None and owner["user_id"] != user_id and not is_admin:
-                # Nobody's approval pending: say no more about someone else's run than RLS would.
-                raise RunNotFound(f"run {run_id} does not exist")
             raise _refusal(conn, run_id, None)
-    approver = UUID(pending["wait"]["approver"])
+    assert approver is not None
     if approver != user_id and not is_admin:
         raise NotTheApprover(f"run {run_id} waits for the decision of another user")
     claims = ApprovalClaims(run_id, pending["name"], approver, pending["wake_at"])

@@ -70,9 +70,10 @@ def complete_step(
         if run is None:
             return None
         completed = mark_completed(conn, claim.owner(), step)
+        # Never a step already completed (a branch that ran beside this one).
         conn.execute(
             "update workflow_steps set status = 'running', attempt = attempt + 1, "
-            "started_at = now() where run_id = %s and position = %s",
+            "started_at = now() where run_id = %s and position = %s and status <> 'completed'",
             (claim.id, next_step[0]),
         )
         return append_events(conn, claim.id, [*completed, (STATUS_UPDATE, status_data(run))])

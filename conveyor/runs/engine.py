@@ -62,8 +62,9 @@ class Engine:
         context = self.context(watch)
         outputs: dict[str, Any] = context["steps"]
         plan = self.workflow.steps
-        # The step the claim started (its attempt counted): the first one not completed.
-        started = next(s.position for s in self.claim.steps if s.status != "completed")
+        # The step the claim started (its attempt counted): the first one not completed; none
+        # when a resumer completed the last step (a wait, an approval, a child).
+        started = next((s.position for s in self.claim.steps if s.status != "completed"), -1)
         parallel = fanout.may_fan_out(self.workflow)
         if parallel:
             state = fanout.item_state(self.db, self.claim.id)
@@ -133,7 +134,7 @@ class Engine:
                     step_fingerprint(spec),
                 )
             outputs[spec.name] = {"output": result.output}
-            last_step = self._checkpoint(watch, position, spec, result, plan)
+            last_step = self._checkpoint(watch, position, spec, result, plan, outputs)
             started = -1
         return self._completed(watch, context, outputs, last_step)
 
@@ -164,6 +165,7 @@ class Engine:
     ) -> StepResult:
         """A map reached for the first time fans out; once its items are done, its output."""
         if position in fanout.item_state(self.db, self.claim.id).positions:
+            watch.poll()  # a collected map whose items ran out of time fails with the run
             return StepResult(
                 fanout.map_output(
                     self.db,
@@ -323,12 +325,21 @@ class Engine:
         )
 
     def _checkpoint(
-        self, watch: Watch, position: int, spec: StepSpec, result: StepResult, plan: list[StepSpec]
+        self,
+        watch: Watch,
+        position: int,
+        spec: StepSpec,
+        result: StepResult,
+        plan: list[StepSpec],
+        outputs: dict[str, Any],
     ) -> CompletedStep | None:
-        """Commit a finished step and start the next; the last one is returned for finish_run."""
+        """Commit a finished step and start the next one not completed (branches after it may
+        be); the last one is returned for finish_run."""
         stored, url = self.offload(watch, spec.name, result.output)
         step = CompletedStep(position, stored, url, result.usage, step_fingerprint(spec))
-        following = position + 1
+        following = next(
+            (p for p in range(position + 1, len(plan)) if plan[p].name not in outputs), len(plan)
+        )
         if following == len(plan):
             return step
         events = checkpoints.complete_step(

@@ -18,7 +18,7 @@ from uuid import UUID
 from conveyor.db import Connection, Database
 from conveyor.events.run_events import EventPublisher, append_events
 from conveyor.runs.store import ClaimedRun
-from conveyor.runs.supervision import LeaseLost, RunInterrupted
+from conveyor.runs.supervision import LeaseLost, RunCancelled, RunInterrupted
 from conveyor.steps import StepFailure
 from conveyor.steps.map import MAP, MapConfig
 from conveyor.workflows.definitions import StepSpec, Workflow
@@ -110,19 +110,22 @@ def item_state(db: Database, run_id: UUID) -> ItemState:
 
 
 def _hold(conn: Connection, claim: ClaimedRun, lease_seconds: int) -> dict[str, Any]:
-    """Renew the run's lease, fenced by the attempt; LeaseLost when it is no longer ours."""
+    """Renew the run's lease, fenced by the attempt; LeaseLost when it is no longer ours,
+    RunCancelled when a cancel was asked for (nothing is dispatched; finish_run records it)."""
     run = conn.execute(
         """
         update workflow_runs
            set lease_expires_at = now() + make_interval(secs => %s), heartbeat_at = now(),
                updated_at = now()
-         where id = %s and attempt = %s and status = 'running' and cancel_requested_at is null
+         where id = %s and attempt = %s and status = 'running'
         returning *
         """,
         (lease_seconds, claim.id, claim.attempt),
     ).fetchone()
     if run is None:
         raise LeaseLost()
+    if run["cancel_requested_at"] is not None:
+        raise RunCancelled()
     return dict(run)
 
 

@@ -1,5 +1,5 @@
 """A run's branches and map items as its owner (or an admin) may see them, under RLS:
-`GET /api/runs/<id>/items`, a page at a time in item order."""
+`GET /api/runs/<id>/items`, a page at a time in step and item order."""
 
 from __future__ import annotations
 
@@ -18,13 +18,20 @@ ItemStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 
 
 class ItemsQuery(Payload):
-    """`?step=&status=&after=&limit=`: one step's items (default: every step's), from the item
-    after `after`, in item order."""
+    """`?step=&status=&after=&limit=`: one step's items (default: every step's), in step and
+    item order, from just past `after` (a page's `next_after`, `<position>.<index>`)."""
 
     step: str | None = Field(default=None, max_length=64)
     status: ItemStatus | None = None
-    after: int = Field(default=-1, ge=-1, le=9999)
+    after: str | None = Field(default=None, pattern=r"^\d{1,5}\.\d{1,4}$")
     limit: int = Field(default=100, ge=1, le=500)
+
+    def cursor(self) -> tuple[int, int]:
+        """(position, index) the page starts after; (-1, -1) from the start."""
+        if self.after is None:
+            return -1, -1
+        position, index = self.after.split(".")
+        return int(position), int(index)
 
 
 class ItemView(BaseModel):
@@ -63,7 +70,7 @@ class ItemsPage(BaseModel):
 
     items: list[ItemView]
     steps: list[ItemCounts]
-    next_after: int | None
+    next_after: str | None
 
 
 def list_items(db: Database, claims: dict[str, Any], run_id: UUID, query: ItemsQuery) -> ItemsPage:
@@ -97,15 +104,16 @@ def list_items(db: Database, claims: dict[str, Any], run_id: UUID, query: ItemsQ
                    w.finished_at
               from run_work_items w
               join workflow_steps s on s.run_id = w.run_id and s.position = w.position
-             where w.run_id = %(run)s and w.item > %(after)s
+             where w.run_id = %(run)s and (w.position, w.item) > (%(position)s, %(item)s)
                and (%(step)s::text is null or s.name = %(step)s)
                and (%(status)s::text is null or w.status = %(status)s)
-             order by w.item, w.position
+             order by w.position, w.item
              limit %(limit)s
             """,
             {
                 "run": run_id,
-                "after": query.after,
+                "position": query.cursor()[0],
+                "item": query.cursor()[1],
                 "step": query.step,
                 "status": query.status,
                 "limit": query.limit + 1,
@@ -116,5 +124,5 @@ def list_items(db: Database, claims: dict[str, Any], run_id: UUID, query: ItemsQ
     return ItemsPage(
         items=page,
         steps=[ItemCounts(**row) for row in counts],
-        next_after=page[-1].index if more else None,
+        next_after=f"{page[-1].position}.{page[-1].index}" if more else None,
     )

@@ -43,6 +43,7 @@ class LaneResult(StrEnum):
     LEASE_LOST = "lease_lost"
     CANCELLED = "cancelled"
     HANDED_BACK = "handed_back"  # the worker is stopping: publish this lane again
+    LEFT_TO_LEASE = "left_to_lease"  # stopping, but its step would not stop: not published again
 
 
 def execute_lane(
@@ -66,6 +67,9 @@ def execute_lane(
         workflow = workflows.get(claim.workflow_id)
     except ConveyorError:
         return LaneResult.SKIPPED  # its coordinator ends the run with the same error
+    names = [state.name for state in claim.steps]
+    if names != [spec.name for spec in workflow.steps]:
+        return LaneResult.SKIPPED  # the definition changed: the coordinator says so, runs nothing
     engine = Engine(
         db, publisher, settings, store or artifacts.store_for(settings), claim, workflow
     )
@@ -116,6 +120,10 @@ class _Lane:
         while True:
             self.taken = taken
             if taken is None:
+                # No item left for this lane; if that is because a cancel was asked for, the
+                # items nobody took end here, and the lane that leaves none running ends the run.
+                if work_items.settle_cancel(db, self.claim):
+                    return self._finish_cancelled()
                 return LaneResult.DONE
             try:
                 end = self._run_item(taken, context)
@@ -124,9 +132,11 @@ class _Lane:
             except LeaseLost:
                 return LaneResult.LEASE_LOST
             except HandedBack as exc:
-                work_items.give_back(
-                    db, self.claim, taken, uncount=exc.attempt_started and exc.step_stopped
-                )
+                if not exc.step_stopped:
+                    # Its thread may still be running: the item stays taken until its lease runs
+                    # out (then another lane or the reaper's coordinator takes it), never beside it.
+                    return LaneResult.LEFT_TO_LEASE
+                work_items.give_back(db, self.claim, taken, uncount=exc.attempt_started)
                 return LaneResult.HANDED_BACK
             now = time.monotonic()
             progress = now - self._last_progress >= PROGRESS_EVERY_SECONDS
@@ -135,7 +145,8 @@ class _Lane:
                 self.claim,
                 taken,
                 end,
-                fail_fast=self.fail_fast,
+                # Out of time is no failure to collect: the run has ended.
+                fail_fast=self.fail_fast or end.error_code == "RUN_TIMEOUT",
                 progress=progress,
                 lease_seconds=self.lease,
                 take_next=self.is_map,
@@ -156,14 +167,16 @@ class _Lane:
     def _run_item(self, taken: TakenItem, context: dict[str, Any]) -> ItemEnd:
         """Run the branch step or the map item to its end (retries included)."""
         try:
+            # The attempt is in the stored output's key, so a lane whose item was taken over
+            # cannot overwrite its successor's object (the claim's attempt is the same).
             if taken.step_attempt is not None:
                 result = self.engine.run_step(
                     self.watch, self.position, self.spec, taken.step_attempt, context
                 )
-                name = self.spec.name
+                name = f"{self.spec.name}.a{taken.attempt}"
             else:
                 result = self._map_item(taken, context)
-                name = f"{self.spec.name}.{taken.item}"
+                name = f"{self.spec.name}.{taken.item}.a{taken.attempt}"
         except StepFailure as failure:
             return ItemEnd(error=failure.message, error_code=failure.code)
         except RunTimedOut:

@@ -34,9 +34,14 @@ def close_unfinished_steps(
     error_code: str | None = None,
 ) -> list[dict[str, Any]]:
     """Give every pending, running or waiting step its final status: the failing step `failed`,
-    the rest `skipped` after a failure and `cancelled` after a cancel; returns what changed."""
+    the rest `skipped` after a failure and `cancelled` after a cancel; a branch or map item not
+    finished is `cancelled` (same statement). Returns the steps that changed."""
     return conn.execute(
         """
+        with items as (
+          update run_work_items
+             set status = 'cancelled', finished_at = now(), lease_expires_at = null
+           where run_id = %(run)s and status in ('pending', 'running'))
         update workflow_steps
            set status = case when %(run_status)s = 'cancelled' then 'cancelled'
                              when position = %(failed)s then 'failed'

@@ -27,7 +27,9 @@ def emit_step_event(
         if held is None:
             raise LeaseLost()
         items: list[tuple[str, dict[str, Any]]] = []
-        if event == STEP_TOKENS and data.get("index") == 0:
+        # Only a later attempt can have an earlier one's text to mark (and the check scans the
+        # run's events: a first attempt, every map item's, skips it).
+        if event == STEP_TOKENS and data.get("index") == 0 and int(data.get("attempt", 1)) > 1:
             items += unmarked_partial_tokens(conn, claim, data)
         events = append_events(conn, claim.id, [*items, (event, data)])
     publisher.publish(*events)

@@ -83,7 +83,8 @@ class Recorded:
 
 
 def load_claim(db: Database, run_id: UUID, attempt: int) -> ClaimedRun | None:
-    """The run as its coordinator claimed it, while that attempt still holds it."""
+    """The run as its coordinator claimed it, while that attempt still holds it (a cancel asked
+    for meanwhile is the lane's to settle: take finds nothing, settle_cancel ends it)."""
     with db.single_statement() as conn:
         row = conn.execute(
             """
@@ -96,7 +97,6 @@ def load_claim(db: Database, run_id: UUID, attempt: int) -> ClaimedRun | None:
                                from workflow_steps s where s.run_id = r.id), '[]') as steps
               from workflow_runs r
              where r.id = %s and r.attempt = %s and r.status = 'running'
-               and r.cancel_requested_at is null
             """,
             (run_id, attempt),
         ).fetchone()
@@ -236,6 +236,8 @@ def record_end(
         if item is None:
             return Recorded()  # taken over after its lease ran out: the other lane's end counts
         pending = _charge_or_cancel(conn, claim, taken, end, fail_fast=fail_fast)
+        if run["cancel_requested_at"] is not None:
+            _cancel_pending(conn, claim)
         # The partial index answers this at any size; counting the run's items here would make
         # every item of a 10,000-item map cost O(N) under the run row's lock (bench/map_fanout).
         open_row = conn.execute(
@@ -287,12 +289,38 @@ def _charge_or_cancel(
             item=taken.item,
         )
     if end.status == "failed" and fail_fast:
-        conn.execute(
-            "update run_work_items set status = 'cancelled', finished_at = now() "
-            "where run_id = %s and status = 'pending'",
-            (claim.id,),
-        )
+        _cancel_pending(conn, claim)
     return []
+
+
+def _cancel_pending(conn: Connection, claim: ClaimedRun) -> None:
+    """The run's items nobody took will not run (a failure failing fast, a cancel)."""
+    conn.execute(
+        "update run_work_items set status = 'cancelled', finished_at = now() "
+        "where run_id = %s and status = 'pending'",
+        (claim.id,),
+    )
+
+
+def settle_cancel(db: Database, claim: ClaimedRun) -> bool:
+    """A lane found no item to take: if a cancel was asked for, the items nobody took are
+    cancelled; True when none is left running either, so this lane records the run's cancel."""
+    with db.transaction() as conn:
+        run = conn.execute(
+            "select cancel_requested_at from workflow_runs "
+            "where id = %s and attempt = %s and status = 'running' for no key update",
+            (claim.id, claim.attempt),
+        ).fetchone()
+        if run is None or run["cancel_requested_at"] is None:
+            return False
+        _cancel_pending(conn, claim)
+        running = conn.execute(
+            "select exists (select 1 from run_work_items where run_id = %s "
+            "and status = 'running') as running",
+            (claim.id,),
+        ).fetchone()
+    assert running is not None
+    return not running["running"]
 
 
 def _progress(conn: Connection, claim: ClaimedRun, position: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@ coalesced `step_tokens` run events while it arrives (the `llm` step with `stream
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from conveyor.steps.base import StepContext, StepFailure
+from conveyor.steps.base import StepContext, StepFailure, StepStopped
 from conveyor.steps.http import failure_for_status, failure_for_transport
 
 STEP_TOKENS = "step_tokens"
@@ -180,6 +181,13 @@ def stream_completion(ctx: StepContext, request: httpx.Request) -> StreamedReply
             finally:
                 response.close()
         emitter.flush()
+    except StepStopped:
+        # Stopped (a drain, a cancel, the timeout): a drained attempt is given back and runs again
+        # under the same number, so its text is marked void now, while the run is still held.
+        # The run may be no longer ours (the emit then raises): nothing to mark, then.
+        with contextlib.suppress(Exception):
+            emitter.discard()
+        raise
     except httpx.TransportError as exc:
         emitter.discard()
         raise failure_for_transport(exc, "LLM stream", CODE) from exc

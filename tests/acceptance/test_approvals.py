@@ -203,7 +203,7 @@ def test_the_named_approver_decides_with_their_own_token(
     assert done["steps"][0]["output"]["decided_by"] == str(approver)
 
 
-def test_another_user_is_refused_and_the_run_keeps_waiting(
+def test_a_stranger_is_told_the_run_does_not_exist_and_it_keeps_waiting(
     client: ApiClient,
     make_client: Callable[..., ApiClient],
     user_id: uuid.UUID,
@@ -215,6 +215,18 @@ def test_another_user_is_refused_and_the_run_keeps_waiting(
     answer = make_client(uuid.uuid4()).post(
         f"/api/runs/{run_id}/approval", json={"decision": "approve"}
     )
+
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "RUN_NOT_FOUND"
+    assert client.get(f"/api/runs/{run_id}").json()["status"] == "waiting"
+
+
+def test_the_runs_owner_is_not_its_approver(
+    client: ApiClient, user_id: uuid.UUID, db: Database, settings: Settings
+) -> None:
+    run_id = gate(db, settings, user_id, uuid.uuid4())
+
+    answer = client.post(f"/api/runs/{run_id}/approval", json={"decision": "approve"})
 
     assert answer.status_code == 403
     assert answer.json()["code"] == "NOT_THE_APPROVER"

@@ -169,7 +169,7 @@ def test_each_items_model_call_is_charged_once(
     ]
 
 
-def test_a_runs_items_are_listed_in_order_with_counts_per_step(
+def test_a_runs_items_are_listed_in_order_a_page_at_a_time_with_counts_per_step(
     worker: Any, client: ApiClient, settings: Settings
 ) -> None:
     run_id = submit(client, "map_collect", counted_inputs(settings, count=5, fail_at=[3]))
@@ -182,7 +182,7 @@ def test_a_runs_items_are_listed_in_order_with_counts_per_step(
     failed = client.get(f"/api/runs/{run_id}/items", params={"status": "failed"}).json()
 
     assert [item["index"] for item in first["items"] + rest["items"]] == [0, 1, 2, 3, 4]
-    assert first["next_after"] == 1
+    assert first["next_after"] == "1.1"
     assert rest["next_after"] is None
     assert first["steps"] == [
         {

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # suite mostly waits on servers and workers: 3 processes on 2 cores took 8.7 min, one took ~14.
 TEST_WORKERS ?= 3
 
-.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream clean
+.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map clean
 
 install: $(STAMP)
 
@@ -67,6 +67,10 @@ bench: install
 ## Submit → first streamed token on the websocket, p50/p99, beside the provider's own (bench/stream_first_token.py).
 bench-stream: install
 	$(BIN)/python -m bench.stream_first_token
+
+## A 1,000-item map of no-op items beside 1,000 bare Celery tasks on two workers (bench/map_fanout.py).
+bench-map: install
+	$(BIN)/python -m bench.map_fanout
 
 ## HTTP submit + poll + websockets for a fixed time beside a bare Flask + Celery endpoint (bench/load.py).
 bench-load: install

@@ -90,8 +90,8 @@ def cancel_run(run_id: str) -> Response:
     db = get_db()
     target = views.parse_run_id(run_id)
     # RLS decides: the owner or an admin sees the run; anyone else gets 404, as for a missing run.
-    view, event, owner = runs.cancel_run(db, principal.rls_claims(), target)
-    get_publisher().publish(event)
+    view, events, owner = runs.cancel_run(db, principal.rls_claims(), target)
+    get_publisher().publish(*events)
     if owner != principal.user_id:
         record_audit(
             db,

@@ -17,6 +17,7 @@ from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events.run_events import EventPublisher
 from conveyor.runs import artifacts, checkpoints, fanout, waits
+from conveyor.runs.children import ChildNotStarted
 from conveyor.runs.fingerprints import step_fingerprint
 from conveyor.runs.step_events import emit_step_event
 from conveyor.runs.step_rows import CompletedStep
@@ -67,25 +68,14 @@ class Engine:
         started = next((s.position for s in self.claim.steps if s.status != "completed"), -1)
         parallel = fanout.may_fan_out(self.workflow)
         if parallel:
-            state = fanout.item_state(self.db, self.claim.id)
-            if state.unfinished:
-                fanout.dispatch_again(
-                    self.db,
-                    self.claim,
-                    self.workflow,
-                    state,
-                    started,
-                    lease_seconds=self.settings.run_lease_seconds,
-                )
-            failure = state.first_failure(plan)
-            if failure is not None:
-                spec = plan[failure.position]
-                # A branch's error names its step already; a map item's names only the item.
-                prefix = f"step {spec.name!r}: " if spec.kind == MAP else ""
+            failed = fanout.after_lanes(
+                self.db, self.claim, self.workflow, started, self.settings.run_lease_seconds
+            )
+            if failed is not None:
                 return Outcome(
-                    error=f"{prefix}{failure.error}",
-                    error_code=failure.error_code or "STEP_FAILED",
-                    failed_position=failure.position,
+                    error=failed.error,
+                    error_code=failed.error_code,
+                    failed_position=failed.position,
                 )
         last_step: CompletedStep | None = None
         while True:
@@ -125,14 +115,18 @@ class Engine:
                 )
             except StepSuspended as suspended:
                 # A durable wait: committed on the run row, and this attempt ends (RunSuspended).
-                waits.suspend(
-                    self.db,
-                    self.publisher,
-                    self.claim,
-                    position,
-                    suspended.request,
-                    step_fingerprint(spec),
-                )
+                try:
+                    waits.suspend(
+                        self.db,
+                        self.publisher,
+                        self.claim,
+                        position,
+                        suspended.request,
+                        step_fingerprint(spec),
+                    )
+                except ChildNotStarted as exc:  # an unknown child workflow, inputs it refuses
+                    refused = StepFailure(exc.message, retryable=False, code=exc.code)
+                    return self._failed(position, spec, refused)
             outputs[spec.name] = {"output": result.output}
             last_step = self._checkpoint(watch, position, spec, result, plan, outputs)
             started = -1

@@ -109,6 +109,29 @@ def item_state(db: Database, run_id: UUID) -> ItemState:
     return state
 
 
+def after_lanes(
+    db: Database, claim: ClaimedRun, workflow: Workflow, started: int, lease_seconds: int
+) -> ItemFailure | None:
+    """A coordinator starting on a run that may have fanned out: unfinished items are dispatched
+    again (RunFannedOut); a failed branch, or a failed item of a map failing fast, is the run's
+    failure (its error naming the step); else None and the coordinator goes on."""
+    state = item_state(db, claim.id)
+    if state.unfinished:
+        dispatch_again(db, claim, workflow, state, started, lease_seconds=lease_seconds)
+    failure = state.first_failure(workflow.steps)
+    if failure is None:
+        return None
+    spec = workflow.steps[failure.position]
+    # A branch's error names its step already; a map item's names only the item.
+    prefix = f"step {spec.name!r}: " if spec.kind == MAP else ""
+    return ItemFailure(
+        failure.position,
+        failure.item,
+        f"{prefix}{failure.error}",
+        failure.error_code or "STEP_FAILED",
+    )
+
+
 def _hold(conn: Connection, claim: ClaimedRun, lease_seconds: int) -> dict[str, Any]:
     """Renew the run's lease, fenced by the attempt; LeaseLost when it is no longer ours,
     RunCancelled when a cancel was asked for (nothing is dispatched; finish_run records it)."""

@@ -46,4 +46,4 @@ def finalize_abandoned_cancellations(db: Database) -> list[RunEvent]:
             returning *
             """
         ).fetchall()
-        return [record_cancelled(conn, row) for row in rows]
+        return [event for row in rows for event in record_cancelled(conn, row)]

@@ -228,9 +228,10 @@ def finish_run(
 
 def cancel_run(
     db: Database, claims: dict[str, Any], run_id: UUID
-) -> tuple[RunView, RunEvent, UUID]:
+) -> tuple[RunView, list[RunEvent], UUID]:
     """Cancel a queued or waiting run now, or ask a running one to stop; only its owner or an
-    admin may. Returns the run, the event, and the owner's id."""
+    admin may. Returns the run, the events to publish (its awaited descendants', a parent its
+    cancel failed, its own last), and the owner's id."""
     require_visible(db, claims, run_id)
     with db.transaction() as conn:
         # Children before their parent, the order a child's end locks them in.
@@ -253,23 +254,21 @@ def cancel_run(
         if row is None:
             raise RunFinished(f"run {run_id} has already finished; there is nothing to cancel")
         # Its awaited children (and theirs) are cancelled with it; detached ones go on.
-        children.cancel_descendants(conn, run_id)
+        events = children.cancel_descendants(conn, run_id)
         if row["status"] == "cancelled":
-            event = record_cancelled(conn, row)
+            events += record_cancelled(conn, row)
         else:
-            event = append_event(conn, run_id, STATUS_UPDATE, status_data(row))
-    return get_run(db, claims, run_id), event, row["user_id"]
+            events.append(append_event(conn, run_id, STATUS_UPDATE, status_data(row)))
+    return get_run(db, claims, run_id), events, row["user_id"]
 
 
-def record_cancelled(conn: Connection, row: dict[str, Any]) -> RunEvent:
+def record_cancelled(conn: Connection, row: dict[str, Any]) -> list[RunEvent]:
     """In the transaction that made a run cancelled without its worker (queued, waiting, or
     abandoned): close its steps, queue its run.cancelled webhook event and append its status
-    event."""
+    event; a parent waiting for it fails (CHILD_CANCELLED). The events, this run's first."""
     close_unfinished_steps(conn, row["id"], run_status="cancelled")
     # Sent by the re-queue job's next tick (beat, every 30 s): the caller answers at once.
     outbound.record_run_finished(conn, row, queued=False)
     event = append_event(conn, row["id"], STATUS_UPDATE, status_data(row))
-    # A cancelled child fails the step of the parent waiting for it (CHILD_CANCELLED). Those
-    # events are stored, not published: a client following the parent reads them with `since`.
-    children.child_ended(conn, row)
-    return event
+    # A cancelled child fails the step of the parent waiting for it (CHILD_CANCELLED).
+    return [event, *(e for ended in children.child_ended(conn, row) for e in ended.events)]

@@ -147,6 +147,10 @@ def test_a_child_of_an_unknown_workflow_fails_the_parent(worker: Any, client: Ap
     assert done["status"] == "failed", done
     assert done["error_code"] == "CHILD_WORKFLOW_INVALID"
     assert done["children"] == []
+    assert [(s["name"], s["status"]) for s in done["steps"]] == [
+        ("child", "failed"),
+        ("report", "skipped"),
+    ]
 
 
 def test_cancelling_the_parent_cancels_its_children_and_grandchildren(
@@ -163,6 +167,25 @@ def test_cancelling_the_parent_cancels_its_children_and_grandchildren(
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "cancelled"
     assert statuses == ["cancelled", "cancelled"]
+
+
+def test_a_cancelled_parents_child_is_cancelled_live_on_the_socket(
+    worker: Any, client: ApiClient, user_id: uuid.UUID, connect: Any
+) -> None:
+    parent = submit(client, "parent_awaits_signal", {"ticket": "C-4"})
+    child = child_of(client, parent)["id"]
+    wait_for_run(client, child, until=WAITING)
+    seen = max(event["seq"] for event in events_of(client, child))
+    sock = connect("workflows", user_id)
+    sock.send(type="subscribe", topic=f"workflow_run:{child}", since=seen)
+    assert sock.recv()["type"] == "subscribed"
+
+    client.post(f"/api/runs/{parent}/cancel")
+    live = sock.recv()
+
+    assert live["event"] == "workflow_status_update"
+    assert live["data"]["status"] == "cancelled"
+    assert live["seq"] == seen + 1
 
 
 def test_a_detached_child_is_not_cancelled_with_its_parent(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,9 +20,9 @@ from conveyor.runs.children import ChildNotStarted
 from conveyor.runs.fingerprints import step_fingerprint
 from conveyor.runs.step_events import emit_step_event
 from conveyor.runs.step_rows import CompletedStep
-from conveyor.runs.store import ClaimedRun, Outcome, StepState
-from conveyor.runs.supabase_storage import StorageUnavailable
-from conveyor.runs.supervision import HandedBack, LeaseLost, RunInterrupted, RunTimedOut, Watch
+from conveyor.runs.store import ClaimedRun, Outcome
+from conveyor.runs.stored_outputs import StoredOutputs
+from conveyor.runs.supervision import LeaseLost, RunInterrupted, RunTimedOut, Watch
 from conveyor.settings import Settings
 from conveyor.steps import StepContext, StepFailure, StepResult, StepSuspended
 from conveyor.steps.map import MAP, PARALLEL_KINDS, items_of
@@ -33,8 +32,6 @@ from conveyor.workflows.definitions import StepSpec, Workflow
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-STORAGE_RETRY_FIRST_SECONDS = 0.5
-STORAGE_RETRY_MAX_SECONDS = 10.0
 
 
 @dataclass
@@ -47,6 +44,9 @@ class Engine:
     store: artifacts.ArtifactStore
     claim: ClaimedRun
     workflow: Workflow
+
+    def __post_init__(self) -> None:
+        self.outputs = StoredOutputs(self.store, self.settings, self.claim)
 
     def run(self) -> Outcome:
         """Execute the remaining steps. Raises RunCancelled or LeaseLost when the run must stop,
@@ -148,7 +148,7 @@ class Engine:
         """What templates see: the inputs, each completed step's output, the run's facts."""
         inputs = self.workflow.validate_input(self.claim.input).model_dump(mode="json")
         outputs = {
-            state.name: {"output": self._load(watch, state)}
+            state.name: {"output": self.outputs.load(watch, state.output, state.output_url)}
             for state in self.claim.steps
             if state.status == "completed"
         }
@@ -166,9 +166,7 @@ class Engine:
                     self.claim,
                     position,
                     spec,
-                    lambda stub, url: self._with_storage(
-                        watch, lambda: artifacts.load(self.store, stub, url)
-                    ),
+                    lambda stub, url: self.outputs.load(watch, stub, url),
                 )
             )
         try:
@@ -284,40 +282,6 @@ class Engine:
         finally:
             metrics.STEP_DURATION.labels(spec.kind, outcome).observe(time.monotonic() - started)
 
-    def _with_storage(self, watch: Watch, action: Callable[[], T]) -> T:
-        """action, tried again with backoff while Supabase Storage is unavailable, for up to
-        STORAGE_WAIT_SECONDS. The claim is kept meanwhile (the watch renews the lease), so a step
-        that finished is not run again; past the wait, StorageUnavailable reaches execute_run."""
-        give_up = time.monotonic() + self.settings.storage_wait_seconds
-        delay = STORAGE_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                return action()
-            except StorageUnavailable as exc:
-                if time.monotonic() + delay > give_up:
-                    raise
-                log.warning("storage_unavailable", error=exc.message, retry_in=delay)
-                try:
-                    watch.sleep(delay)
-                except HandedBack as stopping:
-                    # The attempt that made this output is given back: it runs again elsewhere.
-                    raise HandedBack() from stopping
-                delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
-
-    def _load(self, watch: Watch, state: StepState) -> Any:
-        """A completed step's full output, fetched from storage when it was offloaded."""
-        return self._with_storage(
-            watch, lambda: artifacts.load(self.store, state.output, state.output_url)
-        )
-
-    def offload(self, watch: Watch, name: str, value: Any) -> tuple[Any, str | None]:
-        """value, or a stub and its URL once stored (see artifacts.offload)."""
-        key = f"{self.claim.id}/{self.claim.attempt}/{name}.json"
-        limit = self.settings.output_inline_max_bytes
-        return self._with_storage(
-            watch, lambda: artifacts.offload(self.store, key, value, limit=limit)
-        )
-
     def _checkpoint(
         self,
         watch: Watch,
@@ -329,7 +293,7 @@ class Engine:
     ) -> CompletedStep | None:
         """Commit a finished step and start the next one not completed (branches after it may
         be); the last one is returned for finish_run."""
-        stored, url = self.offload(watch, spec.name, result.output)
+        stored, url = self.outputs.offload(watch, spec.name, result.output)
         step = CompletedStep(position, stored, url, result.usage, step_fingerprint(spec))
         following = next(
             (p for p in range(position + 1, len(plan)) if plan[p].name not in outputs), len(plan)
@@ -377,7 +341,7 @@ class Engine:
             # The run's output is its last step's, stored once (an upload fewer when it is large).
             stored, url = last_step.output, last_step.output_url
         else:
-            stored, url = self.offload(watch, "output", output)
+            stored, url = self.outputs.offload(watch, "output", output)
         return Outcome(output=stored, output_url=url, reply=reply_text(output), last_step=last_step)
 
 

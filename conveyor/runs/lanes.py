@@ -184,7 +184,7 @@ class _Lane:
                 error=f"the run exceeded its timeout during step {self.spec.name!r}",
                 error_code="RUN_TIMEOUT",
             )
-        stored, url = self.engine.offload(self.watch, name, result.output)
+        stored, url = self.engine.outputs.offload(self.watch, name, result.output)
         return ItemEnd(stored, url, result.usage, spec_hash=step_fingerprint(self.spec))
 
     def _map_item(self, taken: TakenItem, context: dict[str, Any]) -> StepResult:

@@ -450,3 +450,54 @@ workflows.define(parent_workflow("parent_awaits_llm_hold", "llm_hold_llm", HOLD,
 TOPIC = {"topic": "{{ inputs.topic }}"}
 workflows.define(parent_workflow("parent_awaits_brief", "write_brief", TOPIC, wait=True))
 workflows.define(parent_workflow("parent_of_nothing", "no_such_workflow", N, wait=True))
+
+
+class ChildItemsInput(BaseModel):
+    """A child workflow taking `n`, and one child run per number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    child: str
+    numbers: list[int]
+
+
+def map_of_children(name: str, *, on_failure: str) -> Workflow:
+    """A map whose items are child runs of `inputs.child` with `n` = the item, two at a time."""
+    return Workflow(
+        name=name,
+        description="One child run per number, their outputs in input order.",
+        input_model=ChildItemsInput,
+        steps=[
+            StepSpec(
+                name="each",
+                kind="map",
+                config={
+                    "over": "{{ inputs.numbers }}",
+                    "concurrency": 2,
+                    "on_failure": on_failure,
+                    "step": {
+                        "kind": "workflow",
+                        "config": {"workflow": "{{ inputs.child }}", "inputs": {"n": "{{ item }}"}},
+                    },
+                },
+            ),
+        ],
+    )
+
+
+workflows.define(map_of_children("map_of_children", on_failure="fail_fast"))
+workflows.define(map_of_children("map_of_children_collect", on_failure="collect"))
+workflows.define(
+    Workflow(
+        name="child_waits_for_go",
+        description="Wait for the `go` signal naming n.",
+        input_model=NumberInput,
+        steps=[
+            StepSpec(
+                name="wait",
+                kind="wait_for_event",
+                config={"event": "go", "match": "{{ inputs.n }}"},
+            )
+        ],
+    )
+)

@@ -17,6 +17,7 @@ from conveyor import outbound
 from conveyor.db import Connection
 from conveyor.errors import BadRequest
 from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_event
+from conveyor.runs.item_children import item_child_ended
 from conveyor.runs.resume import FAIL_SET, RESUME_SET, Resumed, complete_wait, record_failed
 from conveyor.runs.run_rows import close_unfinished_steps, status_data
 
@@ -56,6 +57,8 @@ def child_ended(conn: Connection, child: dict[str, Any]) -> list[Resumed]:
     failed so ends its own awaiting parent too. Empty for runs nobody awaits."""
     if child.get("parent_run_id") is None or not child.get("parent_awaits"):
         return []
+    if child.get("parent_item") is not None:
+        return item_child_ended(conn, child)  # a map's item, not the step itself
     params = {
         "parent": child["parent_run_id"],
         "position": child["parent_step"],

@@ -16,9 +16,11 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from conveyor.db import Connection, Database
-from conveyor.events.run_events import EventPublisher, append_events
+from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_events
+from conveyor.runs import fan_in
+from conveyor.runs.run_rows import status_data
 from conveyor.runs.store import ClaimedRun
-from conveyor.runs.supervision import LeaseLost, RunCancelled, RunInterrupted
+from conveyor.runs.supervision import LeaseLost, RunCancelled, RunInterrupted, RunSuspended
 from conveyor.steps import StepFailure
 from conveyor.steps.map import MAP, MapConfig
 from conveyor.workflows.definitions import StepSpec, Workflow
@@ -60,6 +62,7 @@ class ItemState:
     """What the run's work items say, read once when a coordinator starts."""
 
     unfinished: dict[int, int]  # position -> items pending or running
+    waiting: int  # items waiting for their child runs
     failures: dict[int, ItemFailure]  # position -> its first failed item
     positions: set[int]  # every position that has items
 
@@ -89,6 +92,7 @@ def item_state(db: Database, run_id: UUID) -> ItemState:
         rows = conn.execute(
             """
             select position, count(*) filter (where status in ('pending', 'running')) as open,
+                   count(*) filter (where status = 'waiting') as waiting,
                    (array_agg(jsonb_build_object('item', item, 'error', error,
                                                  'code', error_code) order by item)
                       filter (where status = 'failed'))[1] as failed
@@ -96,9 +100,10 @@ def item_state(db: Database, run_id: UUID) -> ItemState:
             """,
             (run_id,),
         ).fetchall()
-    state = ItemState(unfinished={}, failures={}, positions=set())
+    state = ItemState(unfinished={}, waiting=0, failures={}, positions=set())
     for row in rows:
         state.positions.add(row["position"])
+        state.waiting += row["waiting"]
         if row["open"]:
             state.unfinished[row["position"]] = row["open"]
         if row["failed"] is not None:
@@ -118,6 +123,8 @@ def after_lanes(
     state = item_state(db, claim.id)
     if state.unfinished:
         dispatch_again(db, claim, workflow, state, started, lease_seconds=lease_seconds)
+    if state.waiting:
+        _park(db, claim, lease_seconds)
     failure = state.first_failure(workflow.steps)
     if failure is None:
         return None
@@ -130,6 +137,17 @@ def after_lanes(
         f"{prefix}{failure.error}",
         failure.error_code or "STEP_FAILED",
     )
+
+
+def _park(db: Database, claim: ClaimedRun, lease_seconds: int) -> NoReturn:
+    """Only items waiting for child runs are left (their lanes ended, or died): the run waits
+    for them, holding no worker; the last child's end queues it (item_children.py)."""
+    with db.transaction() as conn:
+        _hold(conn, claim, lease_seconds)
+        parked = conn.execute(fan_in.PARK_SQL, (claim.id,)).fetchone()
+        assert parked is not None
+        append_events(conn, claim.id, [(STATUS_UPDATE, status_data(parked))])
+    raise RunSuspended()
 
 
 def _hold(conn: Connection, claim: ClaimedRun, lease_seconds: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from conveyor.errors import InvalidInput
 from conveyor.payload import Payload
 from conveyor.runs.views import require_visible
 
-ItemStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+ItemStatus = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
 
 
 class ItemsQuery(Payload):
@@ -35,7 +35,8 @@ class ItemsQuery(Payload):
 
 
 class ItemView(BaseModel):
-    """One branch (item 0 of its step) or map item: its state, output or error, and usage."""
+    """One branch (item 0 of its step) or map item: its state, output or error, usage, and the
+    child run it waits for (a map of child workflows)."""
 
     step: str
     position: int
@@ -48,6 +49,7 @@ class ItemView(BaseModel):
     error: str | None = None
     error_code: str | None = None
     usage: dict[str, Any] | None = None
+    child_run_id: UUID | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -60,6 +62,7 @@ class ItemCounts(BaseModel):
     total: int
     pending: int
     running: int
+    waiting: int
     completed: int
     failed: int
     cancelled: int
@@ -82,6 +85,7 @@ def list_items(db: Database, claims: dict[str, Any], run_id: UUID, query: ItemsQ
             select s.name as step, s.kind, count(*) as total,
                    count(*) filter (where w.status = 'pending') as pending,
                    count(*) filter (where w.status = 'running') as running,
+                   count(*) filter (where w.status = 'waiting') as waiting,
                    count(*) filter (where w.status = 'completed') as completed,
                    count(*) filter (where w.status = 'failed') as failed,
                    count(*) filter (where w.status = 'cancelled') as cancelled
@@ -100,8 +104,8 @@ def list_items(db: Database, claims: dict[str, Any], run_id: UUID, query: ItemsQ
         rows = conn.execute(
             """
             select s.name as step, w.position, w.item as index, w.status, w.attempt, w.input,
-                   w.output, w.output_url, w.error, w.error_code, w.usage, w.started_at,
-                   w.finished_at
+                   w.output, w.output_url, w.error, w.error_code, w.usage, w.child_run_id,
+                   w.started_at, w.finished_at
               from run_work_items w
               join workflow_steps s on s.run_id = w.run_id and s.position = w.position
              where w.run_id = %(run)s and (w.position, w.item) > (%(position)s, %(item)s)

@@ -12,21 +12,24 @@ from typing import Any
 from uuid import UUID
 
 import structlog
+from pydantic import ValidationError
 
 from conveyor import runs, workflows
 from conveyor.db import Database
 from conveyor.errors import ConveyorError
 from conveyor.events.run_events import EventPublisher
-from conveyor.runs import artifacts, work_items
+from conveyor.runs import artifacts, item_children, work_items
 from conveyor.runs.engine import Engine
 from conveyor.runs.fingerprints import step_fingerprint
+from conveyor.runs.item_children import ChildItemStarted
 from conveyor.runs.store import ClaimedRun, Outcome
 from conveyor.runs.supervision import HandedBack, LeaseLost, RunCancelled, RunTimedOut
 from conveyor.runs.work_items import ItemEnd, TakenItem
 from conveyor.settings import Settings
 from conveyor.steps import StepFailure, StepResult
-from conveyor.steps.map import MAP, MapConfig
-from conveyor.workflows import RetryPolicy, StepSpec
+from conveyor.steps.child import ChildConfig
+from conveyor.steps.map import CHILD_ITEM, MAP, MapConfig
+from conveyor.workflows import RetryPolicy, StepSpec, templates
 
 log = structlog.get_logger(__name__)
 
@@ -125,8 +128,14 @@ class _Lane:
                 if work_items.settle_cancel(db, self.claim):
                     return self._finish_cancelled()
                 return LaneResult.DONE
+            child: ChildItemStarted | None = None
             try:
-                end = self._run_item(taken, context)
+                if self.item_spec.kind == CHILD_ITEM:
+                    started = self._start_child(taken, context)
+                    child = started if isinstance(started, ChildItemStarted) else None
+                    end = started if isinstance(started, ItemEnd) else ItemEnd()
+                else:
+                    end = self._run_item(taken, context)
             except RunCancelled:
                 return self._cancelled(taken)
             except LeaseLost:
@@ -138,6 +147,14 @@ class _Lane:
                     return LaneResult.LEFT_TO_LEASE
                 work_items.give_back(db, self.claim, taken, uncount=exc.attempt_started)
                 return LaneResult.HANDED_BACK
+            if child is not None:  # the item waits for its child run; the lane goes on
+                self._publish_child(child, wake_runs)
+                if child.lost or child.resume:
+                    return LaneResult.LEASE_LOST if child.lost else LaneResult.RESUMED
+                taken = work_items.take(
+                    db, self.claim, self.position, branch=False, lease_seconds=self.lease
+                )
+                continue
             now = time.monotonic()
             progress = now - self._last_progress >= PROGRESS_EVERY_SECONDS
             recorded = work_items.record_end(
@@ -163,6 +180,47 @@ class _Lane:
                     wake_runs([self.claim.id])
                 return LaneResult.RESUMED
             taken = recorded.next
+
+    def _start_child(self, taken: TakenItem, context: dict[str, Any]) -> ItemEnd | ChildItemStarted:
+        """Start the item's child run, the item waiting for it; an ItemEnd (failed) when its
+        config does not render or its workflow or inputs are refused."""
+        item_context = {**context, "item": taken.input, "index": taken.item}
+        try:
+            rendered = templates.render(self.item_spec.config, item_context)
+            config = ChildConfig.model_validate(rendered)
+            definition = item_children.child_definition(config.workflow, config.inputs)
+        except templates.TemplateFailure as exc:
+            return ItemEnd(error=str(exc), error_code="TEMPLATE_ERROR")
+        except ValidationError as exc:
+            return ItemEnd(
+                error=f"rendered config is invalid: {exc}", error_code="INVALID_STEP_CONFIG"
+            )
+        except ConveyorError as exc:
+            return ItemEnd(
+                error=f"child workflow not started: {exc.message}",
+                error_code="CHILD_WORKFLOW_INVALID",
+            )
+        held = item_children.RunHeld(self.claim.id, self.claim.user_id, self.claim.attempt)
+        return item_children.start_child_item(
+            self.engine.db,
+            held,
+            self.position,
+            taken.item,
+            taken.attempt,
+            definition,
+            config.inputs,
+        )
+
+    def _publish_child(
+        self, started: ChildItemStarted, wake_runs: Callable[[Sequence[UUID]], None] | None
+    ) -> None:
+        """After commit: the events, the new child run, and the run itself when it was queued."""
+        self.engine.publisher.publish(*started.events)
+        runnable = [started.child] if started.child is not None else []
+        if started.resume:
+            runnable.append(self.claim.id)
+        if runnable and wake_runs is not None:
+            wake_runs(runnable)
 
     def _run_item(self, taken: TakenItem, context: dict[str, Any]) -> ItemEnd:
         """Run the branch step or the map item to its end (retries included)."""

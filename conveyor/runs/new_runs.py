@@ -31,11 +31,13 @@ class NewRun:
 
 @dataclass(frozen=True)
 class ParentLink:
-    """A child run's parent: the run, the position of its `workflow` step, whether it waits."""
+    """A child run's parent: the run, the position of its `workflow` step (or `map`, with the
+    item the child is for), whether it waits."""
 
     run_id: UUID
     step: int
     awaits: bool
+    item: int | None = None
 
 
 def insert_run(
@@ -60,8 +62,8 @@ def insert_run(
         """
         insert into workflow_runs
           (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id,
-           webhook_url, last_event_seq, parent_run_id, parent_step, parent_awaits)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s)
+           webhook_url, last_event_seq, parent_run_id, parent_step, parent_awaits, parent_item)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s)
         on conflict (user_id, idempotency_key) do nothing
         returning *
         """,
@@ -77,6 +79,7 @@ def insert_run(
             parent.run_id if parent else None,
             parent.step if parent else None,
             parent.awaits if parent else False,
+            parent.item if parent else None,
         ),
     ).fetchone()
     if row is None:

@@ -41,7 +41,7 @@ def close_unfinished_steps(
         with items as (
           update run_work_items
              set status = 'cancelled', finished_at = now(), lease_expires_at = null
-           where run_id = %(run)s and status in ('pending', 'running'))
+           where run_id = %(run)s and status in ('pending', 'running', 'waiting'))
         update workflow_steps
            set status = case when %(run_status)s = 'cancelled' then 'cancelled'
                              when position = %(failed)s then 'failed'

@@ -13,6 +13,7 @@ from conveyor.pagination import Listing, user_page
 from conveyor.runs.children import children_of
 from conveyor.runs.payloads import ChildRunView, RunSummary, RunView, StepView
 from conveyor.steps.child import CHILD
+from conveyor.steps.map import MAP
 
 
 def parse_run_id(raw: str) -> UUID:
@@ -86,7 +87,7 @@ def _children(
     db: Database, claims: dict[str, Any], run_id: UUID, steps: list[dict[str, Any]]
 ) -> list[ChildRunView]:
     """A run's child runs; read only when it has a `workflow` step (one read fewer otherwise)."""
-    if not any(step["kind"] == CHILD for step in steps):
+    if not any(step["kind"] in (CHILD, MAP) for step in steps):  # a map's items may be children
         return []
     with db.user_transaction(claims) as conn:
         return [ChildRunView.model_validate(child) for child in children_of(conn, run_id)]

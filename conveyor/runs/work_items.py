@@ -13,13 +13,13 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from conveyor.db import Connection, Database
-from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_events
+from conveyor.events.run_events import RunEvent, append_events
 from conveyor.ledger.usage import record_step_usage
+from conveyor.runs import fan_in
+from conveyor.runs.fan_in import MAP_PROGRESS
 from conveyor.runs.step_rows import CompletedStep, mark_completed
-from conveyor.runs.store import ClaimedRun, StepState, status_data
+from conveyor.runs.store import ClaimedRun, StepState
 from conveyor.steps import LlmUsage
-
-MAP_PROGRESS = "map_progress"
 
 # The lowest pending item of the step, or one whose lane stopped renewing it (died): taken with
 # its attempt counted, only while the run is still this lane's attempt and not asked to cancel.
@@ -240,19 +240,15 @@ def record_end(
             _cancel_pending(conn, claim)
         # The partial index answers this at any size; counting the run's items here would make
         # every item of a 10,000-item map cost O(N) under the run row's lock (bench/map_fanout).
-        open_row = conn.execute(
-            "select exists (select 1 from run_work_items where run_id = %s "
-            "and status in ('pending', 'running')) as open",
-            (claim.id,),
-        ).fetchone()
-        assert open_row is not None
-        still_open = bool(open_row["open"])
+        still_open = fan_in.items_in(conn, claim.id, ("pending", "running"))
         recorded = Recorded()
         if taken.step_attempt is None and (progress or end.status == "failed" or not still_open):
-            pending.append((MAP_PROGRESS, _progress(conn, claim, taken.position)))
+            pending.append((MAP_PROGRESS, fan_in.progress(conn, claim.id, taken.position)))
         if not still_open and run["cancel_requested_at"] is None:
-            pending += _queue_for_coordinator(conn, claim, taken)
-            recorded.resume = True
+            ended, recorded.resume = fan_in.none_open(
+                conn, claim.id, taken.position, is_map=taken.step_attempt is None, running=True
+            )
+            pending += ended
         elif not still_open:
             recorded.cancelled = True
         elif take_next:
@@ -321,41 +317,6 @@ def settle_cancel(db: Database, claim: ClaimedRun) -> bool:
         ).fetchone()
     assert running is not None
     return not running["running"]
-
-
-def _progress(conn: Connection, claim: ClaimedRun, position: int) -> dict[str, Any]:
-    """A map's `map_progress` event: its items completed, failed and in all."""
-    counts = conn.execute(
-        """
-        select count(*) filter (where status = 'completed') as completed,
-               count(*) filter (where status = 'failed') as failed, count(*) as total
-          from run_work_items where run_id = %s and position = %s
-        """,
-        (claim.id, position),
-    ).fetchone()
-    assert counts is not None
-    return {"position": position, **counts}
-
-
-def _queue_for_coordinator(
-    conn: Connection, claim: ClaimedRun, taken: TakenItem
-) -> list[tuple[str, dict[str, Any]]]:
-    """The run's last item ended: the run goes back to the queue for its coordinator."""
-    queued = conn.execute(
-        "update workflow_runs set status = 'queued', lease_expires_at = null, "
-        "enqueued_at = now(), updated_at = now() where id = %s returning *",
-        (claim.id,),
-    ).fetchone()
-    assert queued is not None
-    if taken.step_attempt is None:
-        # The coordinator's claim counts an attempt of the map it resumes at; assembling the
-        # map's output is no new attempt of it.
-        conn.execute(
-            "update workflow_steps set attempt = attempt - 1 "
-            "where run_id = %s and position = %s and attempt > 0",
-            (claim.id, taken.position),
-        )
-    return [(STATUS_UPDATE, status_data(queued))]
 
 
 def stop_for_cancel(db: Database, claim: ClaimedRun, taken: TakenItem) -> bool:

@@ -16,6 +16,9 @@ MAX_CONCURRENCY = 100
 # The kinds that run as a branch beside others or as a map's item: they finish within one
 # attempt. Waits, approvals and child runs suspend the run and stay in the coordinator.
 PARALLEL_KINDS = frozenset({"llm", "http", "python", "transform"})
+# A map's item may also be a child workflow (awaited): the item waits for the child run.
+CHILD_ITEM = "workflow"
+ITEM_KINDS = PARALLEL_KINDS | {CHILD_ITEM}
 
 
 class ItemRetry(BaseModel):
@@ -29,7 +32,8 @@ class ItemRetry(BaseModel):
 
 
 class SubStep(BaseModel):
-    """What runs once per item: a step kind and its config, rendered with `item` and `index`."""
+    """What runs once per item: a step kind (or `workflow`, a child run per item) and its
+    config, rendered with `item` and `index`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,9 +57,11 @@ class MapConfig(StepConfig):
         # Imported here: the registry imports this module.
         from conveyor.steps import KINDS
 
-        if self.step.kind not in PARALLEL_KINDS:
-            raise ValueError(f"a map's step kind must be one of {sorted(PARALLEL_KINDS)}")
-        KINDS[self.step.kind].config_model.model_validate(self.step.config)
+        if self.step.kind not in ITEM_KINDS:
+            raise ValueError(f"a map's step kind must be one of {sorted(ITEM_KINDS)}")
+        checked = KINDS[self.step.kind].config_model.model_validate(self.step.config)
+        if getattr(checked, "wait", True) is not True:
+            raise ValueError("a map's child workflows are awaited: leave out `wait: false`")
         return self
 
 

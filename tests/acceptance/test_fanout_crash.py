@@ -72,7 +72,11 @@ def test_a_map_survives_a_killed_worker_and_completed_items_do_not_run_again(
     wait_until(lambda: done() >= 3, 30, "three items done on the first worker")
 
     kill(doomed_worker)
-    finished_before = {i for i in range(10) if clean_redis.get(f"{key}:done:{i}")}
+    # Checkpointed before the kill (an item whose function ended but whose end was not yet
+    # committed is in flight: it may run again).
+    items = client.get(f"/api/runs/{run_id}/items", params={"status": "completed"}).json()
+    finished_before = {item["index"] for item in items["items"]}
+    assert finished_before
     request.getfixturevalue("worker")  # a second worker, on every queue
     view = finish_with_reaper(client, celery_app, run_id, LEASE_SECONDS + 30)
 
@@ -81,7 +85,8 @@ def test_a_map_survives_a_killed_worker_and_completed_items_do_not_run_again(
     assert [item["name"] for item in items] == [str(i) for i in range(10)]
     ran = [int(clean_redis.get(f"{key}:ran:{i}") or 0) for i in range(10)]
     assert all(ran[i] == 1 for i in finished_before)
-    assert [int(clean_redis.get(f"{key}:done:{i}") or 0) for i in range(10)] == [1] * 10
+    finished = [int(clean_redis.get(f"{key}:done:{i}") or 0) for i in range(10)]
+    assert all(count >= 1 for count in finished)
     assert sum(ran) <= 11  # at most the item in flight at the kill ran again
 
 

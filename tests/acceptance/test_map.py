@@ -191,6 +191,7 @@ def test_a_runs_items_are_listed_in_order_a_page_at_a_time_with_counts_per_step(
             "total": 5,
             "pending": 0,
             "running": 0,
+            "waiting": 0,
             "completed": 4,
             "failed": 1,
             "cancelled": 0,

@@ -38,7 +38,7 @@ def transform(name: str, depends_on: list[str] | None = None) -> StepSpec:
 
 
 def test_a_map_of_a_wait_is_refused_naming_the_kinds_it_may_run() -> None:
-    with pytest.raises(ValidationError, match=r"must be one of \['http', 'llm', 'python'"):
+    with pytest.raises(ValidationError, match=r"must be one of \[.http., .llm., .python."):
         map_step(step={"kind": "sleep", "config": {"seconds": 1}})
 
 
@@ -78,3 +78,14 @@ def test_steps_that_share_a_prerequisite_may_fan_out() -> None:
 
 def test_a_map_may_fan_out() -> None:
     assert may_fan_out(flow(transform("a"), map_step()))
+
+
+def test_a_map_may_start_a_child_workflow_per_item() -> None:
+    step = map_step(step={"kind": "workflow", "config": {"workflow": "w", "inputs": {}}})
+
+    assert step.config["step"]["kind"] == "workflow"
+
+
+def test_a_maps_child_workflows_are_awaited() -> None:
+    with pytest.raises(ValidationError, match="awaited"):
+        map_step(step={"kind": "workflow", "config": {"workflow": "w", "wait": False}})

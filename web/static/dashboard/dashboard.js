@@ -356,7 +356,7 @@ function describeItems(counts) {
   if (!counts) return "";
   if (counts.kind !== "map") return "branch";
   const parts = [`${counts.completed}/${counts.total} done`];
-  for (const state of ["running", "failed", "cancelled"]) {
+  for (const state of ["running", "waiting", "failed", "cancelled"]) {
     if (counts[state]) parts.push(`${counts[state]} ${state}`);
   }
   return parts.join(" · ");

@@ -15,7 +15,7 @@ from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, RunEvent, 
 from conveyor.runs import children
 from conveyor.runs.new_runs import NewRun, ParentLink, insert_run
 from conveyor.runs.resume import STEP_WAITING
-from conveyor.runs.run_rows import status_data
+from conveyor.runs.run_rows import ended_run, status_data
 from conveyor.runs.step_rows import CompletedStep, mark_completed
 from conveyor.runs.store import ClaimedRun
 from conveyor.runs.supervision import RunCancelled, RunSuspended
@@ -117,11 +117,7 @@ def _awaiting(
     if not child.created:
         # The child of an earlier suspension of this step (idempotency key): if it already
         # ended, its end found no parent waiting, so it resumes the parent now.
-        ended = conn.execute(
-            "select * from workflow_runs where id = %s "
-            "and status in ('completed', 'failed', 'cancelled')",
-            (child.id,),
-        ).fetchone()
+        ended = ended_run(conn, child.id)
         if ended is not None:
             for parent in children.child_ended(conn, ended):
                 events += parent.events

@@ -20,6 +20,7 @@ from conveyor.runs import fan_in
 from conveyor.runs.fan_in import MAP_PROGRESS
 from conveyor.runs.new_runs import ParentLink, insert_run
 from conveyor.runs.resume import Resumed
+from conveyor.runs.run_rows import ended_run, lock_held
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,7 @@ def start_child_item(
     """Start the item's child run (once: keyed by run, step and item) with the item `waiting`
     for it; the run waits too when no item is left pending or running."""
     with db.transaction() as conn:
-        run = conn.execute(
-            "select cancel_requested_at from workflow_runs "
-            "where id = %s and attempt = %s and status = 'running' for no key update",
-            (claim.id, claim.attempt),
-        ).fetchone()
+        run = lock_held(conn, claim.id, claim.attempt)
         if run is None or run["cancel_requested_at"] is not None:
             return ChildItemStarted(lost=True)
         child = insert_run(
@@ -91,14 +88,10 @@ def start_child_item(
         events: list[tuple[str, dict[str, Any]]] = []
         if child.event is not None:
             started.events.append(child.event)
-        ended = conn.execute(
-            "select * from workflow_runs where id = %s "
-            "and status in ('completed', 'failed', 'cancelled')",
-            (child.id,),
-        ).fetchone()
+        ended = ended_run(conn, child.id)
         if ended is not None:
             # The child of an earlier take of this item ended while nobody waited: record it.
-            for resumed in item_child_ended(conn, dict(ended)):
+            for resumed in item_child_ended(conn, ended):
                 started.events += resumed.events
                 started.resume = started.resume or resumed.queued
         if not started.resume and not fan_in.items_in(conn, claim.id, ("pending", "running")):

@@ -61,3 +61,24 @@ def close_unfinished_steps(
             "run": run_id,
         },
     ).fetchall()
+
+
+def lock_held(conn: Connection, run_id: UUID, attempt: int) -> dict[str, Any] | None:
+    """Lock the run's row while `attempt` still holds it (`running`), as every writer of a run
+    locks it first; its `cancel_requested_at`, or None when the run is no longer that attempt's."""
+    row = conn.execute(
+        "select cancel_requested_at from workflow_runs "
+        "where id = %s and attempt = %s and status = 'running' for no key update",
+        (run_id, attempt),
+    ).fetchone()
+    return dict(row) if row is not None else None
+
+
+def ended_run(conn: Connection, run_id: UUID) -> dict[str, Any] | None:
+    """The run, if it has ended (completed, failed or cancelled)."""
+    row = conn.execute(
+        "select * from workflow_runs where id = %s "
+        "and status in ('completed', 'failed', 'cancelled')",
+        (run_id,),
+    ).fetchone()
+    return dict(row) if row is not None else None

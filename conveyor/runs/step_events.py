@@ -8,6 +8,7 @@ from typing import Any
 
 from conveyor.db import Connection, Database
 from conveyor.events.run_events import EventPublisher, append_events
+from conveyor.runs.run_rows import lock_held
 from conveyor.runs.store import ClaimedRun
 from conveyor.runs.supervision import LeaseLost
 from conveyor.steps.llm_stream import STEP_TOKENS, STEP_TOKENS_DISCARDED
@@ -19,12 +20,7 @@ def emit_step_event(
     """Append one event to the claimed run and publish it; LeaseLost when the run is no longer
     this worker's (the step stops: its work would be refused anyway)."""
     with db.transaction() as conn:
-        held = conn.execute(
-            "select 1 from workflow_runs where id = %s and attempt = %s and status = 'running' "
-            "for no key update",
-            (claim.id, claim.attempt),
-        ).fetchone()
-        if held is None:
+        if lock_held(conn, claim.id, claim.attempt) is None:
             raise LeaseLost()
         items: list[tuple[str, dict[str, Any]]] = []
         # Only a later attempt can have an earlier one's text to mark (and the check scans the

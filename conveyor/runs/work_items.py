@@ -17,6 +17,7 @@ from conveyor.events.run_events import RunEvent, append_events
 from conveyor.ledger.usage import record_step_usage
 from conveyor.runs import fan_in
 from conveyor.runs.fan_in import MAP_PROGRESS
+from conveyor.runs.run_rows import lock_held
 from conveyor.runs.step_rows import CompletedStep, mark_completed
 from conveyor.runs.store import ClaimedRun, StepState
 from conveyor.steps import LlmUsage
@@ -205,11 +206,7 @@ def record_end(
     with db.transaction() as conn:
         # The run row's lock orders the ends of two items (the fan-in); the lane's watch renews
         # the lease, so the row is locked here, not rewritten for every item.
-        run = conn.execute(
-            "select cancel_requested_at from workflow_runs "
-            "where id = %s and attempt = %s and status = 'running' for no key update",
-            (claim.id, claim.attempt),
-        ).fetchone()
+        run = lock_held(conn, claim.id, claim.attempt)
         if run is None:
             return Recorded(lost=True)
         item = conn.execute(
@@ -302,11 +299,7 @@ def settle_cancel(db: Database, claim: ClaimedRun) -> bool:
     """A lane found no item to take: if a cancel was asked for, the items nobody took are
     cancelled; True when none is left running either, so this lane records the run's cancel."""
     with db.transaction() as conn:
-        run = conn.execute(
-            "select cancel_requested_at from workflow_runs "
-            "where id = %s and attempt = %s and status = 'running' for no key update",
-            (claim.id, claim.attempt),
-        ).fetchone()
+        run = lock_held(conn, claim.id, claim.attempt)
         if run is None or run["cancel_requested_at"] is None:
             return False
         _cancel_pending(conn, claim)
@@ -323,12 +316,7 @@ def stop_for_cancel(db: Database, claim: ClaimedRun, taken: TakenItem) -> bool:
     """The run was asked to cancel: this item and every one not yet taken end `cancelled`.
     True when no item is left running, so this lane records the run's cancel."""
     with db.transaction() as conn:
-        held = conn.execute(
-            "select 1 from workflow_runs where id = %s and attempt = %s and status = 'running' "
-            "for no key update",
-            (claim.id, claim.attempt),
-        ).fetchone()
-        if held is None:
+        if lock_held(conn, claim.id, claim.attempt) is None:
             return False
         conn.execute(
             """

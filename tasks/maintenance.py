@@ -17,6 +17,7 @@ from conveyor.constants import (
 from conveyor.ops import maintenance
 from conveyor.runs import waits
 from conveyor.runs.reaper import finalize_abandoned_cancellations, runs_to_republish
+from conveyor.runs.run_rows import queued_by
 from tasks.outbound import queue_deliveries
 from worker.base import PeriodicTask
 from worker.celery_app import send_or_log
@@ -31,8 +32,9 @@ def requeue_stale_runs(
     threshold = (
         res.settings.requeue_after_seconds if older_than_seconds is None else older_than_seconds
     )
-    res.publisher.publish(*finalize_abandoned_cancellations(res.db))
-    run_ids = runs_to_republish(res.db, older_than_seconds=threshold)
+    cancelled = finalize_abandoned_cancellations(res.db)
+    res.publisher.publish(*cancelled)
+    run_ids = [*queued_by(cancelled), *runs_to_republish(res.db, older_than_seconds=threshold)]
     for run_id in run_ids:
         self.app.send_task(TASK_EXECUTE_RUN, args=[str(run_id)])
     return len(run_ids)
@@ -71,6 +73,8 @@ def wake_waiting_runs(
         res.publisher.publish(*run.events)
         if run.queued:
             send_or_log(self.app, TASK_EXECUTE_RUN, str(run.run_id))
+        for parent in queued_by(run.events, besides=run.run_id):
+            send_or_log(self.app, TASK_EXECUTE_RUN, str(parent))
         if run.deliveries:
             queue_deliveries(self.app, run.deliveries)
     return {"resumed": sum(run.queued for run in woken), "failed": sum(not r.queued for r in woken)}

@@ -501,3 +501,28 @@ workflows.define(
         ],
     )
 )
+
+
+@steps.function("tests.refuse_one")
+def refuse_one(ctx: StepContext, data: Any) -> dict[str, Any]:
+    """Fail for good when `n` is 1; pass `n` on otherwise."""
+    if int(data["n"]) == 1:
+        raise steps.StepFailure("one is refused on purpose", retryable=False)
+    return {"n": data["n"]}
+
+
+workflows.define(
+    Workflow(
+        name="child_fails_one_or_waits",
+        description="Fail at once for n = 1; else wait for the `go` signal naming n.",
+        input_model=NumberInput,
+        steps=[
+            python_step("gate", "tests.refuse_one"),
+            StepSpec(
+                name="wait",
+                kind="wait_for_event",
+                config={"event": "go", "match": "{{ inputs.n }}"},
+            ),
+        ],
+    )
+)

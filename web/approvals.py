@@ -11,6 +11,7 @@ from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.runs import approvals, views
 from conveyor.runs.payloads import RunStatus
 from conveyor.runs.resume import Resumed
+from conveyor.runs.run_rows import queued_by
 from web.auth import client_ip, public
 from web.body import parse_body
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
@@ -49,6 +50,8 @@ def _answer(resumed: Resumed, decision: approvals.ApprovalDecision) -> Response:
     if resumed.queued:
         # If Redis refuses, the requeue job publishes the queued run.
         get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(resumed.run_id))
+    for parent in queued_by(resumed.events, besides=resumed.run_id):  # a map's parent it queued
+        get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(parent))
     accepted = ApprovalAccepted(
         workflow_run_id=str(resumed.run_id),
         status="queued" if resumed.queued else "failed",

@@ -9,6 +9,7 @@ from conveyor.auth.tenancy import record_audit
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.runs import artifacts, rerun, views
 from conveyor.runs.payloads import RerunRequest, RunEventsQuery, RunListQuery, RunSummary, RunView
+from conveyor.runs.run_rows import queued_by
 from web.auth import client_ip, require_admin
 from web.body import idempotency_key, parse_body, parse_query
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_store
@@ -92,6 +93,9 @@ def cancel_run(run_id: str) -> Response:
     # RLS decides: the owner or an admin sees the run; anyone else gets 404, as for a missing run.
     view, events, owner = runs.cancel_run(db, principal.rls_claims(), target)
     get_publisher().publish(*events)
+    # A map's parent its child's cancel queued (a collected failure) goes on now.
+    for queued in queued_by(events, besides=target):
+        get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(queued))
     if owner != principal.user_id:
         record_audit(
             db,

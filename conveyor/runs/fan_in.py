@@ -31,6 +31,16 @@ update workflow_runs r
 """
 
 
+def drop_unstarted(conn: Connection, run_id: UUID) -> None:
+    """A failure failing fast, or a cancel: the items nobody took will not run, and the items
+    waiting for a child run wait no more (the child's later end finds its item closed)."""
+    conn.execute(
+        "update run_work_items set status = 'cancelled', finished_at = now() "
+        "where run_id = %s and status in ('pending', 'waiting')",
+        (run_id,),
+    )
+
+
 def items_in(conn: Connection, run_id: UUID, statuses: tuple[str, ...]) -> bool:
     """Whether any of the run's items has one of statuses (the partial index answers for
     pending and running at any size)."""

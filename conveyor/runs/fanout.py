@@ -16,9 +16,8 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from conveyor.db import Connection, Database
-from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_events
+from conveyor.events.run_events import EventPublisher, append_events
 from conveyor.runs import fan_in
-from conveyor.runs.run_rows import status_data
 from conveyor.runs.store import ClaimedRun
 from conveyor.runs.supervision import LeaseLost, RunCancelled, RunInterrupted, RunSuspended
 from conveyor.steps import StepFailure
@@ -141,13 +140,15 @@ def after_lanes(
 
 def _park(db: Database, claim: ClaimedRun, lease_seconds: int) -> NoReturn:
     """Only items waiting for child runs are left (their lanes ended, or died): the run waits
-    for them, holding no worker; the last child's end queues it (item_children.py)."""
+    for them, holding no worker, and the last child's end queues it (item_children.py); if it
+    ended meanwhile, the run is queued again at once."""
     with db.transaction() as conn:
         _hold(conn, claim, lease_seconds)
-        parked = conn.execute(fan_in.PARK_SQL, (claim.id,)).fetchone()
-        assert parked is not None
-        append_events(conn, claim.id, [(STATUS_UPDATE, status_data(parked))])
-    raise RunSuspended()
+        # Read again under the row's lock: the last child may have ended since item_state.
+        events, queued = fan_in.none_open(conn, claim.id, -1, is_map=False, running=True)
+        append_events(conn, claim.id, events)
+    # Queued (nothing left to wait for): publish it again, and its next claim goes on.
+    raise RunSuspended(enqueue=(claim.id,) if queued else ())
 
 
 def _hold(conn: Connection, claim: ClaimedRun, lease_seconds: int) -> dict[str, Any]:

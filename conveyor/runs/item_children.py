@@ -41,6 +41,7 @@ class ChildItemStarted:
     child: UUID | None = None
     resume: bool = False
     lost: bool = False
+    cancelled: bool = False  # a cancel was asked for: nothing started, the lane settles it
 
 
 def child_definition(workflow: str, inputs: dict[str, Any]) -> workflows.Workflow:
@@ -63,8 +64,10 @@ def start_child_item(
     for it; the run waits too when no item is left pending or running."""
     with db.transaction() as conn:
         run = lock_held(conn, claim.id, claim.attempt)
-        if run is None or run["cancel_requested_at"] is not None:
+        if run is None:
             return ChildItemStarted(lost=True)
+        if run["cancel_requested_at"] is not None:
+            return ChildItemStarted(cancelled=True)
         child = insert_run(
             conn,
             user_id=claim.user_id,
@@ -144,20 +147,23 @@ def item_child_ended(conn: Connection, child: dict[str, Any]) -> list[Resumed]:
     if item is None:
         return []
     if not completed and _fails_fast(run["workflow_id"], position):
-        conn.execute(
-            "update run_work_items set status = 'cancelled', finished_at = now() "
-            "where run_id = %s and status = 'pending'",
-            (run["id"],),
-        )
-    events: list[tuple[str, dict[str, Any]]] = [
-        (MAP_PROGRESS, fan_in.progress(conn, run["id"], position))
-    ]
+        # The map fails: nothing more is started, nothing more awaited (its other children run
+        # to their end; their items are closed, so their ends change nothing).
+        fan_in.drop_unstarted(conn, run["id"])
+    events: list[tuple[str, dict[str, Any]]] = []
     status = run["status"]
-    if run["status"] == "waiting" and not fan_in.items_in(conn, run["id"], ("pending", "running")):
-        ended, queued = fan_in.none_open(conn, run["id"], position, is_map=True, running=False)
+    if not fan_in.items_in(conn, run["id"], ("pending", "running")):
+        # No lane has work left (it ended, or fail fast dropped it): park or queue the run here,
+        # whether it was parked or still `running` (a coordinator or lane holding it is fenced).
+        events.append((MAP_PROGRESS, fan_in.progress(conn, run["id"], position)))
+        ended, queued = fan_in.none_open(
+            conn, run["id"], position, is_map=True, running=run["status"] == "running"
+        )
         events += ended
         status = "queued" if queued else status
-    appended = append_events(conn, run["id"], events)
+    elif not completed:
+        events.append((MAP_PROGRESS, fan_in.progress(conn, run["id"], position)))
+    appended = append_events(conn, run["id"], events) if events else []
     return [Resumed(run["id"], run["user_id"], status, "", appended)]
 
 

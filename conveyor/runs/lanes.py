@@ -131,7 +131,7 @@ class _Lane:
             child: ChildItemStarted | None = None
             try:
                 if self.item_spec.kind == CHILD_ITEM:
-                    started = self._start_child(taken, context)
+                    started = self._checked_start_child(taken, context)
                     child = started if isinstance(started, ChildItemStarted) else None
                     end = started if isinstance(started, ItemEnd) else ItemEnd()
                 else:
@@ -148,6 +148,8 @@ class _Lane:
                 work_items.give_back(db, self.claim, taken, uncount=exc.attempt_started)
                 return LaneResult.HANDED_BACK
             if child is not None:  # the item waits for its child run; the lane goes on
+                if child.cancelled:
+                    return self._cancelled(taken)
                 self._publish_child(child, wake_runs)
                 if child.lost or child.resume:
                     return LaneResult.LEASE_LOST if child.lost else LaneResult.RESUMED
@@ -180,6 +182,19 @@ class _Lane:
                     wake_runs([self.claim.id])
                 return LaneResult.RESUMED
             taken = recorded.next
+
+    def _checked_start_child(
+        self, taken: TakenItem, context: dict[str, Any]
+    ) -> ItemEnd | ChildItemStarted:
+        """_start_child after checking in (the lease, a cancel, a drain, the run's deadline)."""
+        try:
+            self.watch.poll()
+        except RunTimedOut:
+            return ItemEnd(
+                error=f"the run exceeded its timeout during step {self.spec.name!r}",
+                error_code="RUN_TIMEOUT",
+            )
+        return self._start_child(taken, context)
 
     def _start_child(self, taken: TakenItem, context: dict[str, Any]) -> ItemEnd | ChildItemStarted:
         """Start the item's child run, the item waiting for it; an ItemEnd (failed) when its

@@ -3,10 +3,12 @@ run that ended (store.py, waits, approvals and child runs all end runs)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from conveyor.db import Connection
+from conveyor.events.run_events import STATUS_UPDATE, RunEvent
 
 STEP_FAILED = "step_failed"
 
@@ -82,3 +84,16 @@ def ended_run(conn: Connection, run_id: UUID) -> dict[str, Any] | None:
         (run_id,),
     ).fetchone()
     return dict(row) if row is not None else None
+
+
+def queued_by(events: Sequence[RunEvent], besides: UUID | None = None) -> list[UUID]:
+    """The runs these events put back in the queue (a parent whose child's end queued it),
+    `besides` the one the caller publishes anyway: to publish after commit."""
+    found = (
+        event.run_id
+        for event in events
+        if event.event == STATUS_UPDATE
+        and event.data.get("status") == "queued"
+        and event.run_id != besides
+    )
+    return list(dict.fromkeys(found))

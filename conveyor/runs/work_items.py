@@ -288,11 +288,7 @@ def _charge_or_cancel(
 
 def _cancel_pending(conn: Connection, claim: ClaimedRun) -> None:
     """The run's items nobody took will not run (a failure failing fast, a cancel)."""
-    conn.execute(
-        "update run_work_items set status = 'cancelled', finished_at = now() "
-        "where run_id = %s and status = 'pending'",
-        (claim.id,),
-    )
+    fan_in.drop_unstarted(conn, claim.id)
 
 
 def settle_cancel(db: Database, claim: ClaimedRun) -> bool:

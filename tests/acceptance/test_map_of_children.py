@@ -84,3 +84,32 @@ def test_cancelling_the_parent_cancels_its_item_children(worker: Any, client: Ap
     )
     items = client.get(f"/api/runs/{run_id}/items").json()["items"]
     assert {item["status"] for item in items} == {"cancelled"}
+
+
+def test_a_failed_child_fails_the_map_fast_without_waiting_for_the_others(
+    worker: Any, client: ApiClient
+) -> None:
+    numbers = {"child": "child_fails_one_or_waits", "numbers": [2, 1]}
+    run_id = submit(client, "map_of_children", numbers)
+
+    view = wait_for_run(client, run_id, timeout=30)
+
+    assert view["status"] == "failed", view
+    assert view["error_code"] == "CHILD_FAILED"
+    items = client.get(f"/api/runs/{run_id}/items").json()["items"]
+    assert [item["status"] for item in items] == ["cancelled", "failed"]
+
+
+def test_cancelling_the_last_child_of_a_collecting_map_lets_the_parent_go_on_at_once(
+    worker: Any, client: ApiClient
+) -> None:
+    numbers = {"child": "child_waits_for_go", "numbers": [5]}
+    run_id = submit(client, "map_of_children_collect", numbers)
+    wait_for_run(client, run_id, until=WAITING, timeout=30)
+    [child] = [c["id"] for c in client.get(f"/api/runs/{run_id}").json()["children"]]
+
+    assert client.post(f"/api/runs/{child}/cancel").status_code == 200
+    view = wait_for_run(client, run_id, timeout=15)
+
+    assert view["status"] == "completed", view
+    assert [f["error_code"] for f in view["output"]["failed"]] == ["CHILD_CANCELLED"]

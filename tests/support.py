@@ -66,7 +66,9 @@ def worker_env(settings: Settings, **env: str) -> dict[str, str]:
         "LLM_BASE_URL": settings.llm_base_url,
         "RUN_LEASE_SECONDS": str(settings.run_lease_seconds),
         "CANCEL_CHECK_SECONDS": str(settings.cancel_check_seconds),
-        "CONVEYOR_WORKFLOW_MODULES": "tests.workflows_for_tests,tests.fanout_workflows_for_tests",
+        "CONVEYOR_WORKFLOW_MODULES": (
+            "tests.workflows_for_tests,tests.fanout_workflows_for_tests,tests.child_workflows_for_tests"
+        ),
         "CONVEYOR_DATA_DIR": str(settings.data_dir),
         "LOG_LEVEL": "WARNING",
         **env,

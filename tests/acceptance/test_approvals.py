@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
+import tests.child_workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.db import Database
 from conveyor.runs.waits import wake_due_runs

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
+import tests.child_workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.runs.waits import wake_due_runs

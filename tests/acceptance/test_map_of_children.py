@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
+import tests.child_workflows_for_tests  # noqa: F401 - registers the workflows used here
 from tests.acceptance.durable_waits_calls import WAITING, signal_run, submit
 from tests.support import ApiClient, wait_for_run, wait_until
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from selenium import webdriver
 
-import tests.fanout_workflows_for_tests  # registers map_collect
-import tests.workflows_for_tests  # noqa: F401 - registers parent_awaits_double
 from conveyor.settings import Settings
+
+# Registers map_collect and parent_awaits_double.
+from tests import child_workflows_for_tests, fanout_workflows_for_tests  # noqa: F401
 from tests.browser.dashboard_calls import open_detail, sign_in, texts, wait_for
 from tests.support import ApiClient, LiveServer, token_for, wait_for_run
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from celery import shared_task
 
@@ -14,7 +14,7 @@ from conveyor.constants import (
     TASK_REQUEUE_STALE_RUNS,
     TASK_USAGE_ROLLUP,
 )
-from conveyor.ops import maintenance
+from conveyor.ops import maintenance, user_schedules
 from conveyor.runs import waits
 from conveyor.runs.reaper import finalize_abandoned_cancellations, runs_to_republish
 from conveyor.runs.run_rows import queued_by
@@ -78,3 +78,22 @@ def wake_waiting_runs(
         if run.deliveries:
             queue_deliveries(self.app, run.deliveries)
     return {"resumed": sum(run.queued for run in woken), "failed": sum(not r.queued for r in woken)}
+
+
+@shared_task(bind=True, base=PeriodicTask, name=user_schedules.TASK_FIRE_SCHEDULES)
+def fire_schedules(
+    self: PeriodicTask, period: str | None = None, now: str | None = None
+) -> dict[str, int]:
+    """Start a run for each API schedule due by `now` (ISO, default the real clock), then publish
+    them: a refused publish leaves a stale queued run for the requeue job."""
+    res = self.resources
+    fired = user_schedules.fire_due(
+        res.db, datetime.fromisoformat(now) if now else datetime.now(UTC)
+    )
+    for one in fired:
+        if one.event is not None:
+            res.publisher.publish(one.event)
+        if one.run_id is not None:
+            send_or_log(self.app, TASK_EXECUTE_RUN, str(one.run_id))
+    return {"started": sum(one.run_id is not None for one in fired),
+            "refused": sum(one.error_code is not None for one in fired)}  # fmt: skip

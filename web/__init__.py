@@ -34,6 +34,7 @@ from web import (
     run_items,
     run_signals,
     runs,
+    schedules,
     sessions,
     usage,
     usage_ingest,
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(runs.bp)
     app.register_blueprint(run_signals.bp)
     app.register_blueprint(run_items.bp)
+    app.register_blueprint(schedules.bp)
     app.register_blueprint(approvals.bp)
     app.register_blueprint(identity.bp)
     app.register_blueprint(admin.bp)

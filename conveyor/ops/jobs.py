@@ -27,6 +27,7 @@ from conveyor.ops.analytics import PUSH_SECONDS, TASK_PUSH_ANALYTICS
 from conveyor.ops.job_runs import MaintenanceRun, recent_runs
 from conveyor.ops.maintenance import DAILY_MAINTENANCE, MONTHLY_QUOTA_RESET, USAGE_ROLLUP
 from conveyor.ops.schedule import Daily, Every, Hourly, Job, Monthly
+from conveyor.ops.user_schedules import FIRE_EVERY_SECONDS, TASK_FIRE_SCHEDULES
 from conveyor.runs.waits import TASK_WAKE_WAITING_RUNS, WAKE_EVERY_SECONDS
 
 JOBS: tuple[Job, ...] = (
@@ -47,6 +48,15 @@ JOBS: tuple[Job, ...] = (
         cadence=Every(WAKE_EVERY_SECONDS),
         expires_seconds=WAKE_EVERY_SECONDS - 3,
         description="resume waiting runs whose sleep or wait timeout has ended",
+    ),
+    Job(
+        name="fire_schedules",
+        task=TASK_FIRE_SCHEDULES,
+        queue="maintenance",
+        # A schedule fires at most this late; the scan reads only active schedules that are due.
+        cadence=Every(FIRE_EVERY_SECONDS),
+        expires_seconds=FIRE_EVERY_SECONDS - 3,
+        description="start a run for each API schedule whose period is due",
     ),
     Job(
         name="requeue_usage_batches",

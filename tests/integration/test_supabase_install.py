@@ -30,7 +30,7 @@ AUTHENTICATED_READS = frozenset(
         "user_accounts", "usage_periods", "usage_events", "credit_transactions", "credit_rates",
         "model_prices", "user_subscriptions", "stripe_payments", "notifications", "usage_daily",
         "webhook_events", "webhook_deliveries", "webhook_delivery_attempts", "profiles",
-        "run_work_items",
+        "run_work_items", "schedules",
     }
 )  # fmt: skip
 UNREADABLE_TABLES = frozenset(

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import Field
 
 from conveyor.auth.tenancy import audit_entries
+from conveyor.ops import user_schedules
 from conveyor.ops.jobs import job_reports
 from conveyor.payload import Payload
 from web.auth import require_admin
@@ -62,5 +63,6 @@ def maintenance_jobs() -> Response:
                 }
                 for report in reports
             ],
+            "schedules": user_schedules.overview(get_db()).model_dump(mode="json"),
         }
     )

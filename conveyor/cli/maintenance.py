@@ -10,7 +10,7 @@ import click
 
 from conveyor.cli.backing import migrated_database
 from conveyor.db import Database
-from conveyor.ops import job_runs, maintenance
+from conveyor.ops import job_runs, maintenance, user_schedules
 from conveyor.ops.jobs import job_named, job_reports
 from conveyor.ops.schedule import valid_period
 from conveyor.settings import get_settings
@@ -29,6 +29,7 @@ def list_jobs() -> None:
         db = Database(url, max_size=1)
         try:
             reports = job_reports(db, ZoneInfo(settings.timezone), datetime.now(UTC), runs_each=3)
+            schedules = user_schedules.overview(db, limit=5)
         finally:
             db.close()
     for report in reports:
@@ -42,6 +43,13 @@ def list_jobs() -> None:
                 f"  {run.period_key}: {run.status}, attempts {run.attempts}, skipped "
                 f"{run.skipped}, {run.rows_affected or ''}{run.error or ''}"
             )
+    click.echo(f"API schedules: {schedules.active} active, {schedules.paused} paused")
+    for one in schedules.next:
+        click.echo(
+            f"  {one['workflow_id']} ({one['cron']}, {one['timezone']}), next "
+            f"{one['next_due_at']:%Y-%m-%d %H:%M:%S %Z}, user {one['user_id']}"
+            + (f", last refused: {one['last_error_code']}" if one["last_error_code"] else "")
+        )
 
 
 @maintenance_group.command("run")

@@ -198,6 +198,33 @@ def delete_schedule(db: Database, user_id: UUID, schedule_id: UUID) -> None:
         raise ScheduleNotFound(f"schedule {schedule_id} does not exist")
 
 
+class SchedulesOverview(BaseModel):
+    """For operators (`conveyor maintenance list`, the dashboard): how many schedules are active
+    and paused, and the next ones due, across users."""
+
+    active: int
+    paused: int
+    next: list[dict[str, Any]]
+
+
+def overview(db: Database, *, limit: int = 10) -> SchedulesOverview:
+    """Counts and the next `limit` due active schedules (service role: every user's)."""
+    with db.transaction() as conn:
+        counts = conn.execute(
+            "select count(*) filter (where not paused) as active, "
+            "count(*) filter (where paused) as paused from schedules"
+        ).fetchone()
+        upcoming = conn.execute(
+            "select id, user_id, workflow_id, cron, timezone, next_due_at, last_error_code "
+            "from schedules where not paused order by next_due_at limit %s",
+            (limit,),
+        ).fetchall()
+    assert counts is not None
+    return SchedulesOverview(
+        active=counts["active"], paused=counts["paused"], next=[dict(row) for row in upcoming]
+    )
+
+
 OWN_SQL = "select * from schedules where id = %s and user_id = %s"
 
 

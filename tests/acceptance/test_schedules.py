@@ -6,12 +6,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers write_brief
 from conveyor.ops.user_schedules import TASK_FIRE_SCHEDULES
+from tests.acceptance.test_cli import base_env, conveyor
 from tests.support import ApiClient, wait_for_run, wait_until
 
 USES_FAKE_LLM = True
@@ -87,3 +89,35 @@ def test_the_beat_task_starts_the_due_run_and_it_completes(
     )
 
     assert wait_for_run(client, run_id, timeout=30)["status"] == "completed"
+
+
+def test_operators_see_active_schedules_and_the_next_due_in_the_admin_maintenance_view(
+    client: ApiClient, admin: ApiClient
+) -> None:
+    schedule = create(client, cron="15 3 * * *", timezone="Asia/Tokyo").json()
+    paused = create(client).json()
+    client.request("PATCH", f"/api/schedules/{paused['id']}", json={"paused": True})
+
+    view = admin.get("/api/admin/maintenance").json()
+
+    assert "fire_schedules" in [job["name"] for job in view["jobs"]]
+    assert view["schedules"]["active"] == 1
+    assert view["schedules"]["paused"] == 1
+    [upcoming] = view["schedules"]["next"]
+    assert (upcoming["id"], upcoming["cron"], upcoming["timezone"]) == (
+        schedule["id"],
+        "15 3 * * *",
+        "Asia/Tokyo",
+    )
+
+
+def test_conveyor_maintenance_list_shows_the_api_schedules(
+    client: ApiClient, database_url: str, tmp_path: Path
+) -> None:
+    create(client, cron="15 3 * * *", timezone="Asia/Tokyo")
+
+    result = conveyor("maintenance", "list", env=base_env(tmp_path, DATABASE_URL=database_url))
+
+    assert result.returncode == 0, result.stderr
+    assert "API schedules: 1 active, 0 paused" in result.stdout
+    assert "write_brief (15 3 * * *, Asia/Tokyo), next " in result.stdout

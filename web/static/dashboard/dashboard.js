@@ -635,6 +635,17 @@ function renderMaintenance(body) {
       el("td", { title: when(job.next_run_at) }, ago(job.next_run_at)),
     );
   }));
+  const schedules = body.schedules;
+  $("#schedules-count").textContent = `${schedules.active} active · ${schedules.paused} paused`;
+  $("#schedules tbody").replaceChildren(...schedules.next.map((one) => el(
+    "tr",
+    { "data-schedule": one.id },
+    el("td", {}, one.workflow_id),
+    el("td", {}, `${one.cron} (${one.timezone})`),
+    el("td", { class: "mono", title: one.user_id }, shortId(one.user_id)),
+    el("td", { title: when(one.next_due_at) }, ago(one.next_due_at)),
+    el("td", {}, one.last_error_code || ""),
+  )));
 }
 
 // ---- wiring ----

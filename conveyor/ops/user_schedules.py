@@ -7,7 +7,7 @@ transaction. docs/architecture.md, "Schedules through the API"."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -118,6 +118,12 @@ def next_due(cron: str, timezone: str, after: datetime) -> datetime:
             f"(minute hour day month weekday): {exc}"
         ) from None
     return local.astimezone(UTC)
+
+
+def latest_due(cron: str, timezone: str, now: datetime) -> datetime:
+    """The last time at or before `now` the expression names, in UTC."""
+    start = (now + timedelta(microseconds=1)).astimezone(ZoneInfo(timezone))
+    return next(CronSim(cron, start, reverse=True)).astimezone(UTC)
 
 
 def _checked_workflow(workflow_id: str, inputs: dict[str, Any]) -> None:
@@ -283,9 +289,9 @@ def _fire_one(conn: Connection, schedule_id: UUID, now: datetime) -> Fired | Non
     ).fetchone()
     if row is None:
         return None  # another beat process has it, or it changed meanwhile
-    period = row["next_due_at"]
-    while (following := next_due(row["cron"], row["timezone"], period)) <= now:
-        period = following  # the latest due period is the one fired
+    # The latest due period is the one fired (found backwards: no walk over a long downtime).
+    period = max(row["next_due_at"], latest_due(row["cron"], row["timezone"], now))
+    following = next_due(row["cron"], row["timezone"], now)
     run_id: UUID | None = None
     event: RunEvent | None = None
     error: ConveyorError | None = None

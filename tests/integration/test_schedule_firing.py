@@ -84,6 +84,15 @@ def test_after_downtime_only_the_latest_due_period_fires(db: Database) -> None:
     assert len(runs_of(db, made.id)) == 1
 
 
+def test_a_year_of_missed_minutes_fires_only_the_latest(db: Database) -> None:
+    made = schedule(db, "* * * * *", "UTC", at("2025-12-07T10:00:00"))
+
+    fired = user_schedules.fire_due(db, at("2026-12-07T10:00:30"))
+
+    assert [one.period for one in fired] == [at("2026-12-07T10:00:00")]
+    assert len(runs_of(db, made.id)) == 1
+
+
 def test_a_paused_schedule_does_not_fire_and_resumes_from_the_time_it_resumes(
     db: Database,
 ) -> None:

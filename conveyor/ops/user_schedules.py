@@ -110,6 +110,8 @@ def next_due(cron: str, timezone: str, after: datetime) -> datetime:
         raise InvalidTimezone(
             f"{timezone!r} is not an IANA timezone (e.g. 'America/New_York', 'UTC')"
         ) from None
+    if len(cron.split()) != 5:  # cronsim also takes a sixth field, seconds: not offered here
+        raise InvalidCron(f"{cron!r} must have five fields: minute hour day month weekday")
     try:
         local = next(CronSim(cron, after.astimezone(zone)))
     except (CronSimError, StopIteration) as exc:

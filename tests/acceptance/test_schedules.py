@@ -47,6 +47,8 @@ def test_a_schedule_is_created_listed_read_paused_resumed_and_deleted(client: Ap
 def test_bad_schedules_get_a_clear_4xx(client: ApiClient) -> None:
     answers = {
         "cron": create(client, cron="every monday"),
+        "seconds": create(client, cron="*/5 * * * * *"),
+        "impossible": create(client, cron="0 0 30 2 *"),
         "timezone": create(client, timezone="Mars/Olympus"),
         "workflow": create(client, workflow_id="no_such_workflow"),
         "inputs": create(client, inputs={"topic": 3}),
@@ -55,6 +57,8 @@ def test_bad_schedules_get_a_clear_4xx(client: ApiClient) -> None:
     codes = {name: (a.status_code, a.json()["code"]) for name, a in answers.items()}
     assert codes == {
         "cron": (400, "INVALID_CRON"),
+        "seconds": (400, "INVALID_CRON"),
+        "impossible": (400, "INVALID_CRON"),
         "timezone": (400, "INVALID_TIMEZONE"),
         "workflow": (404, "UNKNOWN_WORKFLOW"),
         "inputs": (400, "INVALID_INPUT"),

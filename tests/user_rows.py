@@ -19,7 +19,7 @@ from psycopg import sql
 FORGOTTEN_PER_TABLE = (
     "agent_messages", "agent_sessions", "audit_logs_anonymized", "credit_transactions",
     "notification_counters", "notifications", "profiles", "run_events", "runs_per_day",
-    "stripe_payments",
+    "schedules", "stripe_payments",
     "tenant_members", "tenants", "usage_batch_events", "usage_daily", "usage_events",
     "usage_periods", "user_accounts", "user_roles", "user_subscriptions",
     "webhook_delivery_attempts", "webhook_deliveries", "webhook_endpoints", "webhook_events",
@@ -199,6 +199,11 @@ def seed_user(conn: psycopg.Connection[Any], user: uuid.UUID) -> uuid.UUID:
         "insert into conveyor.profiles (user_id, profile_data) values (%s, %s::jsonb)",
         user,
         json.dumps({"name": "Seeded"}),
+    )
+    one(
+        "insert into conveyor.schedules (user_id, workflow_id, cron, timezone, next_due_at) "
+        "values (%s, 'write_brief', '0 9 * * *', 'UTC', now() + interval '1 day') returning id",
+        user,
     )
     store_batch(conn, [usage_event(user, "waiting")])
     assert isinstance(run, uuid.UUID)

@@ -6,13 +6,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
-from conveyor.auth.tenancy import has_admin_role, record_audit
+from conveyor.auth.tenancy import has_admin_role
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.runs import approvals, views
 from conveyor.runs.payloads import RunStatus
 from conveyor.runs.resume import Resumed
 from conveyor.runs.run_rows import queued_by
-from web.auth import client_ip, public
+from web.auth import audit_request, public
 from web.body import parse_body
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
 from web.openapi import contract
@@ -88,14 +88,12 @@ def decide_as_user(run_id: str) -> Response:
     resumed = approvals.decide_as_user(db, target, user_id, is_admin=is_admin, decision=decision)
     if resumed.user_id != user_id:
         # Someone decided on another user's run: the approver (the design) or an admin.
-        record_audit(
+        audit_request(
             db,
             action="run.approval",
             outcome="success",
             actor_user_id=user_id,
             subject=str(target),
-            ip=client_ip(),
-            user_agent=request.user_agent.string,
             details={"owner": str(resumed.user_id), "decision": decision.decision},
         )
     return _answer(resumed, decision)

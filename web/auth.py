@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 import structlog
 from flask import Flask, current_app, g, request
 
-from conveyor.auth.tenancy import has_admin_role
+from conveyor.auth.tenancy import has_admin_role, record_audit
 from conveyor.auth.tokens import Principal, TokenVerifier, bearer_token
+from conveyor.db import Database
 from web.context import get_db, get_principal
 
 View = TypeVar("View", bound=Callable[..., object])
@@ -58,6 +60,28 @@ def client_ip() -> str | None:
     """The caller's address: the socket's peer, or behind proxies (TRUSTED_PROXY_HOPS) the client
     they name in X-Forwarded-For."""
     return request.remote_addr
+
+
+def audit_request(
+    db: Database,
+    *,
+    action: str,
+    outcome: Literal["success", "failure"] = "success",
+    actor_user_id: UUID | None = None,
+    subject: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """record_audit with this request's caller address and user agent."""
+    record_audit(
+        db,
+        action=action,
+        outcome=outcome,
+        actor_user_id=actor_user_id,
+        subject=subject,
+        ip=client_ip(),
+        user_agent=request.user_agent.string,
+        details=details,
+    )
 
 
 def init_app(app: Flask) -> None:

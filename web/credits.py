@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from conveyor import ledger
-from conveyor.auth.tenancy import record_audit
 from conveyor.auth.tokens import Principal
 from conveyor.errors import InsufficientCredits
 from conveyor.ledger import accounts
 from conveyor.pagination import PageQuery
-from web.auth import client_ip, require_admin
+from web.auth import audit_request, require_admin
 from web.body import parse_body
 from web.context import get_db, get_principal
 from web.openapi import contract, listing
@@ -62,14 +61,12 @@ def admin_add(admin: Principal, target: UUID, amount: int) -> int:
     move = ledger.add_credits(
         db, target, amount, kind="adjustment", description=f"Added by admin {admin.user_id}"
     )
-    record_audit(
+    audit_request(
         db,
         action="admin.credits.add",
         outcome="success",
         actor_user_id=admin.user_id,
         subject=str(target),
-        ip=client_ip(),
-        user_agent=request.user_agent.string,
         details={"amount": amount, "new_balance": move.balance},
     )
     return move.balance

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 
-from conveyor.auth.tenancy import record_audit
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.errors import InvalidInput
 from conveyor.runs import signals, views
 from conveyor.runs.payloads import RunStatus
-from web.auth import client_ip
+from web.auth import audit_request
 from web.body import parse_body
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
 from web.openapi import contract
@@ -58,14 +57,12 @@ def signal(run_id: str, name: str) -> Response:
     get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(target))
     if resumed.user_id != principal.user_id:
         # A backend or an admin acted on someone's run, as cancel records an admin's.
-        record_audit(
+        audit_request(
             db,
             action="service.run.signal" if principal.is_service else "admin.run.signal",
             outcome="success",
             actor_user_id=principal.user_id,
             subject=str(target),
-            ip=client_ip(),
-            user_agent=request.user_agent.string,
             details={"owner": str(resumed.user_id), "event": name, "caller": principal.subject},
         )
     accepted = SignalAccepted(

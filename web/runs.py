@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from conveyor import metrics, runs
-from conveyor.auth.tenancy import record_audit
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.runs import artifacts, rerun, views
 from conveyor.runs.payloads import RerunRequest, RunEventsQuery, RunListQuery, RunSummary, RunView
 from conveyor.runs.run_rows import queued_by
-from web.auth import client_ip, require_admin
+from web.auth import audit_request, require_admin
 from web.body import idempotency_key, parse_body, parse_query
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_store
 from web.openapi import contract, listing
@@ -97,14 +96,12 @@ def cancel_run(run_id: str) -> Response:
     for queued in queued_by(events, besides=target):
         get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(queued))
     if owner != principal.user_id:
-        record_audit(
+        audit_request(
             db,
             action="admin.run.cancel",
             outcome="success",
             actor_user_id=principal.user_id,
             subject=str(target),
-            ip=client_ip(),
-            user_agent=request.user_agent.string,
             details={"owner": str(owner)},
         )
     return jsonify(view.model_dump(mode="json"))
@@ -137,14 +134,12 @@ def rerun_run(run_id: str) -> tuple[Response, int]:
     new = started.run
     if new.created:
         if started.owner != principal.user_id:
-            record_audit(
+            audit_request(
                 db,
                 action="admin.run.rerun",
                 outcome="success",
                 actor_user_id=principal.user_id,
                 subject=str(target),
-                ip=client_ip(),
-                user_agent=request.user_agent.string,
                 details={"owner": str(started.owner), "new_run": str(new.id)},
             )
         view = views.get_run(db, principal.rls_claims(), new.id)

@@ -6,10 +6,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from flask import request
-
 from conveyor import metrics, runs
-from conveyor.auth.tenancy import record_audit
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.errors import Forbidden, InvalidInput
 from conveyor.ledger.accounts import require_known_user
@@ -19,7 +16,7 @@ from conveyor.runs import sessions, views, waiting
 from conveyor.runs.payloads import FINAL_STATUSES, RUNS_WRITE_SCOPE, RunView
 from conveyor.runs.store import NewRun
 from conveyor.workflows.definitions import Workflow
-from web.auth import client_ip
+from web.auth import audit_request
 from web.body import idempotency_key
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
 
@@ -98,13 +95,11 @@ def submit_run(
     )
     if run.created:
         if get_principal().is_service:
-            record_audit(
+            audit_request(
                 db,
                 action="service.runs.submit",
                 outcome="success",
                 subject=str(caller),
-                ip=client_ip(),
-                user_agent=request.user_agent.string,
                 details={"service": get_principal().subject, "run_id": str(run.id)},
             )
         metrics.RUNS_SUBMITTED.labels(definition.name).inc()

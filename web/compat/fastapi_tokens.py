@@ -14,14 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from conveyor import ledger
 from conveyor.auth import profiles
 from conveyor.auth.supabase_auth import AuthResult
-from conveyor.auth.tenancy import has_admin_role, record_audit
+from conveyor.auth.tenancy import has_admin_role
 from conveyor.auth.tokens import Principal, bearer_token
 from conveyor.billing.purchases import HOW_TO_BUY, PurchaseRequired, claim_credit_pack
 from conveyor.billing.stripe_api import client_for
 from conveyor.errors import Forbidden, InsufficientCredits, InvalidInput
 from conveyor.ledger import accounts
 from conveyor.ledger.balances import MAX_CREDITS
-from web.auth import client_ip, public
+from web.auth import audit_request, public
 from web.body import parse_body
 from web.compat import fastapi_errors
 from web.context import get_db, get_principal, get_settings, get_supabase_auth
@@ -324,13 +324,11 @@ def service_add(principal: Principal, body: AddTokens) -> TokensChanged:
         kind="adjustment",
         description=f"Added by {principal.subject}",
     )
-    record_audit(
+    audit_request(
         db,
         action="service.credits.add",
         outcome="success",
         subject=str(body.user_id),
-        ip=client_ip(),
-        user_agent=request.user_agent.string,
         details={"service": principal.subject, "amount": body.amount, "new_balance": move.balance},
     )
     return TokensChanged(

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from conveyor.auth.supabase_auth import AuthUnavailable
-from conveyor.auth.tenancy import record_audit
 from conveyor.errors import ConveyorError
-from web.auth import client_ip, public
+from web.auth import audit_request, public
 from web.compat import witchcraft_sessions, witchcraft_usage
 from web.compat.witchcraft_common import WitchcraftBody, bp, parse_witchcraft_body, post
 from web.context import get_db, get_supabase_auth
@@ -95,32 +94,27 @@ def login() -> Response:
     agent, never the password), as the document logs them."""
     auth = get_supabase_auth()
     body = parse_witchcraft_body(LoginBody)
-    ip, agent = client_ip(), request.user_agent.string
     db = get_db()
     try:
         result = auth.sign_in(body.email.lower(), body.password)
     except ConveyorError as exc:
         if exc.status < 500:
-            record_audit(
+            audit_request(
                 db,
                 action="auth.login",
                 outcome="failure",
-                ip=ip,
-                user_agent=agent,
                 details={"code": exc.code},
             )
         raise
     session = result.session
     if session is None:  # GoTrue always sends one with a successful password grant
         raise AuthUnavailable("Supabase Auth signed in without a session.")
-    record_audit(
+    audit_request(
         db,
         action="auth.login",
         outcome="success",
         actor_user_id=result.user.id,
         subject=str(result.user.id),
-        ip=ip,
-        user_agent=agent,
     )
     view = LoggedIn(
         access_token=session.access_token,

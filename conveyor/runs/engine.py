@@ -67,10 +67,15 @@ class Engine:
         # when a resumer completed the last step (a wait, an approval, a child).
         started = next((s.position for s in self.claim.steps if s.status != "completed"), -1)
         parallel = fanout.may_fan_out(self.workflow)
+        # Steps whose items lanes ran (read once: items are written only by a dispatch, which
+        # ends this attempt).
+        with_items: set[int] = set()
         if parallel:
-            failed = fanout.after_lanes(
+            state = fanout.after_lanes(
                 self.db, self.claim, self.workflow, started, self.settings.run_lease_seconds
             )
+            with_items = state.positions
+            failed = state.run_failure(plan)
             if failed is not None:
                 return Outcome(
                     error=failed.error,
@@ -100,7 +105,7 @@ class Engine:
                     )
             try:
                 if spec.kind == MAP:
-                    result = self._map(watch, position, spec, context)
+                    result = self._map(watch, position, spec, context, position in with_items)
                 else:
                     attempt = self.claim.steps[position].attempt if position == started else 1
                     result = self.run_step(watch, position, spec, attempt, context)
@@ -155,10 +160,16 @@ class Engine:
         return {"inputs": inputs, "steps": outputs, "run": self._run_facts()}
 
     def _map(  # noqa: RET503 (dispatch_map raises RunFannedOut)
-        self, watch: Watch, position: int, spec: StepSpec, context: dict[str, Any]
+        self,
+        watch: Watch,
+        position: int,
+        spec: StepSpec,
+        context: dict[str, Any],
+        dispatched: bool,
     ) -> StepResult:
-        """A map reached for the first time fans out; once its items are done, its output."""
-        if position in fanout.item_state(self.db, self.claim.id).positions:
+        """A map reached for the first time fans out; once its items are done (`dispatched`),
+        its output."""
+        if dispatched:
             watch.poll()  # a collected map whose items ran out of time fails with the run
             return StepResult(
                 fanout.map_output(

@@ -65,12 +65,21 @@ class ItemState:
     failures: dict[int, ItemFailure]  # position -> its first failed item
     positions: set[int]  # every position that has items
 
-    def first_failure(self, plan: list[StepSpec]) -> ItemFailure | None:
-        """The failed branch or fail-fast map that fails the run (collected maps do not)."""
+    def run_failure(self, plan: list[StepSpec]) -> ItemFailure | None:
+        """The failed branch, or failed item of a fail-fast map, that fails the run (collected
+        maps do not), its error naming the step."""
         for failure in self.failures.values():
             spec = plan[failure.position]
-            if spec.kind != MAP or spec.config.get("on_failure") != "collect":
-                return failure
+            if spec.kind == MAP and spec.config.get("on_failure") == "collect":
+                continue
+            # A branch's error names its step already; a map item's names only the item.
+            prefix = f"step {spec.name!r}: " if spec.kind == MAP else ""
+            return ItemFailure(
+                failure.position,
+                failure.item,
+                f"{prefix}{failure.error}",
+                failure.error_code or "STEP_FAILED",
+            )
         return None
 
 
@@ -115,27 +124,16 @@ def item_state(db: Database, run_id: UUID) -> ItemState:
 
 def after_lanes(
     db: Database, claim: ClaimedRun, workflow: Workflow, started: int, lease_seconds: int
-) -> ItemFailure | None:
+) -> ItemState:
     """A coordinator starting on a run that may have fanned out: unfinished items are dispatched
-    again (RunFannedOut); a failed branch, or a failed item of a map failing fast, is the run's
-    failure (its error naming the step); else None and the coordinator goes on."""
+    again (RunFannedOut), items only waiting for children park the run (RunSuspended); else the
+    state the coordinator goes on with (its run_failure, the positions that have items)."""
     state = item_state(db, claim.id)
     if state.unfinished:
         dispatch_again(db, claim, workflow, state, started, lease_seconds=lease_seconds)
     if state.waiting:
         _park(db, claim, lease_seconds)
-    failure = state.first_failure(workflow.steps)
-    if failure is None:
-        return None
-    spec = workflow.steps[failure.position]
-    # A branch's error names its step already; a map item's names only the item.
-    prefix = f"step {spec.name!r}: " if spec.kind == MAP else ""
-    return ItemFailure(
-        failure.position,
-        failure.item,
-        f"{prefix}{failure.error}",
-        failure.error_code or "STEP_FAILED",
-    )
+    return state
 
 
 def _park(db: Database, claim: ClaimedRun, lease_seconds: int) -> NoReturn:

@@ -23,6 +23,7 @@ from conveyor import runs, workflows
 from conveyor.auth.tokens import mint_token
 from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import free_port
+from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.runs.payloads import FINAL_STATUSES
 from conveyor.runs.store import NewRun
@@ -157,6 +158,20 @@ def wait_for_run(
             return view
         time.sleep(0.05)
     raise AssertionError(f"run {run_id} still {view.get('status')!r} after {timeout} s: {view}")
+
+
+def finish_with_reaper(
+    client: ApiClient, celery_app: Celery, run_id: str, timeout: float
+) -> dict[str, Any]:
+    """Fire beat's reaper by hand until the run ends (it hands a run on once its lease has
+    expired, as after a worker killed mid-run); the last view."""
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = client.get(f"/api/runs/{run_id}").json()
+    while view["status"] not in FINAL_STATUSES and time.monotonic() < deadline:
+        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
+        time.sleep(0.5)
+        view = client.get(f"/api/runs/{run_id}").json()
+    return view
 
 
 def celery_process(

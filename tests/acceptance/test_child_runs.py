@@ -6,7 +6,6 @@ nothing."""
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -15,12 +14,11 @@ import pytest
 from celery import Celery
 
 import tests.child_workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.runs.waits import wake_due_runs
 from tests.acceptance.durable_waits_calls import WAITING, db_now, events_of, signal_run, submit
 from tests.fake_llm import FakeLlm
-from tests.support import ApiClient, wait_for_run, wait_until, worker_subprocess
+from tests.support import ApiClient, finish_with_reaper, wait_for_run, wait_until, worker_subprocess
 
 LEASE_SECONDS = 5
 USES_FAKE_LLM = True
@@ -245,13 +243,8 @@ def test_a_worker_killed_during_a_child_run_loses_nothing_and_charges_once(
         first.wait(timeout=10)
     wait_until(lambda: fake_llm.abandoned["c1"] == 1, 10, "the held request being dropped")
     request.getfixturevalue("worker")  # a second worker, on every queue
-    deadline = time.monotonic() + LEASE_SECONDS + 30
-    view = client.get(f"/api/runs/{parent}").json()
-    while view["status"] != "completed" and time.monotonic() < deadline:
-        # Beat's reaper, fired by hand: once the lease expires it hands the child on.
-        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
-        time.sleep(0.5)
-        view = client.get(f"/api/runs/{parent}").json()
+    # Beat's reaper, fired by hand: once the lease expires it hands the run to the new worker.
+    view = finish_with_reaper(client, celery_app, parent, LEASE_SECONDS + 30)
     kid = client.get(f"/api/runs/{child}").json()
 
     assert view["status"] == "completed", view

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +11,6 @@ import pytest
 from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
 from conveyor.runs.execution import Result, execute_run
@@ -20,6 +18,7 @@ from conveyor.settings import Settings
 from tests.fake_llm import FakeLlm
 from tests.support import (
     ApiClient,
+    finish_with_reaper,
     wait_for_run,
     wait_until,
     worker_subprocess,
@@ -62,12 +61,7 @@ def test_a_worker_killed_mid_workflow_is_replaced_and_every_step_completes_once(
     wait_until(lambda: fake_llm.abandoned["k1"] == 1, 10, "the held request being dropped")
     request.getfixturevalue("worker")  # a second worker, on every queue
     # Beat's reaper, fired by hand: once the lease expires it hands the run to the new worker.
-    deadline = time.monotonic() + LEASE_SECONDS + 20
-    view = client.get(f"/api/runs/{run_id}").json()
-    while view["status"] != "completed" and time.monotonic() < deadline:
-        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
-        time.sleep(0.5)
-        view = client.get(f"/api/runs/{run_id}").json()
+    view = finish_with_reaper(client, celery_app, run_id, LEASE_SECONDS + 20)
 
     assert view["status"] == "completed", view
     assert view["attempts"] == 2

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 
 import tests.fanout_workflows_for_tests  # noqa: F401 - registers the workflows used here
-from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.settings import Settings
 from tests.acceptance.durable_waits_calls import submit
 from tests.fake_llm import FakeLlm
-from tests.support import ApiClient, wait_until, worker_subprocess
+from tests.support import ApiClient, finish_with_reaper, wait_until, worker_subprocess
 
 LEASE_SECONDS = 5
 USES_FAKE_LLM = True
@@ -40,21 +37,6 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     """kill -9, as an out-of-memory killer or a lost host would."""
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
-
-
-def finish_with_reaper(
-    client: ApiClient, celery_app: Celery, run_id: str, timeout: float
-) -> dict[str, Any]:
-    """Fire beat's reaper by hand until the run ends (it acts once the lease has expired)."""
-    deadline = time.monotonic() + timeout
-    view = client.get(f"/api/runs/{run_id}").json()
-    while (
-        view["status"] not in ("completed", "failed", "cancelled") and time.monotonic() < deadline
-    ):
-        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
-        time.sleep(0.5)
-        view = client.get(f"/api/runs/{run_id}").json()
-    return dict(view)
 
 
 def test_a_map_survives_a_killed_worker_and_completed_items_do_not_run_again(

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 from celery import Celery
 
 import tests.streaming_workflows  # noqa: F401 - registers the workflows used here
-from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.settings import Settings
 from tests.acceptance.websocket_clients import Socket
@@ -26,6 +24,7 @@ from tests.streaming_workflows import MODULES
 from tests.support import (
     ApiClient,
     LiveServer,
+    finish_with_reaper,
     token_for,
     wait_for_run,
     wait_until,
@@ -290,12 +289,7 @@ def test_a_worker_killed_mid_stream_is_replaced_and_the_run_charged_once(
     wait_until(lambda: fake_llm.abandoned["fox"] == 1, 10, "the held stream being dropped")
     request.getfixturevalue("worker")  # a second worker, on every queue
     # Beat's reaper, fired by hand: once the lease expires it hands the run to the new worker.
-    deadline = time.monotonic() + LEASE_SECONDS + 20
-    view = client.get(f"/api/runs/{run_id}").json()
-    while view["status"] not in FINAL and time.monotonic() < deadline:
-        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
-        time.sleep(0.5)
-        view = client.get(f"/api/runs/{run_id}").json()
+    view = finish_with_reaper(client, celery_app, run_id, LEASE_SECONDS + 20)
     events = events_of(client, run_id)
 
     assert view["status"] == "completed", view

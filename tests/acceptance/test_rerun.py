@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,6 @@ from celery import Celery
 
 import tests.workflows_for_tests  # noqa: F401 - registers the workflows used here
 from conveyor import workflows
-from conveyor.constants import TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.ops.maintenance import delete_orphaned_artifacts
 from conveyor.settings import Settings
@@ -26,6 +24,7 @@ from tests.fake_llm import FakeLlm
 from tests.support import (
     ApiClient,
     LiveServer,
+    finish_with_reaper,
     new_run,
     token_for,
     wait_for_run,
@@ -296,12 +295,7 @@ def test_a_rerun_whose_worker_is_killed_completes_once_with_its_reused_steps_int
     request.getfixturevalue("worker")  # a second worker, on every queue
     run_id = forked.json()["id"]
     # Beat's reaper, fired by hand: once the lease expires it hands the run to the new worker.
-    deadline = time.monotonic() + LEASE_SECONDS + 20
-    view = client.get(f"/api/runs/{run_id}").json()
-    while view["status"] != "completed" and time.monotonic() < deadline:
-        celery_app.send_task(TASK_REQUEUE_STALE_RUNS, kwargs={"older_than_seconds": 0})
-        time.sleep(0.5)
-        view = client.get(f"/api/runs/{run_id}").json()
+    view = finish_with_reaper(client, celery_app, run_id, LEASE_SECONDS + 20)
 
     assert old["status"] == "completed", old
     assert view["status"] == "completed", view

@@ -181,6 +181,25 @@ class Settings(BaseSettings):
     # A streamed `llm` step appends its new text as one `step_tokens` run event at most this often
     # (plus a last one): each event is a Postgres row and a Redis publish, so not one per token.
     llm_stream_flush_seconds: float = Field(0.05, ge=0, le=10)
+    # Sent as `max_tokens` by an `llm` step that names none: the reply's cap is what a credit
+    # reservation and a rate limit count on, so every call has one.
+    llm_default_max_tokens: int = Field(4096, ge=1, le=1_000_000)
+
+    # Flow control (docs/architecture.md, "Flow control").
+    # -- dispatch (concurrency keys, priority, singleton, debounce) --
+    # Runs held for dispatch that may sit published but unclaimed at once: the broker stays
+    # shallow, so priority and fairness are decided in Postgres, not in the broker's order.
+    dispatch_window: int = Field(16, ge=1, le=10_000)
+    # -- end dispatch --
+    # -- rate limits --
+    # -- end rate limits --
+    # -- credit reservations --
+    # Credits a model call costs per US dollar of its price (LLM_PRICES / model_prices); 0: model
+    # calls cost no credits (a run's admission rate is its price), and a reservation holds quota.
+    llm_credits_per_usd: int = Field(0, ge=0, le=10**9)
+    # A run whose model call its credits cannot cover waits this long for credits, then fails.
+    credit_wait_seconds: float = Field(24 * 3600.0, ge=0, le=366 * 24 * 3600)
+    # -- end credit reservations --
 
     # Realtime
     # The server pings each websocket this often; no pong by the next ping closes it.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from conveyor.steps.approval import APPROVAL_KIND
 from conveyor.steps.base import (
+    CallEstimate,
     LlmUsage,
     StepContext,
+    StepDeferred,
     StepFailure,
     StepKind,
     StepResult,
@@ -44,8 +46,10 @@ KINDS: dict[str, StepKind] = {
 __all__ = [
     "KINDS",
     "WAIT_KINDS",
+    "CallEstimate",
     "LlmUsage",
     "StepContext",
+    "StepDeferred",
     "StepFailure",
     "StepKind",
     "StepResult",

@@ -6,7 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
@@ -73,6 +74,42 @@ class LlmUsage:
         }
 
 
+@dataclass(frozen=True)
+class CallEstimate:
+    """The most a model call can consume, known before it is made: what a credit reservation
+    holds and what a rate limit is asked for. Corrected by the call's LlmUsage afterwards."""
+
+    provider: str
+    model: str
+    prompt_tokens: int  # an upper bound (llm.prompt_token_bound)
+    completion_tokens: int  # the `max_tokens` sent with the request
+    # At LLM_PRICES; None for a model without one there (the ledger prices it from model_prices).
+    cost_micro_usd: int | None
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and reply tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+class StepDeferred(Exception):
+    """The step cannot start yet (its credits or its rate limit): the engine gives its attempt
+    back, parks the run as `waiting` for `reason`, and runs the step again when woken: credits
+    arrive, or `until` passes. `detail` goes into the step's `wait` and its event."""
+
+    def __init__(
+        self,
+        reason: Literal["credits", "rate_limit"],
+        *,
+        until: datetime | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.until = until
+        self.detail = detail or {}
+
+
 @dataclass
 class StepResult:
     """A step's JSON output and, for model calls, what it consumed."""
@@ -95,6 +132,9 @@ class StepContext:
     # Appends a stored run event (`step_tokens`, ...) while the attempt runs; fenced by the run's
     # attempt, so a worker that lost the run writes nothing. None outside the engine.
     emit: Callable[[str, dict[str, Any]], None] | None = None
+    # Holds a model call's worst case against the user's credits and quota before it is made;
+    # raises StepDeferred("credits") when they cannot cover it. None outside the engine.
+    reserve: Callable[[CallEstimate], None] | None = None
 
     def remaining(self) -> float:
         """Seconds left before the step times out (never below a small floor)."""

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from conveyor.settings import Settings
 from conveyor.steps.base import (
+    CallEstimate,
     LlmUsage,
     StepConfig,
     StepContext,
@@ -81,6 +82,36 @@ def provider_name(base_url: str) -> str:
     return "openai" if host.endswith("openai.com") else host
 
 
+# Framing tokens per message (role, separators) and for priming the reply: OpenAI's chat format
+# spends 3-4 and 3; 8 and 8 leave room for providers that spend more.
+MESSAGE_FRAMING_TOKENS = 8
+REPLY_PRIMING_TOKENS = 8
+
+
+def prompt_token_bound(messages: list[dict[str, str]]) -> int:
+    """An upper bound of the prompt's tokens, without the model's tokenizer: byte-level BPE
+    tokenizers (OpenAI's, Llama's) never make a token of less than one byte, so the UTF-8 length
+    bounds the count. A few times the real count for English; a worst case must not be less."""
+    return REPLY_PRIMING_TOKENS + sum(
+        len(message["content"].encode()) + MESSAGE_FRAMING_TOKENS for message in messages
+    )
+
+
+def call_estimate(
+    settings: Settings, model: str, messages: list[dict[str, str]], max_tokens: int
+) -> CallEstimate:
+    """The most this call can consume: the prompt's bound and the reply's cap, priced."""
+    prompt = prompt_token_bound(messages)
+    cost = cost_micro_usd(settings, model, prompt, max_tokens)
+    return CallEstimate(
+        provider=provider_name(settings.llm_base_url),
+        model=model,
+        prompt_tokens=prompt,
+        completion_tokens=max_tokens,
+        cost_micro_usd=sum(cost) if cost is not None else None,
+    )
+
+
 def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
     """Call /chat/completions; the output is the reply text, and usage is captured."""
     settings = ctx.settings
@@ -88,12 +119,15 @@ def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
     body: dict[str, Any] = {"model": model, "messages": config.chat_messages()}
     if config.temperature is not None:
         body["temperature"] = config.temperature
-    if config.max_tokens is not None:
-        body["max_tokens"] = config.max_tokens
+    # Always capped: the cap is the reply's worst case, which reservations and limits count on.
+    body["max_tokens"] = config.max_tokens or settings.llm_default_max_tokens
     headers = {"Idempotency-Key": f"{ctx.run_id}:{ctx.step}:{ctx.attempt}"}
     if settings.llm_api_key is not None:
         headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
     url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+    estimate = call_estimate(settings, model, body["messages"], body["max_tokens"])
+    if ctx.reserve is not None:
+        ctx.reserve(estimate)
 
     started = time.monotonic()
     if config.stream:

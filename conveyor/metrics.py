@@ -81,6 +81,12 @@ HTTP_DURATION = Histogram(
     ["route"], buckets=HTTP_BUCKETS,
 )  # fmt: skip
 
+RATE_LIMIT_WAIT = Histogram(
+    "conveyor_rate_limit_wait_seconds",
+    "Time a model call waited for its global rate limit (inline, or until a parked run's retry).",
+    ["limit"], buckets=DURATION_BUCKETS,
+)  # fmt: skip
+
 
 class QueueDepths(Collector):
     """`conveyor_queue_depth{queue}` read when scraped (messages waiting in Redis)."""

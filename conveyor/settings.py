@@ -25,6 +25,14 @@ class ModelPrice(BaseModel):
     output_per_million: int = Field(ge=0)
 
 
+class LlmRateLimit(BaseModel):
+    """A global limit on model calls a window (LLM_RATE_LIMITS values); None: not limited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    per_user: bool = False  # one budget per user (tenant) instead of one for everyone
+
+
 class StripePrice(BaseModel):
     """What a Stripe price sells: a plan (a subscription) or a pack of credits (one payment)."""
 
@@ -186,20 +194,24 @@ class Settings(BaseSettings):
     llm_default_max_tokens: int = Field(4096, ge=1, le=1_000_000)
 
     # Flow control (docs/architecture.md, "Flow control").
-    # -- dispatch (concurrency keys, priority, singleton, debounce) --
+    # Held runs (concurrency keys, priority, singleton, debounce):
     # Runs held for dispatch that may sit published but unclaimed at once: the broker stays
     # shallow, so priority and fairness are decided in Postgres, not in the broker's order.
     dispatch_window: int = Field(16, ge=1, le=10_000)
-    # -- end dispatch --
-    # -- rate limits --
-    # -- end rate limits --
-    # -- credit reservations --
+    # LLM rate limits:
+    # Global limits on model calls, keyed "provider:model" (provider as in usage, e.g. openai)
+    # or "*" for any other model (each model its own budget); JSON env LLM_RATE_LIMITS.
+    llm_rate_limits: dict[str, LlmRateLimit] = Field(default_factory=dict)
+    # The limits' window: 60 s in production ("per minute"); tests shorten it.
+    llm_rate_limit_window_seconds: float = Field(60.0, gt=0, le=3600)
+    # Waits up to this sleep in the worker; longer ones park the run and free the slot.
+    llm_rate_limit_max_wait_seconds: float = Field(10.0, ge=0, le=3600)
+    # Credit reservations:
     # Credits a model call costs per US dollar of its price (LLM_PRICES / model_prices); 0: model
     # calls cost no credits (a run's admission rate is its price), and a reservation holds quota.
     llm_credits_per_usd: int = Field(0, ge=0, le=10**9)
     # A run whose model call its credits cannot cover waits this long for credits, then fails.
     credit_wait_seconds: float = Field(24 * 3600.0, ge=0, le=366 * 24 * 3600)
-    # -- end credit reservations --
 
     # Realtime
     # The server pings each websocket this often; no pong by the next ping closes it.

@@ -6,7 +6,10 @@ instead: the chunks a test scripted for the prompt (`stream_script`, default: th
 word), a usage chunk when the request asks for one, then `data: [DONE]`; the script may cut the
 first request's connection, or hold it, after some chunks. `GET /hold/<key>` holds its first
 request until the client goes away (a killed worker), then answers later ones at once. Every
-answer that reached a connected client is counted, per prompt or key.
+answer that reached a connected client is counted, per prompt or key. Each completion's arrival
+(time.monotonic) and the tokens its usage reports are kept in `arrivals`; a test may set
+`completion_tokens` (the reply then spends that many, at most the request's max_tokens) and
+`retry_after` / `ratelimit_headers` for its scripted 429s.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ class StreamScript:
         return "".join(self.chunks)
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """One request as the fake saw it: when (time.monotonic), its prompt and its real tokens."""
+
+    at: float
+    prompt: str
+    tokens: int
+
+
 class FakeLlm:
     """The server and what it saw."""
 
@@ -57,6 +69,11 @@ class FakeLlm:
         self.cut: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()  # streams the client closed before their end
         self.streams_ended: Counter[str] = Counter()  # streamed answers over, however they ended
+        self.arrivals: list[Arrival] = []  # non-streamed completions answered 200
+        self.rejections: list[Arrival] = []  # scripted 429s, when they arrived
+        self.completion_tokens: int | None = None
+        self.retry_after = "0"
+        self.ratelimit_headers: dict[str, str] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -114,16 +131,23 @@ class FakeLlm:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
+                arrived = time.monotonic()
                 fake.received[prompt] += 1
                 status = fake._next_status(prompt)
                 if status != 200:
                     error = {"error": {"message": f"scripted {status}", "type": "test"}}
-                    self._send(status, error, {"Retry-After": "0"} if status == 429 else {})
+                    extra = {"Retry-After": fake.retry_after, **fake.ratelimit_headers}
+                    if status == 429:
+                        fake.rejections.append(Arrival(arrived, prompt, 0))
+                    self._send(status, error, extra if status == 429 else {})
                     return
                 words = len(prompt.split())
                 if body.get("stream"):
                     self._stream(prompt, body, words)
                     return
+                completion = words + 3
+                if fake.completion_tokens is not None:
+                    completion = min(fake.completion_tokens, body.get("max_tokens") or 10**9)
                 reply = {
                     "id": f"chatcmpl-{fake.received.total()}",
                     "object": "chat.completion",
@@ -137,10 +161,12 @@ class FakeLlm:
                     ],
                     "usage": {
                         "prompt_tokens": words,
-                        "completion_tokens": words + 3,
-                        "total_tokens": 2 * words + 3,
+                        "completion_tokens": completion,
+                        "total_tokens": words + completion,
                     },
                 }
+                with fake._lock:
+                    fake.arrivals.append(Arrival(arrived, prompt, words + completion))
                 self._send(200, reply, {"x-request-id": f"req-{fake.received.total()}"})
                 fake.completed[prompt] += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
@@ -50,15 +51,30 @@ def failure_for_transport(exc: httpx.TransportError, what: str, code: str) -> St
     return StepFailure(f"{what} {kind}: {exc}", retryable=True, code=code)
 
 
-def send(ctx: StepContext, request: httpx.Request, *, what: str, code: str) -> httpx.Response:
-    """Send request within the step's remaining time; any non-2xx becomes a StepFailure."""
+def send(
+    ctx: StepContext,
+    request: httpx.Request,
+    *,
+    what: str,
+    code: str,
+    on_response: Callable[[httpx.Response], None] | None = None,
+    before_send: Callable[[], None] | None = None,
+) -> httpx.Response:
+    """Send request within the step's remaining time; any non-2xx becomes a StepFailure.
+    before_send runs once the client is ready (an LLM step takes its rate limit there, so little
+    time passes between admission and the provider's receipt); on_response sees every answer
+    first (an LLM step reads the provider's quota headers)."""
     ctx.check()
     # No redirects: a step calls exactly the URL its definition names.
     with httpx.Client(timeout=ctx.remaining(), follow_redirects=False) as client:
+        if before_send is not None:
+            before_send()
         try:
             response = client.send(request)
         except httpx.TransportError as exc:
             raise failure_for_transport(exc, what, code) from exc
+    if on_response is not None:
+        on_response(response)
     if not response.is_success:
         raise failure_for_status(response, what, code)
     return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ import structlog
 from pydantic import BaseModel, Field, model_validator
 
 from conveyor.settings import Settings
+from conveyor.steps import rate_limits
 from conveyor.steps.base import (
     CallEstimate,
     LlmUsage,
@@ -128,15 +130,61 @@ def run_llm(ctx: StepContext, config: LlmConfig) -> StepResult:
     estimate = call_estimate(settings, model, body["messages"], body["max_tokens"])
     if ctx.reserve is not None:
         ctx.reserve(estimate)
+    grants: list[rate_limits.Grant | None] = []
+    rejected: list[int] = []
 
+    def admit() -> None:
+        # Taken as late as possible, once the HTTP client is built: the limit counts admissions,
+        # the provider counts arrivals, and the gap between them is what the guarantee loses.
+        grants.append(rate_limits.acquire(ctx, estimate))
+
+    def pushback(response: httpx.Response) -> None:
+        # The provider's word beats our count: its 429 or spent quota holds the key for everyone.
+        if response.status_code == 429:
+            rejected.append(429)
+        wait = rate_limits.pushback_seconds(response)
+        if wait is not None:
+            rate_limits.block(ctx, grants[0], wait)
+
+    try:
+        result = _call(ctx, config, model, url, body, headers, (admit, pushback))
+    except StepFailure:
+        # A 429 consumed nothing at the provider: give the estimate back. Other failures (a
+        # timeout, a 5xx, a cut stream) may have been generated and billed: the estimate stays.
+        if rejected:
+            rate_limits.settle(ctx, grants[0], 0)
+        raise
+    real = result.usage.prompt_tokens + result.usage.completion_tokens if result.usage else 0
+    if real > 0:  # a stream without a usage chunk says 0: the estimate stays counted
+        rate_limits.settle(ctx, grants[0], real)
+    return result
+
+
+def _call(
+    ctx: StepContext,
+    config: LlmConfig,
+    model: str,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    hooks: tuple[Callable[[], None], Callable[[httpx.Response], None]],
+) -> StepResult:
+    """Make the HTTP call (streamed or not) and read its reply into the step's result."""
+    settings = ctx.settings
     started = time.monotonic()
     if config.stream:
         # The final usage chunk is the only place a stream states what it cost.
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-        streamed = stream_completion(ctx, httpx.Request("POST", url, json=body, headers=headers))
+        request = httpx.Request("POST", url, json=body, headers=headers)
+        streamed = stream_completion(ctx, request, hooks[1], hooks[0])
         return _streamed_result(ctx, model, streamed, round((time.monotonic() - started) * 1000))
     response = send(
-        ctx, httpx.Request("POST", url, json=body, headers=headers), what="LLM", code="LLM_ERROR"
+        ctx,
+        httpx.Request("POST", url, json=body, headers=headers),
+        what="LLM",
+        code="LLM_ERROR",
+        on_response=hooks[1],
+        before_send=hooks[0],
     )
     latency_ms = round((time.monotonic() - started) * 1000)
     try:

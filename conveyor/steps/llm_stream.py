@@ -153,7 +153,12 @@ def _take(chunk: dict[str, Any], reply: StreamedReply, emitter: TokenEmitter) ->
             reply.finish_reason = choice["finish_reason"]
 
 
-def stream_completion(ctx: StepContext, request: httpx.Request) -> StreamedReply:
+def stream_completion(
+    ctx: StepContext,
+    request: httpx.Request,
+    on_response: Callable[[httpx.Response], None] | None = None,
+    before_send: Callable[[], None] | None = None,
+) -> StreamedReply:
     """Send a `"stream": true` request and read it to [DONE], emitting the text as it comes.
 
     A dropped or malformed stream is a retryable StepFailure, after a `step_tokens_discarded`
@@ -165,8 +170,12 @@ def stream_completion(ctx: StepContext, request: httpx.Request) -> StreamedReply
         with httpx.Client(
             timeout=ctx.remaining(), follow_redirects=False, verify=tls_context()
         ) as client:
+            if before_send is not None:
+                before_send()  # the rate limit, taken once the client is ready
             response = client.send(request, stream=True)
             try:
+                if on_response is not None:
+                    on_response(response)  # the provider's quota headers, before the body
                 if not response.is_success:
                     response.read()
                     raise failure_for_status(response, "LLM", CODE)

@@ -38,3 +38,10 @@ def run_topic(run_id: UUID | str) -> str:
 def topic_channel(topic: str) -> str:
     """The Redis pub/sub channel carrying a topic's events."""
     return f"{EVENTS_CHANNEL_PREFIX}{topic}"
+
+
+# Dispatch of held runs (issue 24): the periodic safety net's task and cadence, and the window
+# finish_run uses when its caller gives none (Settings.dispatch_window's default).
+TASK_DISPATCH_RUNS = "maintenance.dispatch_runs"
+DISPATCH_EVERY_SECONDS = 5
+DISPATCH_WINDOW = 16

@@ -9,12 +9,15 @@ from celery import shared_task
 from conveyor import billing, metrics
 from conveyor.billing.reconcile import reconcile, requeue_due
 from conveyor.constants import (
+    TASK_EXECUTE_RUN,
     TASK_PROCESS_STRIPE_EVENT,
     TASK_RECONCILE_STRIPE_EVENTS,
     TASK_REQUEUE_STRIPE_EVENTS,
 )
 from conveyor.events.notifications import publish_notifications
+from conveyor.runs import credit_waits
 from worker.base import ConveyorTask, PeriodicTask
+from worker.celery_app import send_or_log
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +28,12 @@ def process_stripe_event(self: ConveyorTask, event_id: str) -> str:
     nothing. A failure is recorded on the event for the reconciler, not raised."""
     result = billing.process_event(self.resources.db, self.resources.settings, event_id)
     publish_notifications(self.resources.publisher, result.notifications)
+    for user in result.credited:
+        # Credits arrived: runs parked for credits run their step again (a refused publish
+        # leaves a stale queued run for the requeue job).
+        resumed = credit_waits.resume_credit_waiters(self.resources.db, user)
+        for run_id in credit_waits.publish_resumed(self.resources.publisher, resumed):
+            send_or_log(self.app, TASK_EXECUTE_RUN, str(run_id))
     metrics.WEBHOOK_EVENTS.labels(result.event_type or "unknown", result.outcome.value).inc()
     log.info("stripe_event", event_id=event_id, outcome=result.outcome.value, error=result.error)
     return result.outcome.value

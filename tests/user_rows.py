@@ -17,7 +17,8 @@ from psycopg import sql
 
 # Every key conveyor.forget_user reports, each 1 for a user given seed_user.
 FORGOTTEN_PER_TABLE = (
-    "agent_messages", "agent_sessions", "audit_logs_anonymized", "credit_transactions",
+    "agent_messages", "agent_sessions", "audit_logs_anonymized", "credit_reservations",
+    "credit_transactions",
     "notification_counters", "notifications", "profiles", "run_events", "runs_per_day",
     "schedules", "stripe_payments",
     "tenant_members", "tenants", "usage_batch_events", "usage_daily", "usage_events",
@@ -204,6 +205,14 @@ def seed_user(conn: psycopg.Connection[Any], user: uuid.UUID) -> uuid.UUID:
         "insert into conveyor.schedules (user_id, workflow_id, cron, timezone, next_due_at) "
         "values (%s, 'write_brief', '0 9 * * *', 'UTC', now() + interval '1 day') returning id",
         user,
+    )
+    one(
+        "insert into conveyor.credit_reservations (user_id, run_id, run_attempt, position, "
+        "attempt, period_start, model, credits, tokens, cost_micro_usd, credits_per_usd) "
+        "values (%s, %s, 1, 0, 1, conveyor.conveyor_period_start(now()), 'gpt-4o-mini', 5, 50, "
+        "5, 1000000)",
+        user,
+        run,
     )
     store_batch(conn, [usage_event(user, "waiting")])
     assert isinstance(run, uuid.UUID)

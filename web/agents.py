@@ -48,6 +48,10 @@ def invoke() -> tuple[Response, int]:
         metadata=body.metadata,
         session_id=body.session_id,
         webhook_url=body.webhook_url,
+        concurrency=body.concurrency,
+        priority=body.priority,
+        singleton=body.singleton,
+        debounce=body.debounce,
     )
     status, view = await_outcome(run, body.user_id, wait=not body.run_async)
     response = InvokeResponse(

@@ -9,12 +9,14 @@ from flask import Blueprint, Response, jsonify
 
 from conveyor import ledger
 from conveyor.auth.tokens import Principal
+from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.errors import InsufficientCredits
 from conveyor.ledger import accounts
 from conveyor.pagination import PageQuery
+from conveyor.runs import credit_waits
 from web.auth import audit_request, require_admin
 from web.body import parse_body
-from web.context import get_db, get_principal
+from web.context import get_db, get_enqueuer, get_principal, get_publisher
 from web.openapi import contract, listing
 from web.pages import own_page
 
@@ -69,7 +71,16 @@ def admin_add(admin: Principal, target: UUID, amount: int) -> int:
         subject=str(target),
         details={"amount": amount, "new_balance": move.balance},
     )
+    resume_waiting_runs(target)
     return move.balance
+
+
+def resume_waiting_runs(user: UUID) -> None:
+    """After credits were added (committed): the user's runs waiting for credits go on (if Redis
+    refuses, the requeue job publishes the queued runs)."""
+    resumed = credit_waits.resume_credit_waiters(get_db(), user)
+    for run_id in credit_waits.publish_resumed(get_publisher(), resumed):
+        get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(run_id))
 
 
 @bp.post("/api/users/<user_id>/add_credits")

@@ -7,11 +7,19 @@ from flask import Blueprint, Response, jsonify
 from conveyor import metrics, runs
 from conveyor.constants import TASK_EXECUTE_RUN
 from conveyor.runs import artifacts, rerun, views
+from conveyor.runs.dispatch import dispatch_runs
 from conveyor.runs.payloads import RerunRequest, RunEventsQuery, RunListQuery, RunSummary, RunView
 from conveyor.runs.run_rows import queued_by
 from web.auth import audit_request, require_admin
 from web.body import idempotency_key, parse_body, parse_query
-from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_store
+from web.context import (
+    get_db,
+    get_enqueuer,
+    get_principal,
+    get_publisher,
+    get_settings,
+    get_store,
+)
 from web.openapi import contract, listing
 
 bp = Blueprint("runs", __name__)
@@ -95,6 +103,10 @@ def cancel_run(run_id: str) -> Response:
     # A map's parent its child's cancel queued (a collected failure) goes on now.
     for queued in queued_by(events, besides=target):
         get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(queued))
+    if view.status == "cancelled" and view.concurrency_key is not None:
+        # Its slot is free now: the key's next held run goes out at once, not at the next tick.
+        for dispatched in dispatch_runs(db, get_settings().dispatch_window):
+            get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(dispatched))
     if owner != principal.user_id:
         audit_request(
             db,

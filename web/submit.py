@@ -3,19 +3,24 @@ and the bounded wait of a synchronous submit."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from conveyor import metrics, runs
 from conveyor.constants import TASK_EXECUTE_RUN
+from conveyor.db import Connection
 from conveyor.errors import Forbidden, InvalidInput
+from conveyor.events.run_events import RunEvent
 from conveyor.ledger.accounts import require_known_user
 from conveyor.outbound import endpoints
 from conveyor.outbound.url_safety import check_webhook_url
 from conveyor.runs import sessions, views, waiting
+from conveyor.runs.dispatch import Hold, dispatch_in, hold_for
+from conveyor.runs.exclusive import settle_key
 from conveyor.runs.payloads import FINAL_STATUSES, RUNS_WRITE_SCOPE, RunView
 from conveyor.runs.store import NewRun
-from conveyor.workflows.definitions import Workflow
+from conveyor.workflows.definitions import ConcurrencySpec, DebounceSpec, SingletonSpec, Workflow
 from web.auth import audit_request
 from web.body import idempotency_key
 from web.context import get_db, get_enqueuer, get_principal, get_publisher, get_settings
@@ -67,11 +72,28 @@ def submit_run(
     metadata: dict[str, Any],
     session_id: UUID | None,
     webhook_url: str | None = None,
+    concurrency: ConcurrencySpec | None = None,
+    priority: int | None = None,
+    singleton: SingletonSpec | None = None,
+    debounce: DebounceSpec | None = None,
 ) -> NewRun:
     """Validate, store the run (the outbox) and publish it after commit; a repeated
-    Idempotency-Key returns the first run."""
+    Idempotency-Key returns the first run. A run with a concurrency key or a priority (the
+    body's, else the definition's) is held, and what the dispatcher picks is published."""
     caller = run_owner(user_id)
     definition.validate_input(inputs)
+    # The body's flow control replaces the definition's as a whole.
+    given = concurrency or singleton or debounce
+    hold = hold_for(
+        concurrency if given else definition.concurrency,
+        priority if priority is not None else definition.priority,
+        {"inputs": inputs, "user_id": str(caller), "metadata": metadata,
+         "session_id": str(session_id) if session_id else None},
+        singleton if given else definition.singleton,
+        debounce if given else definition.debounce,
+    )  # fmt: skip
+    cancelled: list[RunEvent] = []
+    dispatched: list[UUID] = []
     key = idempotency_key()
     db = get_db()
     if session_id is not None:
@@ -92,7 +114,10 @@ def submit_run(
         session_id=session_id,
         admit=True,
         webhook_url=webhook_url,
+        hold=hold,
+        prepare=partial(hold_run, hold, cancelled, dispatched) if hold is not None else None,
     )
+    get_publisher().publish(*cancelled)
     if run.created:
         if get_principal().is_service:
             audit_request(
@@ -105,5 +130,18 @@ def submit_run(
         metrics.RUNS_SUBMITTED.labels(definition.name).inc()
         assert run.event is not None
         get_publisher().publish(run.event)
-        get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(run.id))
+        if hold is None:
+            get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(run.id))
+        else:
+            for run_id in dispatched:
+                get_enqueuer().enqueue(TASK_EXECUTE_RUN, str(run_id))
     return run
+
+
+def hold_run(
+    hold: Hold, cancelled: list[RunEvent], dispatched: list[UUID], conn: Connection, run_id: UUID
+) -> None:
+    """In the submit's transaction: apply a singleton or debounce key (the runs it cancelled to
+    `cancelled`), then dispatch (to `dispatched`): one commit for both."""
+    cancelled.extend(settle_key(conn, run_id, hold))
+    dispatched.extend(dispatch_in(conn, get_settings().dispatch_window))

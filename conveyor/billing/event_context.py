@@ -57,6 +57,8 @@ class EventContext:
     created: datetime
     obj: dict[str, Any]
     notifications: list[Notification] = field(default_factory=list)
+    # Users this event added credits to: their runs waiting for credits resume after commit.
+    credited: set[UUID] = field(default_factory=set)
 
     @property
     def can_ask_stripe(self) -> bool:

@@ -48,6 +48,7 @@ class Processed:
     error: str | None = None
     notifications: list[Notification] = field(default_factory=list)
     event_type: str | None = None
+    credited: set[UUID] = field(default_factory=set)
 
 
 def process_event(db: Database, settings: Settings, event_id: str) -> Processed:
@@ -88,7 +89,12 @@ def process_event(db: Database, settings: Settings, event_id: str) -> Processed:
         inbox.mark_failed(db, event_id, error)
         log.exception("stripe_event_malformed", event_id=event_id)
         return Processed(Outcome.FAILED, error, event_type=event_type)
-    return Processed(outcome, notifications=context.notifications, event_type=event_type)
+    return Processed(
+        outcome,
+        notifications=context.notifications,
+        event_type=event_type,
+        credited=context.credited,
+    )
 
 
 def apply(event_type: str, context: EventContext) -> Outcome:
@@ -160,6 +166,7 @@ def grant_credit_pack(context: EventContext, user: UUID, session: dict[str, Any]
             session["id"],
         ),
     )
+    context.credited.add(user)
     intent = object_id(session.get("payment_intent"))
     record_payment(
         context,

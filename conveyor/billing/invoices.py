@@ -52,6 +52,7 @@ def invoice_paid(context: EventContext) -> Outcome:
                 "select * from add_credits(%s, %s, 'grant', %s, %s)",
                 (user, grant, f"{row['name']} plan credits", f"invoice:{invoice['id']}"),
             )
+            context.credited.add(user)
     recorded = record_payment(
         context,
         payment_id=invoice["id"],

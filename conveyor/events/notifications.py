@@ -41,6 +41,7 @@ QUOTA_WARNING = "quota_warning"
 QUOTA_EXCEEDED = "quota_exceeded"
 PAYMENT_FAILED = "payment_failed"
 CREDITS_LOW = "credits_low"
+WAITING_FOR_CREDITS = "waiting_for_credits"
 
 NOTIFICATION_CREATED = "notification_created"
 COLUMNS = (
@@ -218,6 +219,24 @@ def notify_quota(conn: Connection, user_id: UUID, percent: int) -> Notification 
         action_url="/api/user/quota",
         metadata={"percent": percent, "period": period["period"]},
         dedupe_key=f"quota:{period['period']}:{percent}",
+    )
+
+
+def notify_waiting_for_credits(
+    conn: Connection, user_id: UUID, run_id: UUID, step: str, needed: int, available: int
+) -> Notification | None:
+    """A run's model call needs more credits than the user has free: it waits for a top-up."""
+    return notify(
+        conn,
+        user_id,
+        WAITING_FOR_CREDITS,
+        "warning",
+        "A run is waiting for credits",
+        f"Step {step!r} needs {needed} credits and {available} are free; the run resumes when "
+        "credits arrive.",
+        action_url=f"/api/runs/{run_id}",
+        metadata={"run_id": str(run_id), "step": step, "needed": needed, "available": available},
+        dedupe_key=f"credits:{run_id}:{step}",
     )
 
 

@@ -13,6 +13,7 @@ from conveyor import ledger, metrics, outbound
 from conveyor.db import Connection
 from conveyor.events import notifications
 from conveyor.events.notifications import Notification
+from conveyor.ledger import reservations
 from conveyor.steps import LlmUsage
 
 QUOTA_THRESHOLD_CROSSED = "quota_threshold_crossed"
@@ -47,8 +48,8 @@ def record_step_usage(
     item: int | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Store the call's figures on the step (or the map item) and charge them to the ledger once
-    (keyed by run, step, item and attempt); returns a `quota_threshold_crossed` event when this
-    call crossed 80% or 100%."""
+    (keyed by run, step, item and attempt), settling its credit hold; returns a
+    `quota_threshold_crossed` event when this call crossed 80% or 100%."""
     if item is None:
         conn.execute(
             "update workflow_steps set usage = %s where run_id = %s and position = %s",
@@ -62,6 +63,17 @@ def record_step_usage(
             (Jsonb(usage.as_dict()), owner.run_id, position, item),
         )
         key = f"run:{owner.run_id}:step:{position}:item:{item}:attempt:{attempt}"
+    # Settle: the hold goes, and the real cost is charged at the rate the hold was priced at
+    # (none held: the call costs no credits, as before reservations).
+    rate = reservations.release_step(conn, owner.run_id, position, item)
+    credits = reservations.call_credits(
+        conn,
+        usage.model,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.input_cost_micro_usd + usage.output_cost_micro_usd if usage.priced else None,
+        rate,
+    )
     recorded = ledger.record_usage(
         conn,
         owner.user_id,
@@ -79,6 +91,7 @@ def record_step_usage(
             run_id=owner.run_id,
             step_position=position,
             session_id=owner.session_id,
+            credits=credits,
         ),
     )
     if not recorded.duplicate:

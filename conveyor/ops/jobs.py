@@ -13,7 +13,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from conveyor.constants import (
+    DISPATCH_EVERY_SECONDS,
     TASK_DAILY_MAINTENANCE,
+    TASK_DISPATCH_RUNS,
     TASK_MONTHLY_QUOTA_RESET,
     TASK_RECONCILE_STRIPE_EVENTS,
     TASK_REQUEUE_STALE_RUNS,
@@ -48,6 +50,16 @@ JOBS: tuple[Job, ...] = (
         cadence=Every(WAKE_EVERY_SECONDS),
         expires_seconds=WAKE_EVERY_SECONDS - 3,
         description="resume waiting runs whose sleep or wait timeout has ended",
+    ),
+    Job(
+        name="dispatch_runs",
+        task=TASK_DISPATCH_RUNS,
+        queue="maintenance",
+        # The safety net: submits and run ends dispatch at once; this catches the rest
+        # (a cancelled held run, a publish refused after commit, a debounce window ending).
+        cadence=Every(DISPATCH_EVERY_SECONDS),
+        expires_seconds=DISPATCH_EVERY_SECONDS - 1,
+        description="publish held runs (concurrency keys, priority) that have a free slot",
     ),
     Job(
         name="fire_schedules",

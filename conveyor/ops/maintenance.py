@@ -19,7 +19,9 @@ from conveyor.constants import SCHEMA
 from conveyor.db import Database
 from conveyor.errors import InvalidInput
 from conveyor.events.notifications import notify
+from conveyor.runs import credit_waits
 from conveyor.runs.artifacts import LocalArtifactStore, store_for
+from conveyor.runs.resume import Resumed
 from conveyor.runs.supabase_storage import SupabaseArtifactStore
 from conveyor.settings import Settings
 
@@ -82,11 +84,18 @@ def usage_rollup(db: Database, settings: Settings, period: str) -> dict[str, int
     return {"usage_daily_rows": rows}
 
 
-def monthly_quota_reset(db: Database, settings: Settings, period: str) -> dict[str, int]:
+def monthly_quota_reset(
+    db: Database,
+    settings: Settings,
+    period: str,
+    *,
+    on_resumed: Callable[[list[Resumed]], None] | None = None,
+) -> dict[str, int]:
     """Open the month's usage period for every account (with its plan's limits), grant the plan's
-    monthly credits once, and notify users whose subscription lapsed last month."""
+    monthly credits once, and notify users whose subscription lapsed last month. Runs waiting for
+    credits of a user who got a grant are queued again and handed to on_resumed after commit."""
     month = parse_month(period)
-    users = opened = granted = 0
+    users = opened = granted = resumed = 0
     after = uuid.UUID(int=0)
     while True:
         with db.transaction() as conn:
@@ -103,6 +112,12 @@ def monthly_quota_reset(db: Database, settings: Settings, period: str) -> dict[s
         users += len(rows)
         granted += sum(1 for row in rows if row["granted"])
         after = rows[-1]["user_id"]
+        for account in rows:
+            if account["granted"]:
+                runs = credit_waits.resume_credit_waiters(db, account["user_id"])
+                resumed += len(runs)
+                if runs and on_resumed is not None:
+                    on_resumed(runs)
     with db.transaction() as conn:
         row = conn.execute(
             "select count(*) as n from usage_periods where period_start = %s", (month,)
@@ -113,6 +128,7 @@ def monthly_quota_reset(db: Database, settings: Settings, period: str) -> dict[s
         "periods_open": opened,
         "credit_grants": granted,
         "lapsed_notified": notify_lapsed(db, month),
+        "credit_waits_resumed": resumed,
     }
 
 

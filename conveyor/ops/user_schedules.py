@@ -18,11 +18,14 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
 from conveyor import workflows
+from conveyor.constants import DISPATCH_WINDOW
 from conveyor.db import Connection, Database
 from conveyor.errors import BadRequest, ConveyorError, NotFound, ServiceUnavailable
 from conveyor.events.run_events import RunEvent
 from conveyor.pagination import Listing, user_page
 from conveyor.payload import Payload
+from conveyor.runs.dispatch import dispatch_in, hold_for
+from conveyor.runs.exclusive import settle_key
 from conveyor.runs.new_runs import insert_run
 
 log = structlog.get_logger(__name__)
@@ -255,9 +258,16 @@ class Fired:
     run_id: UUID | None
     event: RunEvent | None
     error_code: str | None = None
+    # The runs to send to the workers: the new run, or, when its definition holds it (a
+    # concurrency key, priority, singleton or debounce), what the dispatcher picked.
+    dispatched: tuple[UUID, ...] = ()
+    # Status events of runs its singleton `replace` or debounce key cancelled.
+    cancelled: tuple[RunEvent, ...] = ()
 
 
-def fire_due(db: Database, now: datetime, *, limit: int = 200) -> list[Fired]:
+def fire_due(
+    db: Database, now: datetime, *, limit: int = 200, window: int = DISPATCH_WINDOW
+) -> list[Fired]:
     """Start a run for each active schedule due by now, each in its own transaction. Only the
     latest due period is fired (periods missed while nothing fired are skipped, as the beat's own
     jobs catch up), once: the row is locked and the run's key names the period."""
@@ -271,7 +281,7 @@ def fire_due(db: Database, now: datetime, *, limit: int = 200) -> list[Fired]:
     for candidate in due:
         try:
             with db.transaction() as conn:
-                done = _fire_one(conn, candidate["id"], now)
+                done = _fire_one(conn, candidate["id"], now, window)
         except ServiceUnavailable:
             raise  # Postgres is down: the next tick tries every schedule again
         except Exception:
@@ -283,7 +293,7 @@ def fire_due(db: Database, now: datetime, *, limit: int = 200) -> list[Fired]:
     return fired
 
 
-def _fire_one(conn: Connection, schedule_id: UUID, now: datetime) -> Fired | None:
+def _fire_one(conn: Connection, schedule_id: UUID, now: datetime, window: int) -> Fired | None:
     row = conn.execute(
         "select * from schedules where id = %s and not paused and next_due_at <= %s "
         "for update skip locked",
@@ -297,22 +307,43 @@ def _fire_one(conn: Connection, schedule_id: UUID, now: datetime) -> Fired | Non
     run_id: UUID | None = None
     event: RunEvent | None = None
     error: ConveyorError | None = None
+    cancelled: list[RunEvent] = []
+    dispatched: list[UUID] = []
+    metadata = {"schedule_id": str(schedule_id), "period": period.isoformat()}
     try:
         with conn.transaction():  # a savepoint: a refused admission fires nothing
             definition = workflows.get_workflow(row["workflow_id"])
             definition.validate_input(row["input"])
+            # The definition's flow control holds a scheduled run as it holds a submitted one.
+            hold = hold_for(
+                definition.concurrency,
+                definition.priority,
+                {"inputs": row["input"], "user_id": str(row["user_id"]),
+                 "metadata": metadata, "session_id": None},
+                definition.singleton,
+                definition.debounce,
+            )  # fmt: skip
+
+            def settle(conn: Connection, run_id: UUID) -> None:
+                cancelled.extend(settle_key(conn, run_id, hold))
+                dispatched.extend(dispatch_in(conn, window))
+
             new = insert_run(
                 conn,
                 user_id=row["user_id"],
                 kind="workflow",
                 workflow_id=definition.name,
                 input=row["input"],
-                metadata={"schedule_id": str(schedule_id), "period": period.isoformat()},
+                metadata=metadata,
                 steps=definition.step_rows(),
                 idempotency_key=f"schedule:{schedule_id}:{period.isoformat()}",
                 admit=True,
+                hold=hold,
+                prepare=settle if hold is not None else None,
             )
             run_id, event = new.id, new.event
+            if hold is None and new.created:
+                dispatched.append(new.id)
     except ServiceUnavailable:
         raise
     except ConveyorError as exc:
@@ -324,4 +355,12 @@ def _fire_one(conn: Connection, schedule_id: UUID, now: datetime) -> Fired | Non
         (following, period, run_id, error.message if error else None,
          error.code if error else None, schedule_id),
     )  # fmt: skip
-    return Fired(schedule_id, period, run_id, event, error.code if error else None)
+    return Fired(
+        schedule_id,
+        period,
+        run_id,
+        event,
+        error.code if error else None,
+        tuple(dispatched),
+        tuple(cancelled),
+    )

@@ -7,6 +7,7 @@ from conveyor.outbound.outbox import (
     list_deliveries,
     record_quota_threshold,
     record_run_finished,
+    record_waiting_for_credits,
     redeliver,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "list_deliveries",
     "record_quota_threshold",
     "record_run_finished",
+    "record_waiting_for_credits",
     "redeliver",
 ]

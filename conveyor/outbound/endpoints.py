@@ -22,7 +22,14 @@ RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
 QUOTA_EXCEEDED = "quota.exceeded"
-EVENT_TYPES: tuple[str, ...] = (RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, QUOTA_EXCEEDED)
+RUN_WAITING_FOR_CREDITS = "run.waiting_for_credits"
+EVENT_TYPES: tuple[str, ...] = (
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_CANCELLED,
+    QUOTA_EXCEEDED,
+    RUN_WAITING_FOR_CREDITS,
+)
 # After a rotation the previous secret keeps signing this long, so receivers can switch over.
 ROTATION_GRACE_HOURS = 24
 PUBLIC_COLUMNS = (

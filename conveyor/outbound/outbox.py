@@ -15,7 +15,13 @@ from pydantic import BaseModel
 
 from conveyor.db import Connection, Database
 from conveyor.errors import Conflict, NotFound
-from conveyor.outbound.endpoints import QUOTA_EXCEEDED, RUN_CANCELLED, RUN_COMPLETED, RUN_FAILED
+from conveyor.outbound.endpoints import (
+    QUOTA_EXCEEDED,
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_WAITING_FOR_CREDITS,
+)
 from conveyor.pagination import Listing, user_page
 
 RUN_EVENT_TYPES = {"completed": RUN_COMPLETED, "failed": RUN_FAILED, "cancelled": RUN_CANCELLED}
@@ -174,6 +180,12 @@ def record_quota_threshold(conn: Connection, user_id: UUID, percent: int) -> Non
     assert period is not None
     data = {"user_id": str(user_id), "percent": percent, "period": period["period"]}
     record_event(conn, user_id, QUOTA_EXCEEDED, data, queued=False)
+
+
+def record_waiting_for_credits(conn: Connection, user_id: UUID, data: dict[str, Any]) -> None:
+    """In the transaction that parked a run for credits: `run.waiting_for_credits`, sent by the
+    re-queue job's next tick."""
+    record_event(conn, user_id, RUN_WAITING_FOR_CREDITS, data, queued=False)
 
 
 def due_deliveries(db: Database, *, older_than_seconds: float, limit: int = 500) -> list[UUID]:

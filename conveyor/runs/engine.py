@@ -15,7 +15,8 @@ from conveyor import metrics, steps
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events.run_events import EventPublisher
-from conveyor.runs import artifacts, checkpoints, fanout, waits
+from conveyor.ledger.reservations import HoldKey
+from conveyor.runs import artifacts, checkpoints, credit_holds, credit_waits, fanout, waits
 from conveyor.runs.children import ChildNotStarted
 from conveyor.runs.fingerprints import step_fingerprint
 from conveyor.runs.step_events import emit_step_event
@@ -24,7 +25,7 @@ from conveyor.runs.store import ClaimedRun, Outcome
 from conveyor.runs.stored_outputs import StoredOutputs
 from conveyor.runs.supervision import LeaseLost, RunInterrupted, RunTimedOut, Watch
 from conveyor.settings import Settings
-from conveyor.steps import StepContext, StepFailure, StepResult, StepSuspended
+from conveyor.steps import StepContext, StepDeferred, StepFailure, StepResult, StepSuspended
 from conveyor.steps.map import MAP, PARALLEL_KINDS, items_of
 from conveyor.workflows import templates
 from conveyor.workflows.definitions import StepSpec, Workflow
@@ -118,6 +119,9 @@ class Engine:
                     error_code="RUN_TIMEOUT",
                     failed_position=position,
                 )
+            except StepDeferred as deferred:
+                # Credits or a rate limit: parked, the attempt given back; the step runs again.
+                credit_waits.defer(self.db, self.publisher, self.claim, position, deferred)
             except StepSuspended as suspended:
                 # A durable wait: committed on the run row, and this attempt ends (RunSuspended).
                 try:
@@ -215,7 +219,7 @@ class Engine:
         while True:
             watch.poll()
             try:
-                return self.attempt(watch, spec, attempt, context)
+                return self.attempt(watch, spec, attempt, context, position=position)
             except StepFailure as failure:
                 if not failure.retryable or attempt >= spec.retry.max_attempts:
                     failure.message = (
@@ -249,8 +253,12 @@ class Engine:
         attempt: int,
         context: dict[str, Any],
         label: str | None = None,
+        *,
+        position: int | None = None,
+        item: int | None = None,
     ) -> StepResult:
-        """One attempt of spec (label: a map item's name, `step[3]`, in logs and requests)."""
+        """One attempt of spec (label: a map item's name, `step[3]`, in logs and requests; a lane's
+        attempt has one). position (and a map item's item) key its credit reservation."""
         kind = steps.KINDS[spec.kind]
         try:
             config = kind.config_model.model_validate(templates.render(spec.config, context))
@@ -271,6 +279,11 @@ class Engine:
                 self.db, self.publisher, self.claim, event, data
             ),
         )
+        if position is not None:
+            key = HoldKey(self.claim.id, self.claim.attempt, position, item, attempt)
+            ctx.reserve = lambda estimate: credit_holds.reserve_or_defer(
+                self.db, self.settings, self.claim.user_id, key, estimate
+            )
         started = time.monotonic()
         outcome = "failed"
         try:
@@ -284,6 +297,11 @@ class Engine:
         except StepSuspended:
             outcome = "waiting"
             raise
+        except StepDeferred as deferred:
+            outcome = "waiting"
+            if label is None:
+                raise
+            raise credit_holds.lane_refusal(deferred) from deferred
         except (StepFailure, RunInterrupted, ServiceUnavailable):
             raise
         except Exception as exc:
@@ -292,6 +310,10 @@ class Engine:
             raise StepFailure(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         finally:
             metrics.STEP_DURATION.labels(spec.kind, outcome).observe(time.monotonic() - started)
+            if outcome != "completed" and position is not None:
+                # Failed, retried, deferred or interrupted: its hold is given back at once (a
+                # completed step's is settled by its checkpoint).
+                credit_holds.release_quietly(self.db, self.claim.id, position, item)
 
     def _checkpoint(
         self,

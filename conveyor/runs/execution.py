@@ -124,7 +124,14 @@ def execute_run(
 
     deliveries: list[UUID] = []
     resumed: list[UUID] = []
-    finished = runs.finish_run(db, claim, outcome, deliveries=deliveries, resumed=resumed)
+    finished = runs.finish_run(
+        db,
+        claim,
+        outcome,
+        deliveries=deliveries,
+        resumed=resumed,
+        dispatch_window=settings.dispatch_window,
+    )
     if finished is None:
         log.warning("run_lease_lost")
         return Result.LEASE_LOST

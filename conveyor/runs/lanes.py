@@ -276,7 +276,13 @@ class _Lane:
             self.watch.poll()
             try:
                 return self.engine.attempt(
-                    self.watch, self.item_spec, taken.attempt, item_context, label=label
+                    self.watch,
+                    self.item_spec,
+                    taken.attempt,
+                    item_context,
+                    label=label,
+                    position=taken.position,
+                    item=None if taken.step_attempt is not None else taken.item,
                 )
             except StepFailure as failure:
                 if not failure.retryable or taken.attempt >= retry.max_attempts:

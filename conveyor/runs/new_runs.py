@@ -14,6 +14,7 @@ from conveyor import ledger
 from conveyor.db import Connection
 from conveyor.errors import IdempotencyKeyReused
 from conveyor.events.run_events import STATUS_UPDATE, RunEvent
+from conveyor.runs.dispatch import Hold
 from conveyor.runs.run_rows import status_data
 
 RunKind = Literal["agent", "workflow"]
@@ -55,15 +56,20 @@ def insert_run(
     webhook_url: str | None = None,
     prepare: Callable[[Connection, UUID], None] | None = None,
     parent: ParentLink | None = None,
+    hold: Hold | None = None,
 ) -> NewRun:
-    """create_run in the caller's transaction (a child run commits with its parent's wait)."""
+    """create_run in the caller's transaction (a child run commits with its parent's wait).
+    With `hold`, the run waits undispatched for conveyor_dispatch_runs."""
     # The run starts at event seq 1: its first event is inserted below, not appended.
     row = conn.execute(
         """
         insert into workflow_runs
           (user_id, kind, workflow_id, input, metadata, idempotency_key, session_id,
-           webhook_url, last_event_seq, parent_run_id, parent_step, parent_awaits, parent_item)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s)
+           webhook_url, last_event_seq, parent_run_id, parent_step, parent_awaits, parent_item,
+           concurrency_key, concurrency_limit, priority, dispatched_at, not_before)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s, %s, %s, %s,
+                case when %s then null else now() end,
+                now() + make_interval(secs => %s))
         on conflict (user_id, idempotency_key) do nothing
         returning *
         """,
@@ -80,6 +86,11 @@ def insert_run(
             parent.step if parent else None,
             parent.awaits if parent else False,
             parent.item if parent else None,
+            hold.concurrency_key if hold else None,
+            hold.concurrency_limit if hold else None,
+            hold.priority if hold else None,
+            hold is not None,
+            hold.debounce_seconds if hold else None,
         ),
     ).fetchone()
     if row is None:

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.payload import Payload
+from conveyor.workflows.definitions import ConcurrencySpec, DebounceSpec, SingletonSpec
 
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -30,6 +31,11 @@ class InvokeRequest(Payload):
     session_id: UUID | None = None
     # run.* events of this run are also POSTed here (docs/webhooks.md).
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2000)
+    # Flow control (issue 24), overriding the definition's: held until a slot is free.
+    concurrency: ConcurrencySpec | None = None
+    priority: int | None = Field(default=None, ge=0, le=9)
+    singleton: SingletonSpec | None = None
+    debounce: DebounceSpec | None = None
     # Invoke answered at once before execute existed; its clients rely on that, so waiting is
     # asked for, where execute's is the default.
     run_async: bool = Field(default=True, alias="async")
@@ -48,6 +54,11 @@ class WorkflowExecuteRequest(Payload):
     session_id: UUID | None = None
     # run.* events of this run are also POSTed here (docs/webhooks.md).
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2000)
+    # Flow control (issue 24), overriding the definition's: held until a slot is free.
+    concurrency: ConcurrencySpec | None = None
+    priority: int | None = Field(default=None, ge=0, le=9)
+    singleton: SingletonSpec | None = None
+    debounce: DebounceSpec | None = None
 
 
 class RunLinks(BaseModel):
@@ -147,6 +158,11 @@ class RunView(RunSummary):
     updated_at: datetime
     # While `waiting`: when the beat job resumes it (null when only a signal can).
     wake_at: datetime | None = None
+    # What a queued run held for dispatch (concurrency, debounce) or a waiting run (its waiting
+    # step's kind: credits, rate_limit, sleep, event, approval, child) waits for.
+    waiting_for: str | None = None
+    concurrency_key: str | None = None
+    priority: int | None = None
     # A rerun names the run it was started from and the step it was rerun from.
     rerun_of: UUID | None = None
     rerun_from_step: str | None = None

@@ -11,7 +11,8 @@ from conveyor.runs.store import record_cancelled
 
 
 def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500) -> list[UUID]:
-    """Runs that look lost (queued too long, or a lease that expired) and mark them republished."""
+    """Runs that look lost (queued too long, or a lease that expired) and mark them republished.
+    A held run not yet dispatched is waiting by design: conveyor_dispatch_runs publishes it."""
     with db.transaction() as conn:
         rows = conn.execute(
             """
@@ -19,7 +20,7 @@ def runs_to_republish(db: Database, *, older_than_seconds: int, limit: int = 500
                set enqueued_at = now()
              where id in (
                select id from workflow_runs
-                where (status = 'queued'
+                where (status = 'queued' and dispatched_at is not null
                        and coalesce(enqueued_at, created_at) < now() - make_interval(secs => %s))
                    or (status = 'running' and lease_expires_at < now()
                        and coalesce(enqueued_at, created_at) < now() - make_interval(secs => %s))

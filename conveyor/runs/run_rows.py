@@ -23,7 +23,25 @@ def status_data(row: dict[str, Any]) -> dict[str, Any]:
         "step": row["current_step"],
         "progress": row["progress"],
         "updated_at": row["updated_at"].isoformat(),
-    }
+    } | held_for(row)
+
+
+def held_for(row: dict[str, Any]) -> dict[str, Any]:
+    """`waiting_for` of a queued run held for dispatch (additive; absent otherwise)."""
+    if row["status"] != "queued" or row.get("dispatched_at", True) is not None:
+        return {}
+    not_before = row.get("not_before")
+    return {"waiting_for": "debounce" if not_before is not None else "concurrency"}
+
+
+def waiting_for(row: dict[str, Any], steps: list[dict[str, Any]]) -> str | None:
+    """What a run waits for: its hold while queued for dispatch, else while `waiting` the kind
+    of its waiting step's wait (None for a run parked on a map of child runs, or not waiting)."""
+    held = held_for(row).get("waiting_for")
+    if held is not None or row["status"] != "waiting":
+        return held
+    kinds = [step["wait"]["kind"] for step in steps if step["status"] == "waiting" and step["wait"]]
+    return kinds[0] if kinds else None
 
 
 def close_unfinished_steps(

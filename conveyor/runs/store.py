@@ -13,12 +13,15 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from conveyor import outbound
+from conveyor.constants import DISPATCH_WINDOW
 from conveyor.db import Connection, Database
 from conveyor.errors import RunFinished, SessionNotFound
 from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, RunEvent, append_event, append_events
+from conveyor.ledger import reservations
 from conveyor.ledger.usage import StepOwner
 from conveyor.runs import children, sessions
+from conveyor.runs.dispatch import Hold, dispatch_in
 from conveyor.runs.new_runs import NewRun as NewRun
 from conveyor.runs.new_runs import ParentLink as ParentLink
 from conveyor.runs.new_runs import RunKind as RunKind
@@ -77,6 +80,7 @@ def create_run(
     admit: bool = False,
     webhook_url: str | None = None,
     prepare: Callable[[Connection, UUID], None] | None = None,
+    hold: Hold | None = None,
 ) -> NewRun:
     """Insert a queued run with its (name, kind) steps pending; with an idempotency key this user
     already used, return that run instead. With `admit`, the plan's limits are checked and the
@@ -96,6 +100,7 @@ def create_run(
             admit=admit,
             webhook_url=webhook_url,
             prepare=prepare,
+            hold=hold,
         )
 
 
@@ -153,6 +158,7 @@ def finish_run(
     *,
     deliveries: list[UUID] | None = None,
     resumed: list[UUID] | None = None,
+    dispatch_window: int = DISPATCH_WINDOW,
 ) -> list[RunEvent] | None:
     """Record how a claimed run ended (cancelled if a cancel was requested meanwhile) and close its
     unfinished steps; returns the events, the final status last. None: the lease was lost and a
@@ -201,6 +207,8 @@ def finish_run(
         ):
             if closed["status"] == "failed":
                 events.append((STEP_FAILED, closed))
+        # Holds its steps left (an attempt that ended with its worker) go with the run.
+        reservations.release_run(conn, claim.id)
         if row["status"] == "completed" and claim.session_id and outcome.reply:
             # A session deleted meanwhile does not undo the run's result.
             with contextlib.suppress(SessionNotFound):
@@ -221,6 +229,10 @@ def finish_run(
                 resumed.append(parent.run_id)
         if deliveries is not None:
             deliveries.extend(created)
+        if resumed is not None and (row["concurrency_key"] or row["priority"] is not None):
+            # A held run's end frees its key's slot (or the window): the next held runs go out
+            # with this commit, published by the caller with the resumed parents.
+            resumed.extend(dispatch_in(conn, dispatch_window))
         ended = append_events(conn, claim.id, events)
         # The final status stays last: execute_run reads it there.
         return [event for parent in parents for event in parent.events] + ended

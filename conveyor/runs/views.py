@@ -12,6 +12,7 @@ from conveyor.events.run_events import RunEvent
 from conveyor.pagination import Listing, user_page
 from conveyor.runs.children import children_of
 from conveyor.runs.payloads import ChildRunView, RunSummary, RunView, StepView
+from conveyor.runs.run_rows import waiting_for
 from conveyor.steps.child import CHILD
 from conveyor.steps.map import MAP
 
@@ -67,6 +68,9 @@ def get_run(db: Database, claims: dict[str, Any], run_id: UUID) -> RunView:
         error=row["error"],
         error_code=row["error_code"],
         attempts=row["attempt"],
+        waiting_for=waiting_for(row, steps),
+        concurrency_key=row["concurrency_key"],
+        priority=row["priority"],
         steps=[StepView.model_validate(step) for step in steps],
         cancel_requested_at=row["cancel_requested_at"],
         created_at=row["created_at"],

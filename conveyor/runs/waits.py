@@ -22,7 +22,7 @@ from conveyor.db import Connection, Database
 from conveyor.errors import ServiceUnavailable
 from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_events
-from conveyor.runs import children
+from conveyor.runs import children, credit_waits
 from conveyor.runs.approvals import expired_output, notify_approver
 from conveyor.runs.child_start import suspend_for_child
 from conveyor.runs.resume import FAIL_SET, RESUME_SET, STEP_WAITING, record_failed
@@ -98,6 +98,7 @@ with due as (
    where r.user_id = %(user)s and r.status = 'waiting'
      and r.wake_at <= coalesce(%(now)s::timestamptz, now())
      and not (s.wait ->> 'kind' in ('event', 'approval') and s.wait ->> 'on_timeout' = 'fail')
+     and s.wait ->> 'kind' is distinct from 'credits'
    order by r.id
      for no key update of r
 )
@@ -204,7 +205,9 @@ def wake_due_runs(db: Database, *, now: datetime | None = None, limit: int = 500
     at_limit: set[UUID] = set()  # users whose due timers were deferred by this call
     for candidate in due:
         wait = candidate["wait"] or {}
-        fails = wait.get("kind") in FAILS_ON_TIMEOUT and wait.get("on_timeout") == "fail"
+        fails = (
+            wait.get("kind") in FAILS_ON_TIMEOUT and wait.get("on_timeout") == "fail"
+        ) or wait.get("kind") == credit_waits.CREDITS  # no credits came in time
         if not fails and candidate["user_id"] in at_limit:
             continue
         done: Resumed | _AtLimit | None
@@ -258,10 +261,21 @@ def _resume_due(
         if in_flight["n"] >= account["max_concurrent_runs"]:
             conn.execute(DEFER_SQL, {"id": candidate["id"], "delay": DEFER_SECONDS})
             return AT_LIMIT
+    wait = candidate["wait"] or {}
+    if wait.get("kind") == credit_waits.RATE_LIMIT:
+        # The step did not run: it runs again, rather than completing as a timer's wait does.
+        return credit_waits.requeue(
+            conn,
+            candidate["id"],
+            candidate["position"],
+            credit_waits.RATE_LIMIT,
+            resumed_by="timer",
+            due=True,
+            now=now,
+        )
     run = conn.execute(RESUME_DUE_SQL, params).fetchone()
     if run is None:
         return None  # resumed, signalled or cancelled meanwhile: someone else's to report
-    wait = candidate["wait"] or {}
     if wait.get("kind") == "event":
         return complete_wait(conn, run, {"timed_out": True}, resumed_by="timeout")
     if wait.get("kind") == "approval":
@@ -277,8 +291,16 @@ def _fail_timed_out(
     conn: Connection, candidate: dict[str, Any], now: datetime | None
 ) -> Resumed | None:
     wait = candidate["wait"]
+    code = WAIT_TIMEOUT
     if wait.get("kind") == "approval":
         error = f"approver {wait.get('approver')} decided nothing before the approval expired"
+    elif wait.get("kind") == credit_waits.CREDITS:
+        code = credit_waits.INSUFFICIENT_CREDITS
+        error = (
+            f"the model call needed {wait.get('needed')} credits ({wait.get('available')} were "
+            "free) and no credits arrived before the wait for credits ended; add credits and "
+            "submit the run again"
+        )
     else:
         error = f"no signal {wait.get('event')!r} came before the wait's timeout"
     params = {
@@ -286,12 +308,12 @@ def _fail_timed_out(
         "now": now,
         "position": candidate["position"],
         "error": error,
-        "code": WAIT_TIMEOUT,
+        "code": code,
     }
     run = conn.execute(FAIL_DUE_SQL, params).fetchone()
     if run is None:
         return None
     failed = record_failed(
-        conn, run, candidate["position"], error=error, code=WAIT_TIMEOUT, resumed_by="timeout"
+        conn, run, candidate["position"], error=error, code=code, resumed_by="timeout"
     )
     return children.with_parents(conn, run, failed)

@@ -72,6 +72,50 @@ class StepSpec(BaseModel):
         return self
 
 
+class ConcurrencySpec(BaseModel):
+    """`concurrency: {key, limit}`: at most `limit` runs per rendered `key` in flight; the key is
+    a template over the submit (`inputs`, `user_id`, `session_id`, `metadata`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=500)
+    limit: int = Field(ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _key_parses(self) -> ConcurrencySpec:
+        templates.check_syntax(self.key)
+        return self
+
+
+class SingletonSpec(BaseModel):
+    """`singleton: {key, policy}`: one run in flight per rendered key; a new one is dropped
+    (409), queued behind it, or replaces it (the old one is cancelled)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=500)
+    policy: Literal["drop", "queue", "replace"] = "queue"
+
+    @model_validator(mode="after")
+    def _key_parses(self) -> SingletonSpec:
+        templates.check_syntax(self.key)
+        return self
+
+
+class DebounceSpec(BaseModel):
+    """`debounce: {key, seconds}`: only the last submit per rendered key within `seconds` runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=500)
+    seconds: float = Field(gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _key_parses(self) -> DebounceSpec:
+        templates.check_syntax(self.key)
+        return self
+
+
 class Workflow(BaseModel):
     """A named workflow (or agent type: a workflow `invoke` can run) and its steps in run order."""
 
@@ -85,6 +129,12 @@ class Workflow(BaseModel):
     # The run's output; default: the last step's output.
     output: Any = None
     timeout_seconds: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    # Flow control (issue 24): runs held in Postgres until conveyor_dispatch_runs sends them.
+    concurrency: ConcurrencySpec | None = None
+    # 0-9, higher sooner among held runs; None: not held for priority (ordered as 5).
+    priority: int | None = Field(None, ge=0, le=9)
+    singleton: SingletonSpec | None = None
+    debounce: DebounceSpec | None = None
     # Each step's prerequisites, resolved (`depends_on` None means the step declared before it).
     _needs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
 

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import tests.workflows_for_tests  # noqa: F401 - registers write_brief
+from conveyor import workflows
 from conveyor.db import Database
 from conveyor.ops import user_schedules
 from conveyor.ops.user_schedules import ScheduleCreate, ScheduleUpdate
+from conveyor.workflows.definitions import ConcurrencySpec
 
 
 def at(text: str) -> datetime:
@@ -124,3 +126,33 @@ def test_the_next_due_time_is_after_the_instant_given() -> None:
 
     assert due == at("2026-12-31T15:00:00")
     assert due - at("2026-12-07T00:00:00") < timedelta(days=31)
+
+
+# write_brief with one run per user at a time: its schedules' runs are held as submits are.
+ONE_PER_USER = "write_brief_one_per_user"
+workflows.define(
+    workflows.get("write_brief").model_copy(
+        update={"name": ONE_PER_USER, "concurrency": ConcurrencySpec(key="{{ user_id }}", limit=1)}
+    )
+)
+
+
+def test_a_scheduled_run_of_a_keyed_workflow_is_held_by_its_key(db: Database) -> None:
+    user, now = uuid.uuid4(), at("2026-12-07T10:01:00")
+    body = ScheduleCreate(
+        workflow_id=ONE_PER_USER, inputs={"topic": "ticks"}, cron="*/5 * * * *", timezone="UTC"
+    )
+    made = [user_schedules.create_schedule(db, user, body, now) for _ in range(2)]
+
+    fired = user_schedules.fire_due(db, at("2026-12-07T10:05:10"))
+
+    assert sorted(one.schedule_id for one in fired) == sorted(one.id for one in made)
+    assert sorted(len(one.dispatched) for one in fired) == [0, 1]
+    with db.transaction() as conn:
+        held = conn.execute(
+            "select count(*) as n from workflow_runs where user_id = %s and concurrency_key = %s "
+            "and status = 'queued' and dispatched_at is null",
+            (user, str(user)),
+        ).fetchone()
+    assert held is not None
+    assert held["n"] == 1

@@ -104,6 +104,25 @@ class QueueDepths(Collector):
         yield family
 
 
+class RunsWaiting(Collector):
+    """`conveyor_runs_waiting{reason}` read when scraped (runs held or parked, by why)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """One gauge sample per reason."""
+        family = GaugeMetricFamily(
+            "conveyor_runs_waiting",
+            "Runs not executing, by what they wait for (concurrency, debounce, credits, "
+            "rate_limit, sleep, event, approval, child, children).",
+            labels=["reason"],
+        )
+        for reason, count in self._read().items():
+            family.add_metric([reason], count)
+        yield family
+
+
 def forget_process(pid: int) -> None:
     """Drop the live gauges of a process that exited (multiprocess mode only; a no-op otherwise)."""
     if os.environ.get(MULTIPROC_ENV):
@@ -122,7 +141,10 @@ def read_process_files(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def exposition(queue_depths: Callable[[], Mapping[str, int]] | None = None) -> tuple[bytes, str]:
+def exposition(
+    queue_depths: Callable[[], Mapping[str, int]] | None = None,
+    runs_waiting: Callable[[], Mapping[str, int]] | None = None,
+) -> tuple[bytes, str]:
     """The text a scrape returns, and its content type."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
@@ -133,6 +155,10 @@ def exposition(queue_depths: Callable[[], Mapping[str, int]] | None = None) -> t
     if queue_depths is not None:
         extra = CollectorRegistry()
         extra.register(QueueDepths(queue_depths))
+        body += generate_latest(extra)
+    if runs_waiting is not None:
+        extra = CollectorRegistry()
+        extra.register(RunsWaiting(runs_waiting))
         body += generate_latest(extra)
     return body, CONTENT_TYPE_LATEST
 

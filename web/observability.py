@@ -7,13 +7,15 @@ import re
 import time
 import uuid
 
+import psycopg
 import redis
 import structlog
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from conveyor import metrics, ops
-from conveyor.errors import Unauthorized
-from web.context import get_settings
+from conveyor.errors import ServiceUnavailable, Unauthorized
+from conveyor.ops import flow
+from web.context import get_db, get_settings
 from web.openapi import contract
 
 bp = Blueprint("observability", __name__)
@@ -61,7 +63,7 @@ def scrape() -> Response:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
             raise Unauthorized("Send Authorization: Bearer <METRICS_TOKEN> to read metrics.")
-    body, content_type = metrics.exposition(queue_depths)
+    body, content_type = metrics.exposition(queue_depths, runs_waiting)
     return Response(body, content_type=content_type)
 
 
@@ -70,6 +72,14 @@ def queue_depths() -> dict[str, int]:
     try:
         return ops.queue_depths(current_app.extensions["conveyor.metrics_redis"])
     except redis.RedisError:
+        return {}
+
+
+def runs_waiting() -> dict[str, int]:
+    """Runs held or parked, by reason (empty when Postgres is unreachable: a scrape never fails)."""
+    try:
+        return flow.runs_waiting(get_db())
+    except (ServiceUnavailable, psycopg.Error):
         return {}
 
 

@@ -1,4 +1,4 @@
-"""`/api/admin/{queues,runs,run-stats,quota-usage}`: what the operators' dashboard reads."""
+"""`/api/admin/{queues,runs,run-stats,quota-usage,flow}`: what the operators' dashboard reads."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from conveyor import ops
+from conveyor.ops.flow import FlowReport, flow_report
 from conveyor.payload import Payload
 from web.auth import require_admin
 from web.body import parse_query
-from web.context import get_db
+from web.context import get_db, get_settings
 from web.openapi import contract, listing
 
 bp = Blueprint("ops", __name__)
@@ -55,6 +56,16 @@ def quota_usage() -> Response:
     require_admin()
     parse_query(NoParams)
     return jsonify(ops.quota_usage(get_db()).model_dump(mode="json"))
+
+
+@bp.get("/api/admin/flow")
+@contract({200: FlowReport}, query=NoParams, auth="admin")
+def flow() -> Response:
+    """Admins: runs waiting by reason, held runs by concurrency key, the LLM rate limits in force
+    and the credits held for model calls in progress."""
+    require_admin()
+    parse_query(NoParams)
+    return jsonify(flow_report(get_db(), get_settings()).model_dump(mode="json"))
 
 
 def init_app(app: Flask, redis_url: str) -> None:

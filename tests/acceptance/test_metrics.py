@@ -11,8 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from conveyor.auth.tokens import mint_service_token
+from conveyor.db import Database
+from conveyor.runs.dispatch import Hold
 from conveyor.settings import Settings
-from tests.support import API_SECRET, ApiClient, LiveServer, token_for, wait_for_run
+from tests.support import API_SECRET, ApiClient, LiveServer, new_run, token_for, wait_for_run
 
 
 def scrape(
@@ -69,6 +71,18 @@ def test_queue_depths_are_read_from_redis_when_scraped(
     celery_app.send_task("usage.record_batch", args=[str(uuid.uuid4())])  # type: ignore[attr-defined]
 
     assert value(scrape(anonymous), "conveyor_queue_depth", queue="usage") == before + 1
+
+
+def test_runs_held_for_a_concurrency_key_are_counted_as_waiting_when_scraped(
+    anonymous: ApiClient, db: Database
+) -> None:
+    before = value(scrape(anonymous), "conveyor_runs_waiting", reason="concurrency")
+    for _ in range(3):
+        new_run(db, hold=Hold(f"tenant-{uuid.uuid4()}", 1))
+
+    after = value(scrape(anonymous), "conveyor_runs_waiting", reason="concurrency")
+
+    assert after == before + 3
 
 
 def test_every_response_carries_a_request_id_and_keeps_a_sane_one_from_the_caller(

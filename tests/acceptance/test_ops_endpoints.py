@@ -18,13 +18,22 @@ from conveyor.cli.services import free_port
 from conveyor.constants import QUEUES
 from conveyor.db import Database
 from conveyor.ledger.balances import check_and_consume_quota
-from tests.support import ApiClient, LiveServer, close_worker_resources, make_settings, token_for
+from conveyor.runs.dispatch import Hold, dispatch_runs
+from tests.support import (
+    ApiClient,
+    LiveServer,
+    close_worker_resources,
+    make_settings,
+    new_run,
+    token_for,
+)
 
 ADMIN_ENDPOINTS = [
     "/api/admin/queues",
     "/api/admin/runs",
     "/api/admin/run-stats",
     "/api/admin/quota-usage",
+    "/api/admin/flow",
 ]
 
 
@@ -221,6 +230,22 @@ def test_quota_usage_sums_this_months_use_per_plan(admin: ApiClient, db: Databas
     basic = plans["basic"]
     assert (basic["users"], basic["active_users"], basic["tokens_used"]) == (1, 0, 0)
     assert plans["premium"]["users"] == 0
+
+
+def test_flow_lists_held_runs_by_key_with_its_limit_and_runs_in_flight(
+    admin: ApiClient, db: Database
+) -> None:
+    key = f"tenant-{uuid.uuid4()}"
+    for _ in range(3):
+        new_run(db, hold=Hold(key, 1))
+    dispatch_runs(db, 16)
+
+    body = admin.get("/api/admin/flow").json()
+
+    assert {"key": key, "held": 2, "limit": 1, "in_flight": 1} in body["queued_by_key"]
+    assert body["runs_waiting"]["concurrency"] >= 2
+    assert isinstance(body["rate_limits"], list)
+    assert isinstance(body["reservations"], list)
 
 
 def test_the_dashboard_page_and_its_assets_are_served_without_a_token(

@@ -507,15 +507,17 @@ async function refreshOps() {
 }
 
 async function refreshSlow() {
-  const [tokens, cost, quota, maintenance] = await Promise.all([
+  const [tokens, cost, quota, maintenance, flow] = await Promise.all([
     api("/api/analytics/trends?metric=tokens&aggregation=daily"),
     api("/api/analytics/trends?metric=cost_micro_usd&aggregation=daily"),
     api("/api/admin/quota-usage"),
     api("/api/admin/maintenance"),
+    api("/api/admin/flow"),
   ]);
   renderUsageChart(tokens.series, cost.series);
   renderQuota(quota);
   renderMaintenance(maintenance);
+  renderFlow(flow);
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -646,6 +648,39 @@ function renderMaintenance(body) {
     el("td", { title: when(one.next_due_at) }, ago(one.next_due_at)),
     el("td", {}, one.last_error_code || ""),
   )));
+}
+
+function renderFlow(body) {
+  const reasons = Object.entries(body.runs_waiting).map(([reason, n]) => `${n} ${reason}`);
+  $("#waiting-reasons").textContent = reasons.length ? `(waiting: ${reasons.join(" · ")})` : "";
+  $("#held-keys tbody").replaceChildren(...body.queued_by_key.map((key) => el(
+    "tr",
+    { "data-key": key.key },
+    el("td", { class: "mono" }, key.key),
+    el("td", { class: "num" }, String(key.held)),
+    el("td", { class: "num" }, `${key.in_flight} / ${key.limit ?? "—"}`),
+  )));
+  $("#held-keys-empty").hidden = body.queued_by_key.length > 0;
+  $("#rate-limits tbody").replaceChildren(...body.rate_limits.map((limit) => el(
+    "tr",
+    { "data-limit": limit.key },
+    el("td", { class: "mono" }, limit.key),
+    el("td", { class: "num" }, `${limit.tokens_used} / ${limit.tokens_per_minute ?? "—"}`),
+    el("td", { class: "num" }, `${limit.requests_used} / ${limit.requests_per_minute ?? "—"}`),
+    el("td", {}, limit.blocked_seconds > 0 ? `${limit.blocked_seconds.toFixed(1)} s` : ""),
+  )));
+  $("#rate-limits-empty").hidden = body.rate_limits.length > 0;
+  $("#reservations tbody").replaceChildren(...body.reservations.map((hold) => el(
+    "tr",
+    { "data-run": hold.run_id },
+    el("td", { class: "mono", title: hold.run_id }, shortId(hold.run_id)),
+    el("td", { class: "mono", title: hold.user_id }, shortId(hold.user_id)),
+    el("td", { class: "num" }, hold.item === null ? String(hold.position) : `${hold.position}.${hold.item}`),
+    el("td", { class: "num" }, String(hold.credits)),
+    el("td", { class: "num" }, String(hold.tokens)),
+    el("td", { title: when(hold.created_at) }, `${Math.round(hold.age_seconds)} s`),
+  )));
+  $("#reservations-empty").hidden = body.reservations.length > 0;
 }
 
 // ---- wiring ----

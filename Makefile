@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # suite mostly waits on servers and workers: 3 processes on 2 cores took 8.7 min, one took ~14.
 TEST_WORKERS ?= 3
 
-.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map clean
+.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map bench-ratelimit bench-dispatch clean
 
 install: $(STAMP)
 
@@ -71,6 +71,14 @@ bench-stream: install
 ## A 1,000-item map of no-op items beside 1,000 bare Celery tasks on two workers (bench/map_fanout.py).
 bench-map: install
 	$(BIN)/python -m bench.map_fanout
+
+## Tokens a window admitted by the global LLM rate limit against the limit, 2 processes (bench/rate_limit_accuracy.py).
+bench-ratelimit: install
+	$(BIN)/python -m bench.rate_limit_accuracy
+
+## Runs/s of no-op runs with a concurrency key and limit beside the same runs without (bench/dispatch_overhead.py).
+bench-dispatch: install
+	$(BIN)/python -m bench.dispatch_overhead
 
 ## HTTP submit + poll + websockets for a fixed time beside a bare Flask + Celery endpoint (bench/load.py).
 bench-load: install

@@ -30,7 +30,9 @@ create table conveyor.credit_reservations (
   -- The rate the hold was priced at; its settlement charges the real cost at the same rate.
   credits_per_usd bigint not null check (credits_per_usd >= 0),
   created_at timestamptz not null default now(),
-  constraint credit_reservations_key unique (run_id, position, item, attempt)
+  -- The claim is part of the key: a hold an earlier claim left behind is never taken for this
+  -- claim's (the sweep releases it while this one stays).
+  constraint credit_reservations_key unique (run_id, position, item, run_attempt, attempt)
 );
 
 create index credit_reservations_user on conveyor.credit_reservations (user_id);
@@ -88,7 +90,7 @@ begin
   select * into v_account from conveyor.user_accounts where user_id = p_user for update;
   if exists (select 1 from conveyor.credit_reservations
               where run_id = p_run and position = p_position and item = coalesce(p_item, -1)
-                and attempt = p_attempt) then
+                and run_attempt = p_run_attempt and attempt = p_attempt) then
     return query select true, null::text, v_credits,
       v_account.credit_balance - v_account.reserved_credits;
     return;
@@ -151,24 +153,36 @@ begin
 end
 $$;
 
--- Release a run's holds: all of them (p_position null), or one step's (one map item's). Returns
--- the rate of the released holds (0 when none), which a settlement charges the real cost at.
+-- Release a run's holds: all of them (p_position null), one step's (one map item's), or with
+-- p_run_attempt and p_attempt one attempt's only (an attempt that did not complete gives back
+-- its own hold, never a later claim's). Returns the rate and model of the released holds (0 and
+-- null when none): a settlement charges the real cost at that rate, priced as the hold was.
 create function conveyor.release_reservations(
-  p_run uuid, p_position integer default null, p_item integer default null
-) returns bigint
+  p_run uuid, p_position integer default null, p_item integer default null,
+  p_run_attempt integer default null, p_attempt integer default null
+) returns table (rate bigint, model text)
 language plpgsql as $$
 declare
   v_released conveyor.credit_reservations[];
 begin
-  with gone as (
-    delete from conveyor.credit_reservations
-     where run_id = p_run
-       and (p_position is null or (position = p_position and item = coalesce(p_item, -1)))
-    returning *
+  -- A hold the sweep has locked is left to it (it releases it): waiting for it could deadlock,
+  -- since the sweep goes on to lock the period and account rows this transaction may hold.
+  with mine as (
+    select c.id from conveyor.credit_reservations c
+     where c.run_id = p_run
+       and (p_position is null or (c.position = p_position and c.item = coalesce(p_item, -1)))
+       and (p_run_attempt is null or c.run_attempt = p_run_attempt)
+       and (p_attempt is null or c.attempt = p_attempt)
+       for update skip locked
+  ), gone as (
+    delete from conveyor.credit_reservations c using mine where c.id = mine.id
+    returning c.*
   )
   select coalesce(array_agg(gone), '{}') into v_released from gone;
   perform conveyor.conveyor_unhold(v_released);
-  return coalesce((select max(r.credits_per_usd) from unnest(v_released) r), 0);
+  return query
+    select coalesce(max(r.credits_per_usd), 0)::bigint, max(r.model)
+      from unnest(v_released) r;
 end
 $$;
 
@@ -198,7 +212,7 @@ $$;
 
 revoke all on function conveyor.reserve_credits(uuid, uuid, integer, integer, integer, integer,
   text, bigint, bigint, bigint, bigint) from public, anon, authenticated;
-revoke all on function conveyor.release_reservations(uuid, integer, integer)
+revoke all on function conveyor.release_reservations(uuid, integer, integer, integer, integer)
   from public, anon, authenticated;
 revoke all on function conveyor.release_stale_reservations(integer)
   from public, anon, authenticated;
@@ -222,16 +236,82 @@ set search_path = conveyor, pg_temp
 as $$
 declare
   v_rows bigint;
+  v_result jsonb;
 begin
   if p_user_id is null then
     raise exception 'forget_user needs a user id' using errcode = 'null_value_not_allowed';
   end if;
+  -- After the runs are forgotten (the inner function locks them first, as a worker's checkpoint
+  -- does before it settles a hold), so the two never wait for each other in opposite orders.
+  v_result := conveyor.forget_user_before_reservations(p_user_id);
   delete from conveyor.credit_reservations where user_id = p_user_id;
   get diagnostics v_rows = row_count;
-  return conveyor.forget_user_before_reservations(p_user_id)
-    || jsonb_build_object('credit_reservations', v_rows);
+  return v_result || jsonb_build_object('credit_reservations', v_rows);
 end
 $$;
 
 revoke all on function conveyor.forget_user(uuid) from public, anon, authenticated;
 grant execute on function conveyor.forget_user(uuid) to service_role;
+
+-- Credits held for model calls are promised: a debit that is a choice (a run's admission, an
+-- endpoint's rate) may take only what is free, `balance - reserved`. A settlement may (it has
+-- released its own hold first), and so may what already happened (usage, a refund's take-back),
+-- as far as the balance goes. admit_run as 000600 states it keeps its body under another name,
+-- wrapped by a check of the job's rate against the free credits; deduct_credits checks them.
+alter function conveyor.admit_run(uuid, uuid, text) rename to admit_run_unreserved;
+revoke all on function conveyor.admit_run_unreserved(uuid, uuid, text)
+  from public, anon, authenticated, service_role;
+
+create function conveyor.admit_run(p_user uuid, p_run uuid, p_job text)
+returns table (code text, retry_after integer, resets_at timestamptz, credits_charged bigint,
+               credit_balance bigint)
+language plpgsql security definer
+set search_path = conveyor, pg_temp
+as $$
+declare
+  v_account conveyor.user_accounts;
+  v_rate bigint;
+begin
+  perform conveyor.conveyor_ensure_account(p_user);
+  -- Period before account, as the wrapped function and record_usage take them.
+  perform conveyor.conveyor_ensure_period(p_user, conveyor.conveyor_period_start(now()));
+  select * into v_account from conveyor.user_accounts a where a.user_id = p_user for update;
+  if v_account.reserved_credits > 0 then
+    select r.credits into v_rate from conveyor.credit_rates r
+     where r.endpoint in (p_job, split_part(p_job, ':', 1) || ':*')
+     order by r.endpoint = p_job desc
+     limit 1;
+    if coalesce(v_rate, 0) > v_account.credit_balance - v_account.reserved_credits then
+      return query select 'INSUFFICIENT_CREDITS', null::integer, null::timestamptz, v_rate,
+        v_account.credit_balance - v_account.reserved_credits;
+      return;
+    end if;
+  end if;
+  return query select * from conveyor.admit_run_unreserved(p_user, p_run, p_job);
+end
+$$;
+
+revoke all on function conveyor.admit_run(uuid, uuid, text) from public, anon, authenticated;
+grant execute on function conveyor.admit_run(uuid, uuid, text) to service_role;
+
+create or replace function conveyor.deduct_credits(
+  p_user uuid, p_amount bigint, p_kind text default 'usage', p_description text default null,
+  p_reference text default null, p_endpoint text default null
+) returns table (balance bigint, applied boolean)
+language plpgsql as $$
+declare
+  v_account conveyor.user_accounts;
+begin
+  if p_amount <= 0 then
+    raise exception 'amount must be positive' using errcode = '22023';
+  end if;
+  perform conveyor.conveyor_ensure_account(p_user);
+  select * into v_account from conveyor.user_accounts a where a.user_id = p_user for update;
+  if p_amount > v_account.credit_balance - v_account.reserved_credits then
+    return query select v_account.credit_balance, false;
+    return;
+  end if;
+  return query select * from conveyor.conveyor_move_credits(
+    p_user, -p_amount, p_kind, p_description, p_reference, p_endpoint);
+end
+$$;

@@ -72,25 +72,31 @@ def reserve(
     return Verdict(row["reserved"], row["code"], row["credits"], row["available"])
 
 
-def release_step(conn: Connection, run_id: UUID, position: int, item: int | None = None) -> int:
-    """Release one step's (or map item's) holds in the caller's transaction; the rate (credits
-    per USD) they were priced at, 0 when there were none."""
+def release_step(
+    conn: Connection, run_id: UUID, position: int, item: int | None = None
+) -> tuple[int, str | None]:
+    """Release one step's (or map item's) holds in the caller's transaction: the rate (credits
+    per USD) and model they were priced at, (0, None) when there were none."""
     row = conn.execute(
-        "select release_reservations(%s, %s, %s) as rate", (run_id, position, item)
+        "select rate, model from release_reservations(%s, %s, %s)", (run_id, position, item)
     ).fetchone()
     assert row is not None
-    return int(row["rate"])
+    return int(row["rate"]), row["model"]
 
 
-def release_attempt(db: Database, run_id: UUID, position: int, item: int | None = None) -> None:
-    """A failed, retried or deferred attempt gives its hold back at once."""
+def release_attempt(db: Database, key: HoldKey) -> None:
+    """A failed, retried or deferred attempt gives its own hold back at once (not a hold a later
+    claim of the run made for the same step)."""
     with db.transaction() as conn:
-        release_step(conn, run_id, position, item)
+        conn.execute(
+            "select * from release_reservations(%s, %s, %s, %s, %s)",
+            (key.run_id, key.position, key.item, key.run_attempt, key.attempt),
+        )
 
 
 def release_run(conn: Connection, run_id: UUID) -> None:
     """Release every hold of a run that ended (in its final transaction)."""
-    conn.execute("select release_reservations(%s)", (run_id,))
+    conn.execute("select * from release_reservations(%s)", (run_id,))
 
 
 def call_credits(

@@ -64,11 +64,12 @@ def record_step_usage(
         )
         key = f"run:{owner.run_id}:step:{position}:item:{item}:attempt:{attempt}"
     # Settle: the hold goes, and the real cost is charged at the rate the hold was priced at
-    # (none held: the call costs no credits, as before reservations).
-    rate = reservations.release_step(conn, owner.run_id, position, item)
+    # (none held: the call costs no credits, as before reservations). An unpriced model is
+    # priced as its hold was: under the requested name, not the provider's dated variant.
+    rate, held_model = reservations.release_step(conn, owner.run_id, position, item)
     credits = reservations.call_credits(
         conn,
-        usage.model,
+        held_model or usage.model,
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.input_cost_micro_usd + usage.output_cost_micro_usd if usage.priced else None,

@@ -44,13 +44,13 @@ def reserve_or_defer(
     )
 
 
-def release_quietly(db: Database, run_id: UUID, position: int, item: int | None) -> None:
+def release_quietly(db: Database, key: reservations.HoldKey) -> None:
     """Give a failed, retried, deferred or interrupted attempt's hold back now; if Postgres is
     unreachable the sweep (release_stale_reservations) does it later."""
     try:
-        reservations.release_attempt(db, run_id, position, item)
+        reservations.release_attempt(db, key)
     except Exception:
-        log.warning("reservation_release_failed", run_id=str(run_id), exc_info=True)
+        log.warning("reservation_release_failed", run_id=str(key.run_id), exc_info=True)
 
 
 def lane_refusal(deferred: StepDeferred) -> StepFailure:

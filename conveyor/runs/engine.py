@@ -313,7 +313,9 @@ class Engine:
             if outcome != "completed" and position is not None:
                 # Failed, retried, deferred or interrupted: its hold is given back at once (a
                 # completed step's is settled by its checkpoint).
-                credit_holds.release_quietly(self.db, self.claim.id, position, item)
+                credit_holds.release_quietly(
+                    self.db, HoldKey(self.claim.id, self.claim.attempt, position, item, attempt)
+                )
 
     def _checkpoint(
         self,

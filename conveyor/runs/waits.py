@@ -174,9 +174,10 @@ def suspend(
 
 def execution_seconds(db: Database, claim: ClaimedRun, workflow: Workflow) -> float:
     """Seconds the run has executed since it started: waits do not count against its timeout.
-    Only a workflow with a wait step pays the read."""
+    Only a workflow that can wait pays the read: a wait step, or an `llm` step (parked for
+    credits or a rate limit)."""
     elapsed = (datetime.now(UTC) - claim.started_at).total_seconds()
-    if not any(spec.kind in WAIT_KINDS for spec in workflow.steps):
+    if not any(spec.kind in WAIT_KINDS or spec.kind == "llm" for spec in workflow.steps):
         return elapsed
     with db.single_statement() as conn:
         row = conn.execute(

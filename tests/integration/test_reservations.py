@@ -216,6 +216,41 @@ def test_concurrent_reservations_never_promise_more_than_the_balance(
     assert account(db, user)["reserved_credits"] == 0
 
 
+def test_an_earlier_claims_failed_attempt_releases_only_its_own_hold(db: Database) -> None:
+    user, run_id = uuid.uuid4(), uuid.uuid4()
+    set_balance(db, user, 100)
+    estimate = CallEstimate("openai", MODEL, 20, 10, 30)
+    stale, live = (reservations.HoldKey(run_id, claim, 0, None, 1) for claim in (1, 2))
+    assert reservations.reserve(db, user, stale, estimate, 1_000_000).reserved
+    assert reservations.reserve(db, user, live, estimate, 1_000_000).reserved
+
+    reservations.release_attempt(db, stale)
+
+    assert [h.credits for h in reservations.reservations_held(db) if h.run_id == run_id] == [30]
+    assert account(db, user)["reserved_credits"] == 30
+
+
+def test_credits_held_for_a_model_call_cannot_pay_an_admission_or_an_endpoint(
+    db: Database,
+) -> None:
+    user = uuid.uuid4()
+    set_balance(db, user, 31)
+    held = reservations.HoldKey(uuid.uuid4(), 1, 0, None, 1)
+    estimate = CallEstimate("openai", MODEL, 20, 10, 30)
+    assert reservations.reserve(db, user, held, estimate, 1_000_000).reserved
+
+    with db.transaction() as conn:
+        admission = conn.execute(
+            "select * from admit_run(%s, %s, 'workflow:anything')", (user, uuid.uuid4())
+        ).fetchone()
+        deducted = conn.execute("select * from deduct_credits(%s, 2)", (user,)).fetchone()
+
+    assert admission is not None
+    assert (admission["code"], admission["credit_balance"]) == ("INSUFFICIENT_CREDITS", 1)
+    assert deducted is not None
+    assert (deducted["balance"], deducted["applied"]) == (31, False)
+
+
 def test_a_rate_limited_step_parks_its_run_and_runs_again_when_its_time_comes(
     db: Database, settings: Settings
 ) -> None:

@@ -85,6 +85,8 @@ begin
      set dispatched_at = now(), enqueued_at = now()
     from picked
    where w.id = picked.id
+     -- Still held: a run cancelled after this statement's snapshot is not published.
+     and w.status = 'queued' and w.dispatched_at is null
   returning w.id;
 end;
 $$;

@@ -16,7 +16,13 @@ from conveyor.ledger.accounts import require_known_user
 from conveyor.outbound import endpoints
 from conveyor.outbound.url_safety import check_webhook_url
 from conveyor.runs import sessions, views, waiting
-from conveyor.runs.dispatch import Hold, dispatch_in, hold_for
+from conveyor.runs.dispatch import (
+    Hold,
+    capped_priority,
+    dispatch_in,
+    hold_for,
+    scoped_to_user,
+)
 from conveyor.runs.exclusive import settle_key
 from conveyor.runs.payloads import FINAL_STATUSES, RUNS_WRITE_SCOPE, RunView
 from conveyor.runs.store import NewRun
@@ -82,6 +88,16 @@ def submit_run(
     body's, else the definition's) is held, and what the dispatcher picks is published."""
     caller = run_owner(user_id)
     definition.validate_input(inputs)
+    principal = get_principal()
+    if not (principal.is_service or principal.is_admin):
+        # A user's own keys are literal and theirs alone; their priority cannot outrank the
+        # definition's (services and admins set keys and priority as operators do).
+        concurrency, singleton, debounce = (
+            scoped_to_user(caller, concurrency),
+            scoped_to_user(caller, singleton),
+            scoped_to_user(caller, debounce),
+        )
+        priority = capped_priority(priority, definition.priority)
     # The body's flow control replaces the definition's as a whole.
     given = concurrency or singleton or debounce
     hold = hold_for(

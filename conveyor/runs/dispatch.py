@@ -4,7 +4,7 @@ The choice is conveyor_dispatch_runs (sql/20261207002800_dispatch.sql)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from conveyor.db import Connection, Database
@@ -59,6 +59,33 @@ def hold_for(
     if priority is not None:
         return Hold(priority=priority)
     return None
+
+
+# What a user (not a service or an admin) may give in a submit body: keys scoped to them, used
+# literally, and a priority no higher than the definition's (or the default's).
+DEFAULT_PRIORITY = 5
+FlowSpec = TypeVar("FlowSpec", ConcurrencySpec, SingletonSpec, DebounceSpec)
+
+
+def scoped_to_user(owner: UUID, spec: FlowSpec | None) -> FlowSpec | None:
+    """A key a user gave in a submit body: literal (a template is InvalidInput: it would run the
+    user's Jinja in the web process) and prefixed with the user's id, so it can neither reach
+    another user's runs (a singleton `replace` cancels them) nor take their slots."""
+    if spec is None:
+        return None
+    if any(mark in spec.key for mark in ("{{", "{%", "{#")):
+        raise InvalidInput(
+            "A key in a submit body is literal: give its value (e.g. the session's id), not a "
+            "template; keys are already scoped to you."
+        )
+    return spec.model_copy(update={"key": f"user:{owner}:{spec.key}"})
+
+
+def capped_priority(given: int | None, declared: int | None) -> int | None:
+    """A user's priority: lowered freely, raised at most to the definition's (or the default)."""
+    if given is None:
+        return declared
+    return min(given, declared if declared is not None else DEFAULT_PRIORITY)
 
 
 def dispatch_in(conn: Connection, window: int) -> list[UUID]:

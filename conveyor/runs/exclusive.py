@@ -33,9 +33,13 @@ def settle_key(conn: Connection, run_id: UUID, hold: Hold | None) -> list[RunEve
         return []
     if hold.singleton not in ("drop", "replace") and hold.debounce_seconds is None:
         return []
+    # The dispatcher's lock first, then the key's: the dispatcher holds its lock while it locks
+    # held rows, so taking it after cancelling (row locks) could deadlock with it.
+    conn.execute("select pg_advisory_xact_lock(hashtext('conveyor_dispatch_runs'))")
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (hold.concurrency_key,))
     others = conn.execute(
-        "select id, status, dispatched_at from workflow_runs where concurrency_key = %s "
+        "select id, status, dispatched_at, not_before > now() as in_window "
+        "from workflow_runs where concurrency_key = %s "
         "and id <> %s and status in ('queued', 'running', 'waiting') order by created_at",
         (hold.concurrency_key, run_id),
     ).fetchall()
@@ -50,7 +54,12 @@ def settle_key(conn: Connection, run_id: UUID, hold: Hold | None) -> list[RunEve
         # Queued or waiting ones end now; a running one is asked to stop and ends with its
         # worker, which frees the key's slot for the new run.
         return cancel(conn, [o["id"] for o in others], REPLACED, "replaced by a newer run")
-    held = [o["id"] for o in others if o["status"] == "queued" and o["dispatched_at"] is None]
+    # Only runs still inside their window: one whose window ended waits for the dispatcher only.
+    held = [
+        o["id"]
+        for o in others
+        if o["status"] == "queued" and o["dispatched_at"] is None and o["in_window"]
+    ]
     return cancel(conn, held, DEBOUNCED, "debounced: a later run with the same key replaced it")
 
 

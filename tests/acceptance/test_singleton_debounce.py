@@ -58,9 +58,9 @@ def times(db: Database, run_ids: list[str]) -> list[tuple[Any, Any]]:
 def test_a_dropped_singleton_answers_409_with_the_run_in_flight(
     tenant: ApiClient, db: Database
 ) -> None:
-    first = submit(tenant, singleton={"key": "{{ user_id }}", "policy": "drop"})
+    first = submit(tenant, singleton={"key": "mine", "policy": "drop"})
 
-    response = post(tenant, singleton={"key": "{{ user_id }}", "policy": "drop"})
+    response = post(tenant, singleton={"key": "mine", "policy": "drop"})
 
     assert response.status_code == 409
     assert response.json()["code"] == "SINGLETON_IN_FLIGHT"
@@ -142,4 +142,30 @@ def test_bad_flow_control_is_a_400(tenant: ApiClient, flow: dict[str, Any]) -> N
     response = post(tenant, **flow)
 
     assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_INPUT"
+
+
+def test_a_users_singleton_key_cannot_reach_another_users_run(
+    make_client: Callable[..., ApiClient], db: Database
+) -> None:
+    victim, attacker = uuid.uuid4(), uuid.uuid4()
+    for user in (victim, attacker):
+        generous_plan(db, user)
+    theirs = submit(make_client(victim), singleton={"key": "shared", "policy": "queue"})
+
+    submit(make_client(attacker), singleton={"key": "shared", "policy": "replace"})
+
+    with db.transaction() as conn:
+        row = conn.execute(
+            "select status, concurrency_key from workflow_runs where id = %s", (theirs,)
+        ).fetchone()
+    assert row is not None
+    assert row["status"] != "cancelled"
+    assert row["concurrency_key"] == f"singleton:user:{victim}:shared"
+
+
+def test_a_template_in_a_users_body_key_is_refused(tenant: ApiClient) -> None:
+    response = post(tenant, concurrency={"key": "{{ inputs.seconds * 1000000000 }}", "limit": 1})
+
+    assert response.status_code == 400
     assert response.json()["code"] == "INVALID_INPUT"

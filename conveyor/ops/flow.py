@@ -33,7 +33,7 @@ select coalesce(s.wait ->> 'kind', 'children') as reason, count(*) as n
 
 def runs_waiting(db: Database) -> dict[str, int]:
     """Runs not executing, by what they wait for: `conveyor_runs_waiting{reason}`."""
-    with db.connection() as conn:
+    with db.single_statement() as conn:
         rows = conn.execute(RUNS_WAITING_SQL).fetchall()
     waiting: dict[str, int] = {}
     for row in rows:

@@ -12,6 +12,7 @@ limit spends provider quota and gets every tenant 429s, unlike the API limiter.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 import time
@@ -199,6 +200,8 @@ def block(ctx: StepContext, grant: Grant | None, seconds: float) -> None:
         )
 
 
+# The longest a provider's Retry-After or reset header holds a key for everyone.
+MAX_PUSHBACK_SECONDS = 300.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -226,7 +229,12 @@ def pushback_seconds(response: httpx.Response) -> float | None:
             reset = reset_seconds(headers.get(f"x-ratelimit-reset-{kind}", ""))
             if reset is not None:
                 waits.append(reset)
-    return max(waits) if waits else None
+    if not waits:
+        return None
+    # One provider's answer blocks the model for every tenant: never longer than the cap, and a
+    # header that is not a finite, positive number (inf, nan, -5) counts as a second.
+    wait = max(waits)
+    return min(wait, MAX_PUSHBACK_SECONDS) if math.isfinite(wait) and wait > 0 else 1.0
 
 
 @dataclass(frozen=True)

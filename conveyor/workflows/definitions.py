@@ -139,6 +139,15 @@ class Workflow(BaseModel):
     _needs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
+    def _one_flow_key(self) -> Workflow:
+        if sum(spec is not None for spec in (self.concurrency, self.singleton, self.debounce)) > 1:
+            raise ValueError(
+                f"workflow {self.name!r}: declare at most one of concurrency, singleton and "
+                "debounce (a singleton is a concurrency key with limit 1)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _dag_in_run_order(self) -> Workflow:
         names = [step.name for step in self.steps]
         if len(set(names)) != len(names):

@@ -142,6 +142,18 @@ def test_pushback_reads_retry_after_and_spent_openai_quotas() -> None:
     assert rate_limits.reset_seconds("20ms") == pytest.approx(0.02)
 
 
+def test_pushback_is_capped_and_ignores_numbers_that_are_not_durations() -> None:
+    answers = [
+        httpx.Response(429, headers={"retry-after": value}) for value in ("86400", "inf", "nan")
+    ]
+
+    assert [rate_limits.pushback_seconds(r) for r in answers] == [
+        rate_limits.MAX_PUSHBACK_SECONDS,
+        1.0,
+        1.0,
+    ]
+
+
 def test_limits_in_force_show_each_keys_use_of_the_window(settings: Settings) -> None:
     limits = limited(settings, tokens_per_minute=1000, requests_per_minute=10)
     ctx = context(limits)

@@ -9,7 +9,13 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.workflows import templates
 from conveyor.workflows.catalog import load_file
-from conveyor.workflows.definitions import RetryPolicy, StepSpec, Workflow
+from conveyor.workflows.definitions import (
+    ConcurrencySpec,
+    RetryPolicy,
+    SingletonSpec,
+    StepSpec,
+    Workflow,
+)
 
 
 class NoInput(BaseModel):
@@ -119,3 +125,15 @@ def test_a_broken_file_is_reported_with_its_path(tmp_path: Path) -> None:
 def test_a_template_that_fails_on_the_data_is_a_template_failure() -> None:
     with pytest.raises(templates.TemplateFailure, match="TypeError"):
         templates.render("{{ inputs.n + 1 }}", {"inputs": {"n": None}})
+
+
+def test_a_definition_declaring_two_flow_keys_is_refused_at_declaration() -> None:
+    with pytest.raises(ValidationError, match="at most one of concurrency, singleton"):
+        Workflow(
+            name="flow",
+            description="",
+            input_model=NoInput,
+            steps=[step("a")],
+            concurrency=ConcurrencySpec(key="{{ user_id }}", limit=2),
+            singleton=SingletonSpec(key="{{ user_id }}"),
+        )

@@ -512,12 +512,13 @@ async function refreshSlow() {
     api("/api/analytics/trends?metric=cost_micro_usd&aggregation=daily"),
     api("/api/admin/quota-usage"),
     api("/api/admin/maintenance"),
-    api("/api/admin/flow"),
+    // The flow card must not keep the other cards from rendering when its read fails.
+    api("/api/admin/flow").catch((error) => { showError(error); return null; }),
   ]);
   renderUsageChart(tokens.series, cost.series);
   renderQuota(quota);
   renderMaintenance(maintenance);
-  renderFlow(flow);
+  if (flow) renderFlow(flow);
 }
 
 const SVG = "http://www.w3.org/2000/svg";

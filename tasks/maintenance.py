@@ -31,10 +31,12 @@ from worker.celery_app import send_or_log
 def requeue_stale_runs(
     self: PeriodicTask, older_than_seconds: int | None = None, period: str | None = None
 ) -> int:
-    """Publish again the runs that look lost (queued too long, or an expired lease), and give
-    back the credit holds of runs that ended, wait or were claimed again since."""
+    """Publish again the runs that look lost (queued too long, or an expired lease), give back
+    the credit holds of runs that ended, wait or were claimed again since, and resume runs
+    waiting for credits their users now have."""
     res = self.resources
     reservations.release_stale(res.db)
+    publish_resumed(self, credit_waits.resume_covered(res.db))
     threshold = (
         res.settings.requeue_after_seconds if older_than_seconds is None else older_than_seconds
     )

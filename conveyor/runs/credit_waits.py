@@ -173,6 +173,26 @@ def resume_credit_waiters(db: Database, user_id: UUID) -> list[Resumed]:
     return resumed
 
 
+def resume_covered(db: Database, limit: int = 500) -> list[Resumed]:
+    """The requeue job's safety net: resume the users whose free credits now cover what one of
+    their runs waits for, however the credits came (a path that does not resume, or credits that
+    arrived just before the run parked)."""
+    with db.single_statement() as conn:
+        users = conn.execute(
+            """
+            select distinct r.user_id from workflow_runs r
+              join workflow_steps s on s.run_id = r.id and s.status = 'waiting'
+              join user_accounts a on a.user_id = r.user_id
+             where r.status = 'waiting' and s.wait ->> 'kind' = 'credits'
+               and a.credit_balance - a.reserved_credits
+                   >= coalesce((s.wait ->> 'needed')::bigint, 0)
+             limit %s
+            """,
+            (limit,),
+        ).fetchall()
+    return [run for user in users for run in resume_credit_waiters(db, user["user_id"])]
+
+
 def publish_resumed(publisher: EventPublisher, resumed: list[Resumed]) -> list[UUID]:
     """Publish the resumed runs' events; the ids of the runs to send to the workers."""
     for run in resumed:

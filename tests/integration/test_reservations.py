@@ -145,6 +145,23 @@ def test_the_monthly_grant_resumes_a_run_waiting_for_credits(
     assert execute(db, settings, run.id) is Result.COMPLETED
 
 
+def test_the_safety_net_resumes_runs_whose_credits_arrived_by_a_path_that_does_not_resume(
+    db: Database, settings: Settings, fake_llm: FakeLlm
+) -> None:
+    covered, short = uuid.uuid4(), uuid.uuid4()
+    runs = {}
+    for user in (covered, short):
+        set_balance(db, user, 10)
+        runs[user] = new_run(db, "credit_call", {"key": "one"}, user_id=user).id
+        assert execute(db, settings, runs[user]) is Result.WAITING
+    set_balance(db, covered, 1000)
+
+    resumed = credit_waits.resume_covered(db)
+
+    assert [run.run_id for run in resumed] == [runs[covered]]
+    assert step_of(db, runs[short])["status"] == "waiting"
+
+
 def test_a_run_still_waiting_for_credits_when_its_wait_ends_fails_insufficient_credits(
     db: Database, settings: Settings, fake_llm: FakeLlm
 ) -> None:

@@ -48,10 +48,21 @@ begin
     return;
   end if;
   return query
-  with held_keys as (
-    select distinct coalesce(r.concurrency_key, '') as k
-      from conveyor.workflow_runs r
-     where r.status = 'queued' and r.dispatched_at is null
+  -- The keys with runs held: a skip scan of workflow_runs_held (one probe per key), not a
+  -- read of every held run (a tenant may hold thousands).
+  with recursive held_keys as (
+    (select coalesce(r.concurrency_key, '') as k
+       from conveyor.workflow_runs r
+      where r.status = 'queued' and r.dispatched_at is null
+      order by 1 limit 1)
+    union all
+    select (select coalesce(r.concurrency_key, '')
+              from conveyor.workflow_runs r
+             where r.status = 'queued' and r.dispatched_at is null
+               and coalesce(r.concurrency_key, '') > h.k
+             order by 1 limit 1)
+      from held_keys h
+     where h.k is not null
   ), slots as (
     select h.k,
            case when h.k = '' then budget
@@ -65,6 +76,7 @@ begin
                            and f.status in ('queued', 'running', 'waiting'))
            end as free
       from held_keys h
+     where h.k is not null
   ), candidates as (
     select c.id, c.pri, c.rank, c.created_at
       from slots s

@@ -45,6 +45,15 @@ def execute(db: Database, settings: Settings, run_id: uuid.UUID) -> Result:
         publisher.close()
 
 
+def parked_run(db: Database, settings: Settings, user: uuid.UUID) -> uuid.UUID:
+    """A credit_call run of a user with 10 credits (less than its call's worst case), executed
+    once: it waits for credits."""
+    set_balance(db, user, 10)
+    run_id = new_run(db, "credit_call", {"key": "one"}, user_id=user).id
+    assert execute(db, settings, run_id) is Result.WAITING
+    return run_id
+
+
 def account(db: Database, user: uuid.UUID) -> dict[str, Any]:
     with db.single_statement() as conn:
         row = conn.execute(
@@ -109,20 +118,18 @@ def test_credits_arriving_resume_a_run_waiting_for_credits_which_completes_charg
     db: Database, settings: Settings, fake_llm: FakeLlm
 ) -> None:
     user = uuid.uuid4()
-    set_balance(db, user, 10)
-    run = new_run(db, "credit_call", {"key": "one"}, user_id=user)
-    assert execute(db, settings, run.id) is Result.WAITING
+    run_id = parked_run(db, settings, user)
     with db.transaction() as conn:
         conn.execute("select * from add_credits(%s, 1000, 'purchase')", (user,))
 
     resumed = credit_waits.resume_credit_waiters(db, user)
     again = credit_waits.resume_credit_waiters(db, user)
 
-    assert [r.run_id for r in resumed] == [run.id]
+    assert [r.run_id for r in resumed] == [run_id]
     assert again == []
-    assert step_of(db, run.id)["status"] == "pending"
-    assert execute(db, settings, run.id) is Result.COMPLETED
-    assert step_of(db, run.id)["attempt"] == 1
+    assert step_of(db, run_id)["status"] == "pending"
+    assert execute(db, settings, run_id) is Result.COMPLETED
+    assert step_of(db, run_id)["attempt"] == 1
     assert fake_llm.completed[PROMPT] == 1
     assert account(db, user)["credit_balance"] == 1010 - 7
 
@@ -131,18 +138,16 @@ def test_the_monthly_grant_resumes_a_run_waiting_for_credits(
     db: Database, settings: Settings, fake_llm: FakeLlm
 ) -> None:
     user = uuid.uuid4()
-    set_balance(db, user, 10)
-    run = new_run(db, "credit_call", {"key": "one"}, user_id=user)
-    assert execute(db, settings, run.id) is Result.WAITING
+    run_id = parked_run(db, settings, user)
     handed: list[uuid.UUID] = []
 
     counts = maintenance.monthly_quota_reset(
         db, settings, "2098-07", on_resumed=lambda runs: handed.extend(r.run_id for r in runs)
     )
 
-    assert handed == [run.id]
+    assert handed == [run_id]
     assert counts["credit_waits_resumed"] >= 1
-    assert execute(db, settings, run.id) is Result.COMPLETED
+    assert execute(db, settings, run_id) is Result.COMPLETED
 
 
 def test_the_safety_net_resumes_runs_whose_credits_arrived_by_a_path_that_does_not_resume(
@@ -151,9 +156,7 @@ def test_the_safety_net_resumes_runs_whose_credits_arrived_by_a_path_that_does_n
     covered, short = uuid.uuid4(), uuid.uuid4()
     runs = {}
     for user in (covered, short):
-        set_balance(db, user, 10)
-        runs[user] = new_run(db, "credit_call", {"key": "one"}, user_id=user).id
-        assert execute(db, settings, runs[user]) is Result.WAITING
+        runs[user] = parked_run(db, settings, user)
     set_balance(db, covered, 1000)
 
     resumed = credit_waits.resume_covered(db)
@@ -166,17 +169,15 @@ def test_a_run_still_waiting_for_credits_when_its_wait_ends_fails_insufficient_c
     db: Database, settings: Settings, fake_llm: FakeLlm
 ) -> None:
     user = uuid.uuid4()
-    set_balance(db, user, 10)
-    run = new_run(db, "credit_call", {"key": "one"}, user_id=user)
-    assert execute(db, settings, run.id) is Result.WAITING
+    run_id = parked_run(db, settings, user)
     now = db_now(db)
 
     early = waits.wake_due_runs(db, now=now + timedelta(seconds=CREDIT_WAIT - 60))
     ended = waits.wake_due_runs(db, now=now + timedelta(seconds=CREDIT_WAIT + 60))
 
     assert early == []
-    assert [(r.run_id, r.status) for r in ended] == [(run.id, "failed")]
-    step = step_of(db, run.id)
+    assert [(r.run_id, r.status) for r in ended] == [(run_id, "failed")]
+    step = step_of(db, run_id)
     assert step["error_code"] == "INSUFFICIENT_CREDITS"
     assert account(db, user)["credit_balance"] == 10
 

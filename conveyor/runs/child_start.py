@@ -14,7 +14,7 @@ from conveyor.errors import ConveyorError
 from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, RunEvent, append_events
 from conveyor.runs import children
 from conveyor.runs.new_runs import NewRun, ParentLink, insert_run
-from conveyor.runs.resume import STEP_WAITING
+from conveyor.runs.resume import STEP_WAITING, step_waiting
 from conveyor.runs.run_rows import ended_run, status_data
 from conveyor.runs.step_rows import CompletedStep, mark_completed
 from conveyor.runs.store import ClaimedRun
@@ -110,7 +110,7 @@ def _awaiting(
         (Jsonb(wait), spec_hash, claim.id, position),
     ).fetchone()
     assert step is not None, "a claimed run has a row for every step"
-    waiting = {"step": step["name"], "position": position, "wake_at": None, **wait}
+    waiting = step_waiting(step["name"], position, None, wait)
     events = append_events(
         conn, claim.id, [(STEP_WAITING, waiting), (STATUS_UPDATE, status_data(run))]
     )

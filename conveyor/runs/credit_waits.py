@@ -19,7 +19,7 @@ from conveyor import outbound
 from conveyor.db import Connection, Database
 from conveyor.events import notifications
 from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_events
-from conveyor.runs.resume import STEP_RESUMED, STEP_WAITING, Resumed
+from conveyor.runs.resume import STEP_RESUMED, STEP_WAITING, Resumed, step_waiting
 from conveyor.runs.run_rows import status_data
 from conveyor.runs.store import ClaimedRun
 from conveyor.runs.supervision import RunCancelled, RunSuspended
@@ -93,12 +93,7 @@ def defer(
             (run["wake_at"], Jsonb(wait), claim.id, position),
         ).fetchone()
         assert step is not None, "a claimed run has a row for every step"
-        waiting = {
-            "step": step["name"],
-            "position": position,
-            "wake_at": run["wake_at"].isoformat() if run["wake_at"] else None,
-            **wait,
-        }
+        waiting = step_waiting(step["name"], position, run["wake_at"], wait)
         status = {**status_data(run), "waiting_for": deferred.reason}
         events = append_events(conn, claim.id, [(STEP_WAITING, waiting), (STATUS_UPDATE, status)])
         if deferred.reason == CREDITS:

@@ -279,11 +279,18 @@ class Engine:
                 self.db, self.publisher, self.claim, event, data
             ),
         )
+        # The hold this attempt made, if it made one: only then is there anything to give back.
+        held: list[HoldKey] = []
         if position is not None:
             key = HoldKey(self.claim.id, self.claim.attempt, position, item, attempt)
-            ctx.reserve = lambda estimate: credit_holds.reserve_or_defer(
-                self.db, self.settings, self.claim.user_id, key, estimate
-            )
+
+            def reserve(estimate: steps.CallEstimate) -> None:
+                credit_holds.reserve_or_defer(
+                    self.db, self.settings, self.claim.user_id, key, estimate
+                )
+                held.append(key)
+
+            ctx.reserve = reserve
         started = time.monotonic()
         outcome = "failed"
         try:
@@ -310,12 +317,10 @@ class Engine:
             raise StepFailure(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         finally:
             metrics.STEP_DURATION.labels(spec.kind, outcome).observe(time.monotonic() - started)
-            if outcome != "completed" and position is not None:
-                # Failed, retried, deferred or interrupted: its hold is given back at once (a
-                # completed step's is settled by its checkpoint).
-                credit_holds.release_quietly(
-                    self.db, HoldKey(self.claim.id, self.claim.attempt, position, item, attempt)
-                )
+            if outcome != "completed" and held:
+                # Failed, retried or interrupted: its hold is given back at once (a completed
+                # step's is settled by its checkpoint).
+                credit_holds.release_quietly(self.db, held[0])
 
     def _checkpoint(
         self,

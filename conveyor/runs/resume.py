@@ -5,6 +5,7 @@ a waiting run failed. docs/architecture.md, "Durable waits"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +22,19 @@ from conveyor.runs.step_rows import CompletedStep, mark_completed
 
 STEP_WAITING = "step_waiting"
 STEP_RESUMED = "step_resumed"
+
+
+def step_waiting(
+    name: str, position: int, wake_at: datetime | None, wait: dict[str, Any]
+) -> dict[str, Any]:
+    """A `step_waiting` event's data: the step, its position, when its timer ends, its wait."""
+    return {
+        "step": name,
+        "position": position,
+        "wake_at": wake_at.isoformat() if wake_at else None,
+        **wait,
+    }
+
 
 # How a run leaves `waiting` for `queued` (by its timer in waits.py, a signal, an approval, a
 # child's end). Each resumer adds the conditions under which it may: only while the run still

@@ -25,7 +25,13 @@ from conveyor.events.run_events import STATUS_UPDATE, EventPublisher, append_eve
 from conveyor.runs import children, credit_waits
 from conveyor.runs.approvals import expired_output, notify_approver
 from conveyor.runs.child_start import suspend_for_child
-from conveyor.runs.resume import FAIL_SET, RESUME_SET, STEP_WAITING, record_failed
+from conveyor.runs.resume import (
+    FAIL_SET,
+    RESUME_SET,
+    STEP_WAITING,
+    record_failed,
+    step_waiting,
+)
 from conveyor.runs.resume import STEP_RESUMED as STEP_RESUMED
 from conveyor.runs.resume import Resumed as Resumed
 from conveyor.runs.resume import complete_wait as complete_wait
@@ -153,12 +159,7 @@ def suspend(
             (run["wake_at"], Jsonb(wait), spec_hash, claim.id, position),
         ).fetchone()
         assert step is not None, "a claimed run has a row for every step"
-        waiting = {
-            "step": step["name"],
-            "position": position,
-            "wake_at": run["wake_at"].isoformat() if run["wake_at"] else None,
-            **wait,
-        }
+        waiting = step_waiting(step["name"], position, run["wake_at"], wait)
         events = append_events(
             conn, claim.id, [(STEP_WAITING, waiting), (STATUS_UPDATE, status_data(run))]
         )

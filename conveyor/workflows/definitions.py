@@ -72,48 +72,37 @@ class StepSpec(BaseModel):
         return self
 
 
-class ConcurrencySpec(BaseModel):
-    """`concurrency: {key, limit}`: at most `limit` runs per rendered `key` in flight; the key is
-    a template over the submit (`inputs`, `user_id`, `session_id`, `metadata`)."""
+class KeySpec(BaseModel):
+    """What the flow-control specs share: a key, a template over the submit (`inputs`,
+    `user_id`, `session_id`, `metadata`) checked when declared."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str = Field(min_length=1, max_length=500)
-    limit: int = Field(ge=1, le=10_000)
 
     @model_validator(mode="after")
-    def _key_parses(self) -> ConcurrencySpec:
+    def _key_parses(self) -> KeySpec:
         templates.check_syntax(self.key)
         return self
 
 
-class SingletonSpec(BaseModel):
+class ConcurrencySpec(KeySpec):
+    """`concurrency: {key, limit}`: at most `limit` runs per rendered `key` in flight."""
+
+    limit: int = Field(ge=1, le=10_000)
+
+
+class SingletonSpec(KeySpec):
     """`singleton: {key, policy}`: one run in flight per rendered key; a new one is dropped
     (409), queued behind it, or replaces it (the old one is cancelled)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str = Field(min_length=1, max_length=500)
     policy: Literal["drop", "queue", "replace"] = "queue"
 
-    @model_validator(mode="after")
-    def _key_parses(self) -> SingletonSpec:
-        templates.check_syntax(self.key)
-        return self
 
-
-class DebounceSpec(BaseModel):
+class DebounceSpec(KeySpec):
     """`debounce: {key, seconds}`: only the last submit per rendered key within `seconds` runs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str = Field(min_length=1, max_length=500)
     seconds: float = Field(gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _key_parses(self) -> DebounceSpec:
-        templates.check_syntax(self.key)
-        return self
 
 
 class Workflow(BaseModel):

@@ -246,6 +246,9 @@ class Settings(BaseSettings):
 
     # When set, GET /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: SecretStr | None = None
+    # A worker on its own host has no web beside it to serve its samples: its main process serves
+    # them at :<port>/metrics (worker/metrics_http.py). Unset: none.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=1, le=65535)
@@ -259,7 +262,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("supabase_jwt_secret", mode="before")
+    @field_validator("supabase_jwt_secret", "metrics_token", mode="before")
     @classmethod
     def _empty_secret_is_none(cls, value: object) -> object:
         # docker-compose passes an unset secret as "" (a project on asymmetric keys has none);

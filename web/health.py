@@ -1,4 +1,5 @@
-"""`GET /api/health`: is Postgres reachable, is Redis reachable."""
+"""Health: `GET /api/health` (both dependencies' state), `GET /livez` (the process serves
+requests) and `GET /readyz` (its dependencies answer), the last two for orchestrators' probes."""
 
 from __future__ import annotations
 
@@ -15,11 +16,17 @@ from web.openapi import contract
 
 
 class HealthView(BaseModel):
-    """`GET /api/health`: each dependency's state."""
+    """`GET /api/health` and `GET /readyz`: each dependency's state."""
 
     status: Literal["ok", "degraded"]
     postgres: Literal["ok", "down"]
     redis: Literal["ok", "down"]
+
+
+class LiveView(BaseModel):
+    """`GET /livez`: the process answers."""
+
+    status: Literal["ok"]
 
 
 bp = Blueprint("health", __name__)
@@ -27,22 +34,23 @@ bp = Blueprint("health", __name__)
 State = Literal["ok", "down"]
 
 
-@bp.get("/api/health")
-@public
-@contract({200: HealthView}, auth=None)
-def health() -> tuple[Response, int]:
-    """200 when both dependencies answer; 503 naming the ones that do not."""
+def check_dependencies() -> HealthView:
+    """Ping Postgres and Redis (each bounded by its client's timeouts)."""
     postgres: State = "ok"
     try:
         get_db().ping()
     except ServiceUnavailable:
         postgres = "down"
     redis_state: State = "ok" if get_publisher().ping() else "down"
-    view = HealthView(
+    return HealthView(
         status="ok" if postgres == redis_state == "ok" else "degraded",
         postgres=postgres,
         redis=redis_state,
     )
+
+
+def answer(view: HealthView) -> tuple[Response, int]:
+    """200 with the view, or 503 in the API's error shape naming what is down."""
     if view.status == "ok":
         return jsonify(view.model_dump()), 200
     down = [name for name in ("postgres", "redis") if getattr(view, name) == "down"]
@@ -54,3 +62,28 @@ def health() -> tuple[Response, int]:
     response = jsonify(body)
     response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
     return response, 503
+
+
+@bp.get("/api/health")
+@public
+@contract({200: HealthView}, auth=None)
+def health() -> tuple[Response, int]:
+    """200 when both dependencies answer; 503 naming the ones that do not."""
+    return answer(check_dependencies())
+
+
+@bp.get("/livez")
+@public
+@contract({200: LiveView}, auth=None)
+def livez() -> tuple[Response, int]:
+    """200 whenever this process serves requests; calls no dependency, so an outage of Postgres
+    or Redis never gets a healthy process restarted."""
+    return jsonify(LiveView(status="ok").model_dump()), 200
+
+
+@bp.get("/readyz")
+@public
+@contract({200: HealthView}, auth=None)
+def readyz() -> tuple[Response, int]:
+    """200 when Postgres and Redis answer (send traffic here); 503 naming the ones that do not."""
+    return answer(check_dependencies())

@@ -22,7 +22,7 @@ from conveyor.settings import Settings
 from web.auth import client_ip
 from web.errors import handle_conveyor_error
 
-EXEMPT_PATHS = frozenset({"/api/payments/webhook"})
+EXEMPT_PATHS = frozenset({"/api/payments/webhook", "/livez"})
 REDIS_TIMEOUT_SECONDS = 0.5
 
 

@@ -12,6 +12,7 @@ from conveyor.constants import QUEUES
 from conveyor.settings import Settings
 from worker import broker
 from worker.heartbeat import Heartbeat
+from worker.metrics_http import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +82,7 @@ def create_celery(settings: Settings) -> Celery:
         beat_scheduler="worker.scheduler:ConveyorScheduler",
     )
     celery.steps["worker"].add(Heartbeat)  # `conveyor:workers:<hostname>`, see heartbeat.py
+    celery.steps["worker"].add(MetricsServer)  # WORKER_METRICS_PORT, see metrics_http.py
     celery.conveyor_settings = settings
     return celery
 

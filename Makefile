@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # suite mostly waits on servers and workers: 3 processes on 2 cores took 8.7 min, one took ~14.
 TEST_WORKERS ?= 3
 
-.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map bench-ratelimit bench-dispatch clean
+.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map bench-ratelimit bench-dispatch bench-capacity clean
 
 install: $(STAMP)
 
@@ -79,6 +79,10 @@ bench-ratelimit: install
 ## Runs/s of no-op runs with a concurrency key and limit beside the same runs without (bench/dispatch_overhead.py).
 bench-dispatch: install
 	$(BIN)/python -m bench.dispatch_overhead
+
+## The capacity model's inputs: statements, WAL, broker and Redis ops per run/step, connections per process (bench/capacity.py).
+bench-capacity: install
+	$(BIN)/python -m bench.capacity
 
 ## HTTP submit + poll + websockets for a fixed time beside a bare Flask + Celery endpoint (bench/load.py).
 bench-load: install

@@ -28,6 +28,9 @@ TASK_DELIVER_WEBHOOK = "webhooks.deliver"
 TASK_REQUEUE_WEBHOOK_DELIVERIES = "maintenance.requeue_webhook_deliveries"
 
 QUEUES = ("runs", "usage", "webhooks", "maintenance")
+# BROKER_URL schemes: Redis lists, or RabbitMQ over AMQP 0-9-1 (py-amqp).
+RABBITMQ_SCHEMES = ("amqp", "amqps", "pyamqp")
+BROKER_SCHEMES = ("redis", "rediss", *RABBITMQ_SCHEMES)
 
 
 def run_topic(run_id: UUID | str) -> str:

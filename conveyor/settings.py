@@ -8,10 +8,13 @@ from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from conveyor.constants import BROKER_SCHEMES
 
 # File names under data_dir, not secrets.
 DEV_SECRET_FILE = "jwt-secret"  # noqa: S105
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
     # transaction poolers that refuse one.
     database_statement_timeout_seconds: float = Field(60.0, ge=0, le=86_400)
     redis_url: str | None = None
+    # Celery's broker: unset means REDIS_URL; `amqp://` for RabbitMQ (docs/architecture.md,
+    # "Brokers"). Redis stays for pub/sub, rate limits and heartbeats either way.
+    broker_url: str | None = None
     data_dir: Path = Field(Path(".conveyor"), validation_alias="CONVEYOR_DATA_DIR")
 
     supabase_url: str | None = None
@@ -305,6 +311,22 @@ class Settings(BaseSettings):
                 "worker's lease could expire between check-ins"
             )
         return self
+
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker_conveyor_speaks(cls, url: str | None) -> str | None:
+        if not url:  # BROKER_URL= (empty, as compose passes an unset one) means unset
+            return None
+        if urlsplit(url).scheme not in BROKER_SCHEMES:
+            raise ValueError(
+                "BROKER_URL must be a redis://, rediss://, amqp:// or amqps:// URL (or unset: "
+                "the broker is then REDIS_URL)"
+            )
+        return url
+
+    def celery_broker_url(self) -> str | None:
+        """Where Celery's messages go: BROKER_URL, else REDIS_URL."""
+        return self.broker_url or self.redis_url
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:

@@ -15,8 +15,16 @@ from tasks.outbound import queue_deliveries
 from worker.base import ConveyorTask
 from worker.celery_app import send_or_log
 
+# Runs and lanes are acknowledged when they start, not when they end. Their message only says
+# "look at this run": the row is the truth, its lease fences a second worker out, and the
+# reaper republishes a run whose lease expired or that sat queued too long. Holding the message
+# for the whole run would buy nothing and break long runs: RabbitMQ closes a channel that keeps
+# a delivery unacknowledged past its consumer_timeout (30 min by default), and Redis hands such
+# a message to another worker after its visibility timeout.
+RUN_ACKS_LATE = False
 
-@shared_task(bind=True, base=ConveyorTask, name=TASK_EXECUTE_RUN)
+
+@shared_task(bind=True, base=ConveyorTask, name=TASK_EXECUTE_RUN, acks_late=RUN_ACKS_LATE)
 def execute(self: ConveyorTask, run_id: str) -> str:
     """Execute a run; redelivered or duplicate messages for the same run are no-ops."""
     res = self.resources
@@ -54,7 +62,7 @@ def start_lanes(task: ConveyorTask, lanes: Sequence[Lane]) -> None:
         send_or_log(task.app, TASK_EXECUTE_LANE, str(lane.run_id), lane.attempt, lane.position)
 
 
-@shared_task(bind=True, base=ConveyorTask, name=TASK_EXECUTE_LANE)
+@shared_task(bind=True, base=ConveyorTask, name=TASK_EXECUTE_LANE, acks_late=RUN_ACKS_LATE)
 def execute_lane_task(self: ConveyorTask, run_id: str, attempt: int, position: int) -> str:
     """Run one lane of a run's branches or map items; a stale or duplicate lane is a no-op."""
     res = self.resources

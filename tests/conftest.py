@@ -7,6 +7,7 @@ TEST_DATABASE_URL / TEST_REDIS_URL point at existing servers; without them the e
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import amqp
 import psycopg
 import pytest
 import redis
@@ -25,8 +27,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from conveyor.cli.services import EmbeddedRedis
+from conveyor.constants import QUEUES
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
+from conveyor.ops.broker_queues import amqp_connection
 from conveyor.ops.migrations import migrate
 from conveyor.settings import Settings
 from tests import fake_stripe as fake_stripe_module
@@ -162,7 +166,8 @@ def settings(
     SETTINGS (overrides), USES_FAKE_LLM = True (model calls go to the `fake_llm` server) and
     USES_FAKE_STRIPE = True (Stripe API calls go to the `fake_stripe` server) and
     USES_FAKE_STORAGE = True (large outputs go to the `storage` server's bucket) and
-    USES_FAKE_AUTH = True (Supabase Auth calls go to the `fake_auth` server)."""
+    USES_FAKE_AUTH = True (Supabase Auth calls go to the `fake_auth` server) and
+    USES_RABBITMQ = True (Celery's broker is the `rabbitmq` fixture's)."""
     overrides = dict(getattr(request.module, "SETTINGS", {}))
     if getattr(request.module, "USES_FAKE_AUTH", False):
         overrides["supabase_url"] = request.getfixturevalue("fake_auth").url
@@ -170,12 +175,46 @@ def settings(
     if getattr(request.module, "USES_FAKE_STORAGE", False):
         overrides["supabase_url"] = request.getfixturevalue("storage").url
         overrides["supabase_service_role_key"] = STORAGE_SERVICE_KEY
+    if getattr(request.module, "USES_RABBITMQ", False):
+        overrides["broker_url"] = request.getfixturevalue("rabbitmq")
     if getattr(request.module, "USES_FAKE_LLM", False):
         overrides["llm_base_url"] = request.getfixturevalue("fake_llm").base_url
     if getattr(request.module, "USES_FAKE_STRIPE", False):
         overrides["stripe_api_base"] = request.getfixturevalue("fake_stripe").url
         overrides.setdefault("stripe_secret_key", fake_stripe_module.SECRET_KEY)
     return make_settings(database_url, redis_url, tmp_path / "data", **overrides)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """TEST_BROKER_URL, a RabbitMQ (`.ci/run` sets it); the tests that need one skip without."""
+    url = os.environ.get("TEST_BROKER_URL", "")
+    if not url.startswith(("amqp://", "amqps://")):
+        pytest.skip("no RabbitMQ: set TEST_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// to run")
+    return url
+
+
+@pytest.fixture
+def rabbitmq(rabbitmq_url: str) -> Iterator[str]:
+    """The RabbitMQ, to this test alone (its tests share one broker: an exclusive lock makes
+    them take turns across xdist processes), with Conveyor's queues and the delayed-delivery
+    queues emptied. Emptied, not deleted: kombu's pooled connections remember what they
+    declared and would publish into the void."""
+    with (Path(tempfile.gettempdir()) / "conveyor-tests-rabbitmq.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        connection = amqp_connection(rabbitmq_url, timeout=5)
+        connection.connect()
+        try:
+            for queue in [*QUEUES, *(f"celery_delayed_{level}" for level in range(28))]:
+                channel = connection.channel()
+                try:
+                    channel.queue_purge(queue)
+                except amqp.exceptions.NotFound:
+                    continue  # not declared yet; RabbitMQ closed the channel
+                channel.close()
+        finally:
+            connection.close()
+        yield rabbitmq_url
 
 
 @pytest.fixture
@@ -229,9 +268,11 @@ def publisher(settings: Settings) -> Iterator[EventPublisher]:
 
 
 @pytest.fixture
-def celery_app(settings: Settings) -> Celery:
+def celery_app(settings: Settings) -> Iterator[Celery]:
     """The Celery app as the worker builds it, for this test's settings."""
-    return create_celery(settings)
+    app = create_celery(settings)
+    yield app
+    app.close()
 
 
 @pytest.fixture

@@ -62,6 +62,7 @@ def worker_env(settings: Settings, **env: str) -> dict[str, str]:
     return {
         "DATABASE_URL": str(settings.database_url),
         "REDIS_URL": str(settings.redis_url),
+        "BROKER_URL": settings.broker_url or "",
         "SUPABASE_JWT_SECRET": JWT_SECRET,
         "API_JWT_SECRET": API_SECRET,
         "LLM_BASE_URL": settings.llm_base_url,
@@ -102,6 +103,9 @@ class LiveServer:
         self._server.server_close()
         self._thread.join(timeout=10)
         self.app.extensions["conveyor.db"].close()
+        self.app.extensions["conveyor.enqueuer"].close()
+        self.app.extensions["conveyor.ops_queues"].close()
+        self.app.extensions["conveyor.metrics_queues"].close()
 
 
 class ApiClient:

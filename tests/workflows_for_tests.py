@@ -194,6 +194,15 @@ workflows.define(
 
 workflows.define(
     Workflow(
+        name="cooperative_wait",
+        description="One long cooperative step: a run that keeps its worker busy.",
+        input_model=WaitInput,
+        steps=[python_step("wait", "tests.wait_cooperatively", timeout_seconds=60)],
+    )
+)
+
+workflows.define(
+    Workflow(
         name="outlives_the_run",
         description="A cooperative wait longer than the whole run may take.",
         input_model=WaitInput,

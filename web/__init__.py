@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["conveyor.store"] = store_for(settings)
     app.extensions["conveyor.supabase_auth"] = auth_for(settings)
 
-    observability.init_app(app, settings.redis_url)
+    broker_url = settings.celery_broker_url() or settings.redis_url
+    observability.init_app(app, broker_url)
     errors.init_app(app)
     auth.init_app(app)
     limits.init_app(app, settings)  # after auth: it skips callers the auth hook verified
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(witchcraft.bp)  # seed 000 (README, "Coming from")
     app.register_blueprint(django_template.bp)  # seed 003's trailing-slash API
     app.register_blueprint(fastapi_tokens.bp)  # seed 004's `/api/v1` (README, "Coming from")
-    ops.init_app(app, settings.redis_url)
+    ops.init_app(app, settings.redis_url, broker_url)
     dashboard.init_app(app)
     ws.init_app(app, settings)
     api_docs.init_app(app)

@@ -18,3 +18,7 @@ class Enqueuer:
         """Publish task_name(*args); False when the broker is unreachable (the caller's outbox row
         stays and the reaper publishes it later)."""
         return send_or_log(self._celery, task_name, *args)
+
+    def close(self) -> None:
+        """Close the app's broker connections."""
+        self._celery.close()

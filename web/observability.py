@@ -8,7 +8,6 @@ import time
 import uuid
 
 import psycopg
-import redis
 import structlog
 from flask import Blueprint, Flask, Response, current_app, g, request
 
@@ -68,10 +67,12 @@ def scrape() -> Response:
 
 
 def queue_depths() -> dict[str, int]:
-    """Messages waiting in each queue (empty when Redis is unreachable: a scrape never fails)."""
+    """Messages waiting in each queue (empty when the broker is unreachable: a scrape never
+    fails)."""
+    reader: ops.QueueReader = current_app.extensions["conveyor.metrics_queues"]
     try:
-        return ops.queue_depths(current_app.extensions["conveyor.metrics_redis"])
-    except redis.RedisError:
+        return reader.depths()
+    except ops.BrokerUnreachable:
         return {}
 
 
@@ -83,11 +84,10 @@ def runs_waiting() -> dict[str, int]:
         return {}
 
 
-def init_app(app: Flask, redis_url: str) -> None:
-    """Install the request hooks and the /metrics route."""
-    app.extensions["conveyor.metrics_redis"] = redis.Redis.from_url(
-        redis_url, socket_connect_timeout=1, socket_timeout=1
-    )
+def init_app(app: Flask, broker_url: str) -> None:
+    """Install the request hooks and the /metrics route (with its own short-timeout reader of
+    the broker's queues)."""
+    app.extensions["conveyor.metrics_queues"] = ops.queue_reader(broker_url, timeout=1)
     app.before_request(begin_request)
     app.after_request(end_request)
     app.teardown_request(forget_request)

@@ -25,8 +25,9 @@ class NoParams(Payload):
 def queues() -> Response:
     """Admins: messages waiting per queue, unacked messages, and workers with a live heartbeat."""
     require_admin()
+    reader: ops.QueueReader = current_app.extensions["conveyor.ops_queues"]
     client: redis.Redis = current_app.extensions["conveyor.ops_redis"]
-    return jsonify(ops.queue_report(client).model_dump(mode="json"))
+    return jsonify(ops.queue_report(reader, client).model_dump(mode="json"))
 
 
 @bp.get("/api/admin/runs")
@@ -68,9 +69,10 @@ def flow() -> Response:
     return jsonify(flow_report(get_db(), get_settings()).model_dump(mode="json"))
 
 
-def init_app(app: Flask, redis_url: str) -> None:
-    """Register the routes with their own short-timeout Redis client."""
+def init_app(app: Flask, redis_url: str, broker_url: str) -> None:
+    """Register the routes with their own short-timeout Redis client and broker reader."""
     app.extensions["conveyor.ops_redis"] = redis.Redis.from_url(
         redis_url, socket_connect_timeout=1, socket_timeout=2
     )
+    app.extensions["conveyor.ops_queues"] = ops.queue_reader(broker_url, timeout=2)
     app.register_blueprint(bp)

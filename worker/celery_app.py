@@ -6,11 +6,11 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from kombu import Exchange, Queue
 
 from conveyor.constants import QUEUES
 from conveyor.settings import Settings
 from worker import broker
+from worker.broker_config import broker_config
 from worker.heartbeat import Heartbeat
 from worker.metrics_http import MetricsServer
 
@@ -27,8 +27,9 @@ TASK_MODULES = [
 
 
 def create_celery(settings: Settings) -> Celery:
-    """A Celery app on the settings' Redis; web uses it only to publish, by task name."""
-    broker_url = settings.redis_url
+    """A Celery app on the settings' broker (BROKER_URL, else REDIS_URL); web uses it only to
+    publish, by task name."""
+    broker_url = settings.celery_broker_url()
     if broker_url is None:
         raise RuntimeError("REDIS_URL is not set: set it, or start everything with `conveyor run`")
     broker.install()  # a worker survives a Redis restart (see worker/broker.py)
@@ -40,34 +41,21 @@ def create_celery(settings: Settings) -> Celery:
         # Postgres holds run state; a result backend would only cost every publish (PERF-NOTES).
         task_ignore_result=True,
         result_backend=None,
-        # A task is acknowledged after it ran, and handed back if its worker process died.
+        # A task is acknowledged after it ran, and handed back if its worker process died; runs
+        # and lanes are acknowledged when they start (tasks/runs.py says why).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # One direct exchange per queue: with defaults all queues share one binding and a message
-        # would be copied into every queue.
-        task_queues=[
-            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
-        ],
         task_default_queue="runs",
         task_default_exchange="runs",
         task_default_routing_key="runs",
         # Routed by queue alone, Celery publishes through the anonymous exchange straight to the
         # queue's list; naming the exchange costs kombu a binding lookup (SMEMBERS) per publish.
         task_routes={f"{name}.*": {"queue": name} for name in QUEUES},
-        # Redis redelivers an unacked message after this; longer than any run's lease.
-        broker_transport_options={
-            "visibility_timeout": max(
-                settings.broker_visibility_timeout_seconds, settings.run_lease_seconds * 2
-            ),
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
-            # Look for messages past their visibility timeout every 10 s (kombu's default scans
-            # only every tenth look, ~100 s): a killed worker's batch comes back sooner.
-            "unacked_restore_throttle": 1,
-        },
+        # The queues and the transport's options: worker/broker_config.py.
+        **broker_config(settings, broker_url),
         broker_connection_retry_on_startup=True,
-        # Submit answers fast when Redis is down: the run is stored, the reaper republishes it.
+        # Submit answers fast when the broker is down: the run is stored, the reaper republishes it.
         task_publish_retry_policy={
             "max_retries": 1,
             "interval_start": 0,

@@ -36,24 +36,27 @@ class StatusReport(BaseModel):
         return self.queues_error is None and self.database_error is None
 
 
-def read_queues(redis_url: str | None) -> tuple[ops.QueueReport | None, str | None]:
+def read_queues(settings: Settings) -> tuple[ops.QueueReport | None, str | None]:
     """(queue report, None) or (None, why not)."""
-    if redis_url is None:
+    broker_url = settings.celery_broker_url()
+    if settings.redis_url is None or broker_url is None:
         # An embedded Redis started here would be a new, empty one: ask for the running one's.
         return None, "REDIS_URL is not set (`conveyor run` prints its embedded Redis's URL)"
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    reader = ops.queue_reader(broker_url, timeout=2)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        return ops.queue_report(client), None
+        return ops.queue_report(reader, client), None
     except ConveyorError as exc:
         return None, exc.message
     finally:
+        reader.close()
         client.close()
 
 
 def collect(settings: Settings, database_url: str, *, hours: int) -> StatusReport:
-    """Read queues and workers from Redis, runs and maintenance from Postgres."""
+    """Read queues from the broker, workers from Redis, runs and maintenance from Postgres."""
     report = StatusReport(checked_at=datetime.now(UTC))
-    report.queues, report.queues_error = read_queues(settings.redis_url)
+    report.queues, report.queues_error = read_queues(settings)
     db = Database(database_url, min_size=0, max_size=1)
     try:
         report.runs = ops.run_stats(db, hours=hours)
@@ -88,9 +91,11 @@ def render(report: StatusReport) -> list[str]:
     if report.queues is None:
         lines += [f"Queues: unknown: {report.queues_error}", "Workers: unknown", ""]
     else:
-        lines.append("Queues (messages waiting)")
+        lines.append(f"Queues on {report.queues.broker} (messages waiting)")
         lines += [f"  {q.name:<14}{q.depth:>8}" for q in report.queues.queues]
-        lines += [f"  {'(unacked)':<14}{report.queues.unacked:>8}", ""]
+        if report.queues.unacked is not None:
+            lines.append(f"  {'(unacked)':<14}{report.queues.unacked:>8}")
+        lines.append("")
         workers = report.queues.workers
         lines.append(f"Workers ({len(workers)} with a live heartbeat)")
         lines += [

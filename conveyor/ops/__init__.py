@@ -1,6 +1,7 @@
 """What operators run and read: the periodic jobs and their schedule, maintenance, migrations,
 status, analytics, erasure."""
 
+from conveyor.ops.broker_queues import BrokerUnreachable, QueueReader, queue_reader
 from conveyor.ops.status import (
     HEARTBEAT_SECONDS,
     AdminRunsQuery,
@@ -12,7 +13,6 @@ from conveyor.ops.status import (
     WorkerHeartbeat,
     clear_heartbeat,
     list_all_runs,
-    queue_depths,
     queue_report,
     quota_usage,
     run_stats,
@@ -23,6 +23,8 @@ __all__ = [
     "HEARTBEAT_SECONDS",
     "AdminRunSummary",
     "AdminRunsQuery",
+    "BrokerUnreachable",
+    "QueueReader",
     "QueueReport",
     "QuotaUsage",
     "RunStats",
@@ -30,7 +32,7 @@ __all__ = [
     "WorkerHeartbeat",
     "clear_heartbeat",
     "list_all_runs",
-    "queue_depths",
+    "queue_reader",
     "queue_report",
     "quota_usage",
     "run_stats",

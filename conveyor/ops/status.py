@@ -11,9 +11,10 @@ from uuid import UUID
 import redis
 from pydantic import BaseModel, Field, ValidationError
 
-from conveyor.constants import QUEUES, REDIS_PREFIX
+from conveyor.constants import REDIS_PREFIX
 from conveyor.db import Database
 from conveyor.errors import ServiceUnavailable
+from conveyor.ops.broker_queues import Broker, BrokerUnreachable, QueueReader
 from conveyor.pagination import Listing, newest_first
 from conveyor.payload import Payload
 from conveyor.runs.payloads import RunStatus, RunSummary
@@ -22,8 +23,6 @@ from conveyor.runs.payloads import RunStatus, RunSummary
 HEARTBEAT_PREFIX = f"{REDIS_PREFIX}workers:"
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_TTL_SECONDS = 20
-# kombu's Redis transport keeps delivered-but-unacked messages in this hash (all queues).
-UNACKED_KEY = "unacked"
 MAX_WORKERS_LISTED = 500
 RUN_STATUSES: tuple[RunStatus, ...] = (
     "queued",
@@ -59,8 +58,11 @@ class QueueDepth(BaseModel):
 class QueueReport(BaseModel):
     """`GET /api/admin/queues`: what waits, what is being worked on, and by whom."""
 
+    broker: Broker
     queues: list[QueueDepth]
-    unacked: int
+    # Delivered to workers and not yet acknowledged; null on RabbitMQ, which tells only its
+    # management API.
+    unacked: int | None
     workers: list[WorkerHeartbeat]
     checked_at: datetime
 
@@ -102,26 +104,22 @@ def read_heartbeats(client: redis.Redis) -> list[WorkerHeartbeat]:
     return sorted(beats, key=lambda beat: beat.hostname)
 
 
-def queue_depths(client: redis.Redis) -> dict[str, int]:
-    """Messages waiting in each queue, in one round trip (RedisError when Redis is away)."""
-    with client.pipeline(transaction=False) as pipe:
-        for queue in QUEUES:
-            pipe.llen(queue)
-        depths = pipe.execute()
-    return {queue: int(depth) for queue, depth in zip(QUEUES, depths, strict=True)}
-
-
-def queue_report(client: redis.Redis) -> QueueReport:
-    """Depth of every queue, unacked messages and live workers; ServiceUnavailable without Redis."""
+def queue_report(reader: QueueReader, client: redis.Redis) -> QueueReport:
+    """Depth of every queue and unacked messages from the broker, live workers from Redis;
+    ServiceUnavailable when either does not answer."""
     try:
-        depths = queue_depths(client)
-        unacked = client.hlen(UNACKED_KEY)
+        depths = reader.depths()
+        unacked = reader.unacked()
+    except BrokerUnreachable as exc:
+        raise ServiceUnavailable(f"{exc}; queues cannot be read.") from exc
+    try:
         workers = read_heartbeats(client)
     except redis.RedisError as exc:
-        raise ServiceUnavailable(f"Redis is unreachable ({exc}); queues cannot be read.") from exc
+        raise ServiceUnavailable(f"Redis is unreachable ({exc}); workers cannot be read.") from exc
     return QueueReport(
+        broker=reader.broker,
         queues=[QueueDepth(name=q, depth=d) for q, d in depths.items()],
-        unacked=int(unacked),
+        unacked=unacked,
         workers=workers,
         checked_at=datetime.now(UTC),
     )

@@ -11,7 +11,7 @@ import redis
 from conveyor.constants import QUEUES
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
-from conveyor.ops.status import UNACKED_KEY
+from conveyor.ops.broker_queues import UNACKED_KEY
 from conveyor.runs.execution import Result, execute_run
 from conveyor.settings import Settings
 from tests.support import ApiClient, new_run

@@ -78,6 +78,7 @@ def test_queues_count_waiting_messages_per_queue(admin: ApiClient, client: ApiCl
     assert [q["name"] for q in body["queues"]] == list(QUEUES)
     depths = {q["name"]: q["depth"] for q in body["queues"]}
     assert depths == {"runs": 2, "usage": 0, "webhooks": 0, "maintenance": 0}
+    assert body["broker"] == "redis"
     assert body["unacked"] == 0
     assert body["workers"] == []
 

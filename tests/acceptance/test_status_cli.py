@@ -69,7 +69,7 @@ def test_status_summarises_queues_workers_runs_and_maintenance(
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "Queues (messages waiting)" in out
+    assert "Queues on redis (messages waiting)" in out
     assert [line.split() for line in out.splitlines() if line.strip().startswith("runs ")] == [
         ["runs", "0"]
     ]

@@ -56,6 +56,22 @@ def test_an_empty_hs256_secret_counts_as_none(monkeypatch: pytest.MonkeyPatch) -
         )
 
 
+def test_without_a_broker_url_celery_uses_the_redis_url() -> None:
+    loaded = settings(redis_url="redis://cache:6379/0", broker_url="")
+    assert loaded.broker_url is None
+    assert loaded.celery_broker_url() == "redis://cache:6379/0"
+
+
+def test_a_rabbitmq_broker_url_carries_the_tasks() -> None:
+    loaded = settings(redis_url="redis://cache:6379/0", broker_url="amqp://u:p@mq:5672/prod")
+    assert loaded.celery_broker_url() == "amqp://u:p@mq:5672/prod"
+
+
+def test_a_broker_conveyor_does_not_speak_is_refused_with_the_ones_it_does() -> None:
+    with pytest.raises(ValidationError, match="amqp://"):
+        settings(broker_url="kafka://broker:9092")
+
+
 def test_unknown_timezone_is_refused_with_a_hint() -> None:
     with pytest.raises(ValidationError, match="IANA"):
         settings(timezone="Mars/Olympus")

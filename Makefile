@@ -31,7 +31,8 @@ browser:
 
 ## The quick suite (everything but tests marked slow or chaos) against real services.
 test: install browser
-	$(BIN)/pytest -m "not slow and not chaos" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not chaos and not multihost" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m multihost tests/multihost $(PYTEST_ARGS)
 
 ## schemathesis against the live API, long: FUZZ_MAX_EXAMPLES per operation and caller (default 50, ~10 min).
 fuzz: install

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from storage3.exceptions import StorageApiError
@@ -79,11 +79,13 @@ class SupabaseArtifactStore:
         return self.prefix + quote(key)
 
     def get(self, url: str) -> bytes:
-        """Download an object this store wrote."""
-        if not url.startswith(self.prefix):
+        """Download an object of this bucket by its key, through this host's own endpoint: the URL
+        names the endpoint its writer used, which another host may reach by another name."""
+        _, marker, key = urlsplit(url).path.partition(f"/storage/v1/object/{self.bucket}/")
+        if not marker or not key:
             raise ValueError(f"{url} is not in this project's bucket {self.bucket!r}")
         with storage_errors("download", self.bucket):
-            return self.storage.from_(self.bucket).download(unquote(url.removeprefix(self.prefix)))
+            return self.storage.from_(self.bucket).download(unquote(key))
 
     def ensure_bucket(self) -> str:
         """Create the bucket, private, unless it exists; what was done, for `conveyor migrate`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -74,6 +75,19 @@ def test_a_stored_output_reads_back_through_its_url(
     execute_run(db, publisher, settings, run_id)
 
     data = store(settings).get(run_row(db, run_id)["step_url"])
+
+    assert json.loads(data) == {"blob": "x" * 20_000}
+
+
+def test_an_output_stored_through_another_endpoint_reads_back_through_this_hosts_own(
+    db: Database, settings: Settings, publisher: EventPublisher, storage: StorageServer
+) -> None:
+    # A worker may reach the project by its internal URL, web by its public one.
+    run_id = new_run(db, "big_output", BIG).id
+    execute_run(db, publisher, settings, run_id)
+    written = urlsplit(run_row(db, run_id)["step_url"])
+
+    data = store(settings).get(urlunsplit(written._replace(netloc="storage.internal:8000")))
 
     assert json.loads(data) == {"blob": "x" * 20_000}
 

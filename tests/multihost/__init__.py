@@ -1,0 +1,1 @@
+"""Conveyor on several hosts: web, two workers and beat in separate network namespaces."""

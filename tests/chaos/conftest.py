@@ -1,8 +1,9 @@
-"""One system for the whole chaos session (its own Postgres, Redis, web, two workers, two
-beats); the table of every fault is printed at the end of the run."""
+"""One system per broker for the chaos session (its own Postgres, Redis, web, two workers, two
+beats; Celery on Redis, then on RabbitMQ); the table of every fault is printed at the end."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,16 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos.rabbitmq import ChaosRabbitMQ, unavailable_reason
 from tests.chaos.report import LEGEND, RESULTS, table
 from tests.chaos.system import STARTUP_SECONDS, System, wait_until
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["redis", "rabbitmq"])
 def system(request: pytest.FixtureRequest) -> Iterator[System]:
-    """Everything running and the scheduler lock taken; the logs are kept if a test failed."""
+    """Everything running and the scheduler lock taken, with Celery on Redis and then on
+    RabbitMQ (skipped without TEST_BROKER_URL); the logs are kept if a test failed."""
+    rabbitmq = None
+    if request.param == "rabbitmq":
+        reason = unavailable_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        rabbitmq = ChaosRabbitMQ(os.environ["TEST_BROKER_URL"])
     # A short path: Postgres's Unix socket lives under it (108-byte limit).
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
-    running = System(tmp)
+    running = System(tmp, rabbitmq)
     try:
         running.start_web()
         for name in ("w1", "w2"):

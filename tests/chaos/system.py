@@ -21,7 +21,9 @@ import requests
 
 from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import APP_DATABASE, EmbeddedRedis, ensure_database, free_port
+from conveyor.ops.broker_queues import BrokerUnreachable
 from conveyor.ops.migrations import migrate
+from tests.chaos.rabbitmq import ChaosRabbitMQ
 from tests.support import API_SECRET, JWT_SECRET, REPO, celery_process, wait_until, worker_args
 
 STRIPE_SECRET = "whsec_chaos_suite_secret"
@@ -71,10 +73,13 @@ class RestartablePostgres:
 
 
 class System:
-    """Postgres, Redis, web, workers and beats of one chaos session, in tmp."""
+    """Postgres, Redis, web, workers and beats of one chaos session, in tmp; Celery's broker is
+    Redis, or with `rabbitmq` given, that RabbitMQ."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, rabbitmq: ChaosRabbitMQ | None = None) -> None:
         self.tmp = tmp
+        self.rabbitmq = rabbitmq
+        self.broker = "rabbitmq" if rabbitmq is not None else "redis"
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True)
         self.postgres = RestartablePostgres(tmp / "pg")
@@ -94,6 +99,7 @@ class System:
         return {
             "DATABASE_URL": self.postgres.url,
             "REDIS_URL": self.redis.url,
+            "BROKER_URL": self.rabbitmq.url if self.rabbitmq is not None else "",
             "SUPABASE_JWT_SECRET": JWT_SECRET,
             "API_JWT_SECRET": API_SECRET,
             "CONVEYOR_DATA_DIR": str(self.tmp / "data"),
@@ -215,8 +221,19 @@ class System:
         self.postgres.start()
         return time.monotonic()
 
+    def restart_rabbitmq(self, down_seconds: float) -> float:
+        """Stop RabbitMQ, keep it down for down_seconds, start it again; returns when it came
+        back (monotonic)."""
+        assert self.rabbitmq is not None
+        return self.rabbitmq.restart(down_seconds)
+
     def broker_state(self) -> dict[str, Any]:
-        """Queue lengths and unacknowledged messages in Redis, for a failure's message."""
+        """Queue lengths (and, on Redis, unacknowledged messages), for a failure's message."""
+        if self.rabbitmq is not None:
+            try:
+                return {"queues": self.rabbitmq.depths()}
+            except BrokerUnreachable as exc:
+                return {"error": str(exc)}
         client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
         try:
             queues = {name: client.llen(name) for name in QUEUES.split(",")}
@@ -253,6 +270,8 @@ class System:
                 os.killpg(worker.pid, signal.SIGKILL)
         self.redis.stop()
         self.postgres.close()
+        if self.rabbitmq is not None:
+            self.rabbitmq.close()
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ def inflict(system: System, fault: str, inject: Callable[[], float], note: str =
         time.sleep(AFTER_SECONDS)
     found, settled = wait_settled(system.postgres.url, load.tally, SETTLE_SECONDS)
     row = Row(
-        fault=fault,
+        fault=f"{fault} [{system.broker}]",
         outcome=found,
         recovery_seconds=recovery,
         settled_seconds=settled,
@@ -104,6 +104,17 @@ def test_a_postgres_restart_loses_nothing_and_the_api_answers_503_meanwhile(syst
     row = inflict(system, "restart Postgres", restart)
 
     assert row.answered_503 > 0, "submits are refused with 503 while Postgres is down"
+
+
+def test_a_rabbitmq_restart_loses_nothing(system: System) -> None:
+    if system.rabbitmq is None:
+        pytest.skip("a RabbitMQ fault: Celery's broker here is Redis")
+
+    def restart() -> float:
+        before_the_next_slot()
+        return system.restart_rabbitmq(DOWN_SECONDS)
+
+    inflict(system, "restart RabbitMQ", restart)
 
 
 def test_killing_the_active_beat_hands_the_schedule_to_the_standby(system: System) -> None:

@@ -1,0 +1,91 @@
+"""The chaos suite's RabbitMQ: the one TEST_BROKER_URL names (our machines and CI run it on
+127.0.0.1), in a virtual host of the suite's own, restarted with `rabbitmqctl stop_app` and
+`start_app` (the node stays up, its listeners and every connection go)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import amqp
+
+from conveyor.ops.broker_queues import amqp_connection, queue_reader
+
+RABBITMQCTL_TIMEOUT_SECONDS = 60
+START_SECONDS = 60.0
+
+
+def unavailable_reason() -> str | None:
+    """Why the suite cannot run its RabbitMQ faults here, or None."""
+    url = os.environ.get("TEST_BROKER_URL", "")
+    if not url.startswith("amqp://"):
+        return "no RabbitMQ: set TEST_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// to run"
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl is not on PATH: the suite restarts RabbitMQ with it"
+    return None
+
+
+class ChaosRabbitMQ:
+    """A vhost of the suite's own on the machine's RabbitMQ, and the node's restart."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.vhost = f"conveyor-chaos-{uuid.uuid4().hex[:8]}"
+        user = unquote(parts.username or "guest")
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
+        self.url = urlunsplit((parts.scheme, parts.netloc, f"/{self.vhost}", "", ""))
+
+    def restart(self, down_seconds: float) -> float:
+        """Stop the RabbitMQ application, keep it down, start it; returns (monotonic) when it
+        accepts connections again."""
+        rabbitmqctl("stop_app")
+        try:
+            time.sleep(down_seconds)
+        finally:
+            rabbitmqctl("start_app")
+        deadline = time.monotonic() + START_SECONDS
+        while not self.answers():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"RabbitMQ did not come back within {START_SECONDS} s")
+            time.sleep(0.2)
+        return time.monotonic()
+
+    def answers(self) -> bool:
+        """Whether the vhost accepts a connection."""
+        connection = amqp_connection(self.url, timeout=2)
+        try:
+            connection.connect()
+        except (OSError, amqp.exceptions.AMQPError):
+            return False
+        connection.close()
+        return True
+
+    def depths(self) -> dict[str, int]:
+        """Messages ready in each of Conveyor's queues."""
+        reader = queue_reader(self.url, timeout=2)
+        try:
+            return reader.depths()
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        """Delete the vhost and everything in it."""
+        rabbitmqctl("delete_vhost", self.vhost)
+
+
+def rabbitmqctl(*args: str) -> None:
+    """Run rabbitmqctl against the local node; fail with its output."""
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=RABBITMQCTL_TIMEOUT_SECONDS,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}")

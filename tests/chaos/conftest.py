@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.rabbitmq import ChaosRabbitMQ, unavailable_reason
 from tests.chaos.report import LEGEND, RESULTS, table
 from tests.chaos.system import STARTUP_SECONDS, System, wait_until
+from tests.rabbitmq_vhost import ChaosRabbitMQ, unavailable_reason
 
 
 @pytest.fixture(scope="session", params=["redis", "rabbitmq"])

@@ -23,7 +23,7 @@ from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import APP_DATABASE, EmbeddedRedis, ensure_database, free_port
 from conveyor.ops.broker_queues import BrokerUnreachable
 from conveyor.ops.migrations import migrate
-from tests.chaos.rabbitmq import ChaosRabbitMQ
+from tests.rabbitmq_vhost import ChaosRabbitMQ
 from tests.support import API_SECRET, JWT_SECRET, REPO, celery_process, wait_until, worker_args
 
 STRIPE_SECRET = "whsec_chaos_suite_secret"

@@ -1,6 +1,6 @@
-"""The chaos suite's RabbitMQ: the one TEST_BROKER_URL names (our machines and CI run it on
-127.0.0.1), in a virtual host of the suite's own, restarted with `rabbitmqctl stop_app` and
-`start_app` (the node stays up, its listeners and every connection go)."""
+"""A virtual host of a test session's own on the RabbitMQ TEST_BROKER_URL names (our machines
+and CI run it on 127.0.0.1), made and removed with `rabbitmqctl`; the chaos suite also restarts
+the node's application with it (`stop_app`/`start_app`: listeners and every connection go)."""
 
 from __future__ import annotations
 
@@ -13,28 +13,31 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import amqp
 
+from conveyor.constants import QUEUES
 from conveyor.ops.broker_queues import amqp_connection, queue_reader
 
 RABBITMQCTL_TIMEOUT_SECONDS = 60
+# Celery's native delayed delivery: celery_delayed_0 (1 s) up to celery_delayed_27 (2**27 s).
+DELAYED_QUEUES = [f"celery_delayed_{level}" for level in range(28)]
 START_SECONDS = 60.0
 
 
 def unavailable_reason() -> str | None:
-    """Why the suite cannot run its RabbitMQ faults here, or None."""
+    """Why a session cannot have a vhost of its own here, or None."""
     url = os.environ.get("TEST_BROKER_URL", "")
     if not url.startswith("amqp://"):
         return "no RabbitMQ: set TEST_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// to run"
     if shutil.which("rabbitmqctl") is None:
-        return "rabbitmqctl is not on PATH: the suite restarts RabbitMQ with it"
+        return "rabbitmqctl is not on PATH: vhosts are made (and RabbitMQ restarted) with it"
     return None
 
 
-class ChaosRabbitMQ:
-    """A vhost of the suite's own on the machine's RabbitMQ, and the node's restart."""
+class ScratchVhost:
+    """A vhost of one session's own on the machine's RabbitMQ, and the node's restart."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, purpose: str) -> None:
         parts = urlsplit(url)
-        self.vhost = f"conveyor-chaos-{uuid.uuid4().hex[:8]}"
+        self.vhost = f"conveyor-{purpose}-{uuid.uuid4().hex[:8]}"
         user = unquote(parts.username or "guest")
         rabbitmqctl("add_vhost", self.vhost)
         rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
@@ -64,6 +67,23 @@ class ChaosRabbitMQ:
             return False
         connection.close()
         return True
+
+    def purge(self) -> None:
+        """Empty Conveyor's queues and the delayed-delivery ones (those not declared yet are
+        skipped); emptied, not deleted: kombu's pooled connections remember what they declared
+        and would publish into the void."""
+        connection = amqp_connection(self.url, timeout=5)
+        connection.connect()
+        try:
+            for queue in [*QUEUES, *DELAYED_QUEUES]:
+                channel = connection.channel()
+                try:
+                    channel.queue_purge(queue)
+                except amqp.exceptions.NotFound:
+                    continue  # RabbitMQ closed the channel
+                channel.close()
+        finally:
+            connection.close()
 
     def depths(self) -> dict[str, int]:
         """Messages ready in each of Conveyor's queues."""

@@ -13,7 +13,7 @@ import pytest
 
 from tests.chaos.report import LEGEND, RESULTS, table
 from tests.chaos.system import STARTUP_SECONDS, System, wait_until
-from tests.rabbitmq_vhost import ChaosRabbitMQ, unavailable_reason
+from tests.rabbitmq_vhost import ScratchVhost, unavailable_reason
 
 
 @pytest.fixture(scope="session", params=["redis", "rabbitmq"])
@@ -25,7 +25,7 @@ def system(request: pytest.FixtureRequest) -> Iterator[System]:
         reason = unavailable_reason()
         if reason is not None:
             pytest.skip(reason)
-        rabbitmq = ChaosRabbitMQ(os.environ["TEST_BROKER_URL"])
+        rabbitmq = ScratchVhost(os.environ["TEST_BROKER_URL"], "chaos")
     # A short path: Postgres's Unix socket lives under it (108-byte limit).
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     running = System(tmp, rabbitmq)

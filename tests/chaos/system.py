@@ -23,7 +23,7 @@ from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import APP_DATABASE, EmbeddedRedis, ensure_database, free_port
 from conveyor.ops.broker_queues import BrokerUnreachable
 from conveyor.ops.migrations import migrate
-from tests.rabbitmq_vhost import ChaosRabbitMQ
+from tests.rabbitmq_vhost import ScratchVhost
 from tests.support import API_SECRET, JWT_SECRET, REPO, celery_process, wait_until, worker_args
 
 STRIPE_SECRET = "whsec_chaos_suite_secret"
@@ -76,7 +76,7 @@ class System:
     """Postgres, Redis, web, workers and beats of one chaos session, in tmp; Celery's broker is
     Redis, or with `rabbitmq` given, that RabbitMQ."""
 
-    def __init__(self, tmp: Path, rabbitmq: ChaosRabbitMQ | None = None) -> None:
+    def __init__(self, tmp: Path, rabbitmq: ScratchVhost | None = None) -> None:
         self.tmp = tmp
         self.rabbitmq = rabbitmq
         self.broker = "rabbitmq" if rabbitmq is not None else "redis"

@@ -37,16 +37,23 @@ def check_if_disturbed(conn: Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
-def connect_options(url: str, statement_timeout_seconds: float) -> dict[str, str]:
+def connect_options(
+    url: str, statement_timeout_seconds: float, idle_in_transaction_seconds: float = 0
+) -> dict[str, str]:
     """libpq startup options for Conveyor's connections, applied by the server to the whole
     session at no round trip: search_path = Conveyor's schema, so its SQL names tables plainly
-    and never reaches the host app's objects in `public`; and the statement timeout (0: none).
-    Options the URL already carries are kept, and a statement_timeout among them wins."""
+    and never reaches the host app's objects in `public`; the statement timeout and the idle in
+    transaction timeout (0: none). Options the URL already carries are kept, and win."""
     given = str(conninfo_to_dict(url).get("options") or "")
     options = [given, f"-c search_path={SCHEMA}"]
     if statement_timeout_seconds > 0 and "statement_timeout" not in given:
         milliseconds = max(1, round(statement_timeout_seconds * 1000))
         options.append(f"-c statement_timeout={milliseconds}")
+    # A client that vanishes inside a transaction (its host cut off) keeps its row locks until
+    # the server's TCP keepalive notices (~2 h): a run row it locked could not be claimed.
+    if idle_in_transaction_seconds > 0 and "idle_in_transaction_session_timeout" not in given:
+        milliseconds = max(1, round(idle_in_transaction_seconds * 1000))
+        options.append(f"-c idle_in_transaction_session_timeout={milliseconds}")
     return {"options": " ".join(option for option in options if option)}
 
 
@@ -87,11 +94,14 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         statement_timeout_seconds: float = 0,
+        idle_in_transaction_seconds: float = 0,
     ) -> None:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
-        self._connect_options = connect_options(url, statement_timeout_seconds)
+        self._connect_options = connect_options(
+            url, statement_timeout_seconds, idle_in_transaction_seconds
+        )
         self._pool: ConnectionPool[Connection] | None = None
         self._pid = 0
         self._lock = threading.Lock()

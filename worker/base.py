@@ -41,6 +41,9 @@ def resources_for(app: Any) -> WorkerResources:
                 settings.database_url,
                 max_size=4,
                 statement_timeout_seconds=settings.database_statement_timeout_seconds,
+                # A worker transaction idle for a whole lease is a lost worker's: Postgres ends
+                # it, so the run row is free for the successor once the lease has expired.
+                idle_in_transaction_seconds=settings.run_lease_seconds,
             ),
             publisher=EventPublisher(settings.redis_url),
             store=store_for(settings),

@@ -27,6 +27,9 @@ SUBNET_FIRST_OCTETS = "10.231"
 SUBNET_ATTEMPTS = 5
 COMMAND_TIMEOUT = 10
 STOP_SECONDS = 15.0
+# Host.cut_off_from's policy-routing preferences: its two blackhole rules, then the local table.
+CUT_RULES = (10, 11)
+LOCAL_RULE = 100
 # Inside a host: its own hostname, and /tmp a fresh tmpfs so no path there is shared.
 HOST_SETUP = (
     'hostname "$CVMH_HOSTNAME" && '
@@ -198,6 +201,27 @@ class Host:
     def reconnect(self) -> None:
         """Plug the host back in."""
         run("ip", "link", "set", self.link, "up")
+
+    def cut_off_from(self, address: str, port: int) -> None:
+        """Drop this host's TCP traffic with one service (address:port), both ways and silently
+        (no reset), while it still reaches everything else, as when a firewall rule or a route
+        to one service fails. One cut at a time; end_cut_off() ends it."""
+        rule = ["ip", "-n", self.namespace, "rule"]
+        # The local table's rule (preference 0) would deliver the service's packets to this host
+        # before a later rule is read: it moves behind the cut's rules (the same lookup, once).
+        if run(*rule, "show", "pref", "0").stdout.strip():
+            run(*rule, "add", "pref", str(LOCAL_RULE), "lookup", "local")
+            run(*rule, "del", "pref", "0")
+        out, back = CUT_RULES
+        run(*rule, "add", "pref", str(out), "to", address,
+            "ipproto", "tcp", "dport", str(port), "blackhole")  # fmt: skip
+        run(*rule, "add", "pref", str(back), "from", address,
+            "ipproto", "tcp", "sport", str(port), "blackhole")  # fmt: skip
+
+    def end_cut_off(self) -> None:
+        """End cut_off_from(): the connections it stalled go on at their next retransmission."""
+        for preference in CUT_RULES:
+            run("ip", "-n", self.namespace, "rule", "del", "pref", str(preference), check=False)
 
     def terminate(self) -> None:
         """SIGTERM every process group started here (a graceful stop)."""

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # suite mostly waits on servers and workers: 3 processes on 2 cores took 8.7 min, one took ~14.
 TEST_WORKERS ?= 3
 
-.PHONY: install browser run test test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map bench-ratelimit bench-dispatch bench-capacity clean
+.PHONY: install browser run test test-rabbitmq test-all fuzz chaos lint format bench bench-load bench-ws bench-webhooks bench-maintenance bench-stream bench-map bench-ratelimit bench-dispatch bench-capacity clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ browser:
 test: install browser
 	$(BIN)/pytest -m "not slow and not chaos and not multihost" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 	$(BIN)/pytest -m multihost tests/multihost $(PYTEST_ARGS)
+
+## The quick suite with Celery on RabbitMQ (TEST_BROKER_URL's, a vhost per test process) instead of Redis.
+test-rabbitmq: install browser
+	TEST_SUITE_BROKER=rabbitmq TEST_BROKER_URL=$${TEST_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672//} $(BIN)/pytest -m "not slow and not chaos and not multihost" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## schemathesis against the live API, long: FUZZ_MAX_EXAMPLES per operation and caller (default 50, ~10 min).
 fuzz: install

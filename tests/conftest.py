@@ -38,6 +38,7 @@ from tests.fake_llm import FakeLlm
 from tests.fake_storage import StorageServer
 from tests.fake_stripe import FakeStripe
 from tests.fake_supabase_auth import ANON_KEY, FakeSupabaseAuth
+from tests.rabbitmq_vhost import ScratchVhost, unavailable_reason
 from tests.support import (
     JWT_SECRET,
     ApiClient,
@@ -154,11 +155,37 @@ def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def suite_vhost() -> Iterator[ScratchVhost | None]:
+    """With TEST_SUITE_BROKER=rabbitmq (`make test-rabbitmq`), every test's Celery runs on
+    TEST_BROKER_URL's RabbitMQ, in a vhost of this process's own (as each has its own Redis
+    database); otherwise None: Celery runs on the session's Redis."""
+    if os.environ.get("TEST_SUITE_BROKER", "redis") != "rabbitmq":
+        yield None
+        return
+    reason = unavailable_reason()
+    if reason is not None:
+        raise pytest.UsageError(f"TEST_SUITE_BROKER=rabbitmq, but {reason}")
+    vhost = ScratchVhost(os.environ["TEST_BROKER_URL"], "tests")
+    yield vhost
+    vhost.close()
+
+
+@pytest.fixture
+def suite_broker(suite_vhost: ScratchVhost | None) -> str | None:
+    """The suite's RabbitMQ vhost with its queues emptied for this test, or None (Redis)."""
+    if suite_vhost is None:
+        return None
+    suite_vhost.purge()
+    return suite_vhost.url
+
+
 @pytest.fixture
 def settings(
     database_url: str,
     redis_url: str,
     clean_redis: redis.Redis,
+    suite_broker: str | None,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Settings:
@@ -169,6 +196,8 @@ def settings(
     USES_FAKE_AUTH = True (Supabase Auth calls go to the `fake_auth` server) and
     USES_RABBITMQ = True (Celery's broker is the `rabbitmq` fixture's)."""
     overrides = dict(getattr(request.module, "SETTINGS", {}))
+    if suite_broker is not None:
+        overrides.setdefault("broker_url", suite_broker)
     if getattr(request.module, "USES_FAKE_AUTH", False):
         overrides["supabase_url"] = request.getfixturevalue("fake_auth").url
         overrides["supabase_anon_key"] = ANON_KEY

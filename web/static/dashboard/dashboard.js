@@ -492,7 +492,10 @@ async function refreshOps() {
     el("td", {}, queue.name),
     el("td", { class: queue.depth > 0 ? "num busy" : "num" }, String(queue.depth)),
   )));
-  $("#unacked").textContent = `${report.unacked} message(s) delivered, not yet acknowledged`;
+  // RabbitMQ tells unacknowledged messages only to its management API: null here.
+  $("#unacked").textContent = report.unacked === null
+    ? `Broker: ${report.broker} (unacknowledged messages: see its management UI)`
+    : `${report.unacked} message(s) delivered, not yet acknowledged (${report.broker})`;
   $("#workers tbody").replaceChildren(...report.workers.map((worker) => el(
     "tr",
     { "data-worker": worker.hostname },

@@ -22,6 +22,7 @@ from conveyor.constants import QUEUES, TASK_EXECUTE_RUN, TASK_REQUEUE_STALE_RUNS
 from conveyor.db import Database
 from conveyor.ops.broker_queues import amqp_connection
 from conveyor.settings import Settings
+from tests.acceptance.durable_waits_calls import submit
 from tests.support import (
     ApiClient,
     celery_process,
@@ -142,16 +143,6 @@ def test_a_runs_message_is_acknowledged_when_the_run_starts(
             lambda: reaped_and_running(client, celery_app, run_id), 30, "the run taken over"
         )
     assert taken_over["attempts"] == 2
-
-
-def submit(client: ApiClient, workflow_id: str, inputs: dict[str, Any]) -> str:
-    """Start a run of workflow_id asynchronously; its id."""
-    response = client.post(
-        "/api/agents/workflows/execute",
-        json={"workflow_id": workflow_id, "inputs": inputs, "async": True},
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["workflow_run_id"])
 
 
 def reaped_and_running(client: ApiClient, celery_app: Celery, run_id: str) -> dict[str, Any] | None:

@@ -3,16 +3,12 @@ skipped where namespaces cannot be made (not root, or `ip netns` refused)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.multihost.cluster import BROKERS, RABBITMQ_SERVER, TMP_PREFIX, Cluster
-from tests.multihost.network import Network, sweep_leftovers, why_namespaces_are_unavailable
+from tests.multihost.cluster import BROKERS, RABBITMQ_SERVER, Cluster
+from tests.multihost.lifecycle import cluster_for_module
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -24,17 +20,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     broker = request.param
     if broker == "rabbitmq" and not RABBITMQ_SERVER.exists():
         pytest.skip(f"RabbitMQ as the broker needs {RABBITMQ_SERVER} (the rabbitmq-server package)")
-    reason = why_namespaces_are_unavailable()
-    if reason is not None:
-        pytest.skip(f"several hosts need network namespaces: {reason}")
-    for stale in sweep_leftovers():  # a killed run's: its data and logs go too
-        for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}{stale}-*"):
-            shutil.rmtree(folder, ignore_errors=True)
-    network = Network()
-    running: Cluster | None = None
-    broken = True
-    try:
-        running = Cluster(network, broker)
+
+    def start(running: Cluster) -> None:
         running.start_postgres()
         running.start_redis()
         if broker == "rabbitmq":
@@ -44,11 +31,6 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         running.start_workers()
         running.start_beats()
         running.wait_until_serving()
-        broken = False
+
+    with cluster_for_module(request, lambda network: Cluster(network, broker), start) as running:
         yield running
-    finally:
-        if running is not None:
-            failed = broken or request.session.testsfailed > 0
-            running.close(keep_logs=failed or bool(os.environ.get("MULTIHOST_KEEP_LOGS")))
-        else:
-            network.close()

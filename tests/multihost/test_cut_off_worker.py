@@ -16,20 +16,16 @@ inside a transaction, which today keeps the run from any successor (an expected 
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.multihost.cluster import POSTGRES_PORT, TMP_PREFIX, WORKERS, wait_for
+from tests.multihost.cluster import POSTGRES_PORT, WORKERS, wait_for
 from tests.multihost.fence_cluster import (
     FINAL,
     HOLD_THE_RUN_ROW,
@@ -50,7 +46,7 @@ from tests.multihost.fence_cluster import (
     submit,
 )
 from tests.multihost.fence_workflows import PROGRESS, REFUSED, STEPS
-from tests.multihost.network import Network, sweep_leftovers, why_namespaces_are_unavailable
+from tests.multihost.lifecycle import cluster_for_module
 from tests.support import REPO, token_for
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
@@ -60,31 +56,17 @@ pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
 def fence_cluster(request: pytest.FixtureRequest) -> Iterator[FenceCluster]:
     """Postgres and Redis on the db host, web-a, worker-a and worker-b; torn down even when a
     test fails, its logs kept then (or with MULTIHOST_KEEP_LOGS=1)."""
-    reason = why_namespaces_are_unavailable()
-    if reason is not None:
-        pytest.skip(f"several hosts need network namespaces: {reason}")
-    for stale in sweep_leftovers():  # a killed run's: its data and logs go too
-        for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}{stale}-*"):
-            shutil.rmtree(folder, ignore_errors=True)
-    network = Network()
-    running: FenceCluster | None = None
-    broken = True
-    try:
-        running = FenceCluster(network)
+
+    def start(running: FenceCluster) -> None:
         running.start_postgres()
         running.start_redis()
         running.migrate()
         running.start_web()
         running.start_workers()
         running.wait_until_serving()
-        broken = False
+
+    with cluster_for_module(request, FenceCluster, start) as running:
         yield running
-    finally:
-        if running is not None:
-            failed = broken or request.session.testsfailed > 0
-            running.close(keep_logs=failed or bool(os.environ.get("MULTIHOST_KEEP_LOGS")))
-        else:
-            network.close()
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -10,7 +11,7 @@ from celery import Celery
 from conveyor.constants import QUEUES
 from conveyor.settings import Settings
 from worker import broker
-from worker.broker_config import broker_config
+from worker.broker_config import broker_config, is_rabbitmq
 from worker.heartbeat import Heartbeat
 from worker.metrics_http import MetricsServer
 
@@ -78,6 +79,10 @@ def create_celery(settings: Settings) -> Celery:
 def send_or_log(app: Celery, task_name: str, *args: Any, countdown: float | None = None) -> bool:
     """Publish task_name(*args); False, logged, when the broker refuses. For callers whose row in
     Postgres is the outbox, so a requeue job sends the task later."""
+    if countdown is not None and countdown > 0 and is_rabbitmq(str(app.conf.broker_url)):
+        # Native delayed delivery counts whole seconds and refuses anything under one
+        # ("countdown must be a positive number", kombu 5.7): wait the next whole second.
+        countdown = math.ceil(countdown)
     try:
         app.send_task(task_name, args=list(args), countdown=countdown)
     except Exception as exc:  # kombu raises a zoo of types for one outage

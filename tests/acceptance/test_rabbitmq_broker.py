@@ -33,6 +33,7 @@ from tests.support import (
     worker_env,
     worker_subprocess,
 )
+from worker.celery_app import send_or_log
 
 USES_RABBITMQ = True
 # Delayed delivery's levels: celery_delayed_0 (1 s) up to celery_delayed_27 (2**27 s).
@@ -113,6 +114,16 @@ def test_a_countdown_waits_in_rabbitmq_not_in_a_worker(
         celery_app.send_task(TASK_EXECUTE_RUN, args=[str(run.id)], countdown=3)
 
         assert sum(ready(channel, queue) for queue in DELAYED_QUEUES) == 1
+        assert wait_for_run(client, str(run.id), timeout=30)["status"] == "completed"
+
+
+def test_a_countdown_under_a_second_is_sent_not_refused(
+    client: ApiClient, user_id: uuid.UUID, settings: Settings, celery_app: Celery, db: Database
+) -> None:
+    # Native delayed delivery counts whole seconds and refuses a countdown under one (kombu).
+    run = new_run(db, user_id=user_id)
+    with worker_subprocess(settings, "runs"):
+        assert send_or_log(celery_app, TASK_EXECUTE_RUN, str(run.id), countdown=0.3)
         assert wait_for_run(client, str(run.id), timeout=30)["status"] == "completed"
 
 

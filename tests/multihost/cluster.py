@@ -2,8 +2,8 @@
 and (for the RabbitMQ round) a RabbitMQ node on a `db` host; web-a, web-b, worker-a, worker-b and
 beat each on its own; an `ops` host where `conveyor migrate` and `conveyor status` run; Supabase
 Storage (the fake) in the test process on the bridge's .1 address (and a second address, for
-web-b). Every Conveyor process gets its own empty /tmp, where its data, metrics and home
-directories live; only the code (the repository and its venv) is shared.
+web-b). Every Conveyor process gets its own empty temporary folder (network.HOST_TMP), where its
+data, metrics and home directories live; only the code (the repository and its venv) is shared.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from werkzeug.serving import make_server
 from conveyor.cli.main import gunicorn_command
 from conveyor.cli.services import APP_DATABASE, ensure_database, redis_server_binary
 from tests.fake_storage import StorageServer
+from tests.multihost.network import HOST_TMP as HOST_TMP_PATH
 from tests.multihost.network import Host, Network
 from tests.support import API_SECRET, JWT_SECRET, REPO, token_for, worker_args
 
@@ -53,8 +54,8 @@ WORKERS = ("worker-a", "worker-b")
 BEATS = ("beat-a", "beat-b")  # one holds the scheduler lock, the other stands by
 LOCK_TAKEN = "scheduler_lock_acquired"  # what a beat logs when it takes the scheduler lock
 STARTUP_SECONDS = 60.0
-# A host's own /tmp: a tmpfs mounted in its mount namespace (network.HOST_SETUP), empty at start.
-HOST_TMP = "/tmp"  # noqa: S108 - not the machine's /tmp
+# A host's own temporary folder: a tmpfs mounted in its mount namespace (network.HOST_SETUP).
+HOST_TMP = str(HOST_TMP_PATH)
 DATA_DIR, METRICS_DIR, HOME_DIR = (f"{HOST_TMP}/{name}" for name in ("conveyor", "metrics", "home"))
 
 

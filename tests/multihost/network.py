@@ -30,10 +30,14 @@ STOP_SECONDS = 15.0
 # Host.cut_off_from's policy-routing preferences: its two blackhole rules, then the local table.
 CUT_RULES = (10, 11)
 LOCAL_RULE = 100
-# Inside a host: its own hostname, and /tmp a fresh tmpfs so no path there is shared.
+# A host's own temporary folder: a fresh tmpfs mounted here in its mount namespace, so no path
+# there is shared. Not /tmp itself: a checkout under /tmp (a CI clone) would vanish beneath it.
+HOST_TMP = STATE_DIR / "host-tmp"
+# Inside a host: its own hostname, and HOST_TMP a fresh tmpfs.
 HOST_SETUP = (
     'hostname "$CVMH_HOSTNAME" && '
-    'if [ "$CVMH_PRIVATE_TMP" = 1 ]; then mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp; fi && '
+    'if [ "$CVMH_PRIVATE_TMP" = 1 ]; then '
+    f"mount -t tmpfs -o size=256m,mode=1777 tmpfs {HOST_TMP}; fi && "
     'exec "$@"'
 )
 
@@ -247,6 +251,7 @@ class Network:
     def __init__(self) -> None:
         self.suffix = secrets.token_hex(3)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
+        HOST_TMP.mkdir(exist_ok=True)
         owner = {"pid": os.getpid(), "start": process_start_time(os.getpid())}
         (STATE_DIR / self.suffix).write_text(json.dumps(owner))
         self.bridge = f"{PREFIX}{self.suffix}br"

@@ -1,5 +1,5 @@
 """Conveyor on several hosts, for real: two web hosts, two workers and beat, each in its own
-network namespace with its own hostname and an empty /tmp; Postgres and Redis on a db host;
+network namespace with its own hostname and an empty temporary folder; Postgres and Redis on a db host;
 `conveyor` run by an operator on an ops host; Supabase Storage (the fake) on the bridge. The test
 talks to them from the root namespace, over the bridge only (tests/multihost/cluster.py).
 """
@@ -161,7 +161,7 @@ def test_a_large_output_written_on_a_worker_host_is_read_back_through_web_from_s
     cluster: Cluster,
 ) -> None:
     """Run on a worker host, read back through web: only Storage, which they all reach over
-    the bridge, has the bytes (each host's /tmp is its own)."""
+    the bridge, has the bytes (each host's temporary folder is its own)."""
     user = uuid.uuid4()
     run_id = submit_big_output(cluster, user)
     assert follow(cluster, user, run_id)[-1]["data"]["status"] == "completed"

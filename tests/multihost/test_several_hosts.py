@@ -1,7 +1,7 @@
 """Conveyor on several hosts, for real: two web hosts, two workers and beat, each in its own
-network namespace with its own hostname and an empty temporary folder; Postgres and Redis on a db host;
-`conveyor` run by an operator on an ops host; Supabase Storage (the fake) on the bridge. The test
-talks to them from the root namespace, over the bridge only (tests/multihost/cluster.py).
+network namespace with its own hostname and an empty temporary folder; Postgres and Redis on a
+db host; `conveyor` run by an operator on an ops host; Supabase Storage (the fake) on the bridge.
+The test talks to them from the root namespace, over the bridge only (tests/multihost/cluster.py).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 from conveyor.cli.backing import backing_services
-from conveyor.settings import LlmRateLimit, Settings
+from conveyor.setting_values import LlmRateLimit
+from conveyor.settings import Settings
 from conveyor.steps import rate_limits
 from conveyor.steps.base import CallEstimate, StepContext
 

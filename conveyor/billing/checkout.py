@@ -17,7 +17,8 @@ from conveyor.billing.stripe_api import provider_errors
 from conveyor.db import Database
 from conveyor.errors import InvalidInput, UnknownPrice
 from conveyor.payload import Payload
-from conveyor.settings import Settings, StripePrice
+from conveyor.setting_values import StripePrice
+from conveyor.settings import Settings
 
 MAX_QUANTITY = 100
 RESERVED_METADATA_PREFIX = "conveyor_"

@@ -26,7 +26,8 @@ import redis
 
 from conveyor.constants import REDIS_PREFIX
 from conveyor.metrics import RATE_LIMIT_WAIT
-from conveyor.settings import LlmRateLimit, Settings
+from conveyor.setting_values import LlmRateLimit
+from conveyor.settings import Settings
 from conveyor.steps.base import CallEstimate, StepContext, StepDeferred, StepFailure
 
 KEY_PREFIX = f"{REDIS_PREFIX}llmlimit:"

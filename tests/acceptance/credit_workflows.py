@@ -12,7 +12,8 @@ from pydantic import BaseModel
 
 from conveyor import steps, workflows
 from conveyor.db import Database
-from conveyor.settings import ModelPrice, Settings
+from conveyor.setting_values import ModelPrice
+from conveyor.settings import Settings
 from conveyor.steps import StepContext, StepDeferred
 from conveyor.steps.llm import call_estimate
 from conveyor.workflows import StepSpec, Workflow

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from conveyor.settings import LlmRateLimit, Settings
+from conveyor.setting_values import LlmRateLimit
+from conveyor.settings import Settings
 from conveyor.steps import rate_limits
 from conveyor.steps.base import CallEstimate, StepContext, StepDeferred
 

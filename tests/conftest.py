@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import amqp
 import psycopg
 import pytest
 import redis
@@ -27,10 +26,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from conveyor.cli.services import EmbeddedRedis
-from conveyor.constants import QUEUES
 from conveyor.db import Database
 from conveyor.events.run_events import EventPublisher
-from conveyor.ops.broker_queues import amqp_connection
 from conveyor.ops.migrations import migrate
 from conveyor.settings import Settings
 from tests import fake_stripe as fake_stripe_module
@@ -38,7 +35,7 @@ from tests.fake_llm import FakeLlm
 from tests.fake_storage import StorageServer
 from tests.fake_stripe import FakeStripe
 from tests.fake_supabase_auth import ANON_KEY, FakeSupabaseAuth
-from tests.rabbitmq_vhost import ScratchVhost, unavailable_reason
+from tests.rabbitmq_vhost import ScratchVhost, purge_queues, unavailable_reason
 from tests.support import (
     JWT_SECRET,
     ApiClient,
@@ -227,22 +224,10 @@ def rabbitmq_url() -> str:
 def rabbitmq(rabbitmq_url: str) -> Iterator[str]:
     """The RabbitMQ, to this test alone (its tests share one broker: an exclusive lock makes
     them take turns across xdist processes), with Conveyor's queues and the delayed-delivery
-    queues emptied. Emptied, not deleted: kombu's pooled connections remember what they
-    declared and would publish into the void."""
+    queues emptied."""
     with (Path(tempfile.gettempdir()) / "conveyor-tests-rabbitmq.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        connection = amqp_connection(rabbitmq_url, timeout=5)
-        connection.connect()
-        try:
-            for queue in [*QUEUES, *(f"celery_delayed_{level}" for level in range(28))]:
-                channel = connection.channel()
-                try:
-                    channel.queue_purge(queue)
-                except amqp.exceptions.NotFound:
-                    continue  # not declared yet; RabbitMQ closed the channel
-                channel.close()
-        finally:
-            connection.close()
+        purge_queues(rabbitmq_url)
         yield rabbitmq_url
 
 

@@ -69,21 +69,8 @@ class ScratchVhost:
         return True
 
     def purge(self) -> None:
-        """Empty Conveyor's queues and the delayed-delivery ones (those not declared yet are
-        skipped); emptied, not deleted: kombu's pooled connections remember what they declared
-        and would publish into the void."""
-        connection = amqp_connection(self.url, timeout=5)
-        connection.connect()
-        try:
-            for queue in [*QUEUES, *DELAYED_QUEUES]:
-                channel = connection.channel()
-                try:
-                    channel.queue_purge(queue)
-                except amqp.exceptions.NotFound:
-                    continue  # RabbitMQ closed the channel
-                channel.close()
-        finally:
-            connection.close()
+        """Empty Conveyor's queues and the delayed-delivery ones in this vhost."""
+        purge_queues(self.url)
 
     def depths(self) -> dict[str, int]:
         """Messages ready in each of Conveyor's queues."""
@@ -109,3 +96,21 @@ def rabbitmqctl(*args: str) -> None:
     )
     if done.returncode != 0:
         raise AssertionError(f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}")
+
+
+def purge_queues(url: str) -> None:
+    """Empty Conveyor's queues and the delayed-delivery ones (those not declared yet are
+    skipped); emptied, not deleted: kombu's pooled connections remember what they declared and
+    would publish into the void."""
+    connection = amqp_connection(url, timeout=5)
+    connection.connect()
+    try:
+        for queue in [*QUEUES, *DELAYED_QUEUES]:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except amqp.exceptions.NotFound:
+                continue  # RabbitMQ closed the channel
+            channel.close()
+    finally:
+        connection.close()

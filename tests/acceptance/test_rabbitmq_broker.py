@@ -23,6 +23,7 @@ from conveyor.db import Database
 from conveyor.ops.broker_queues import amqp_connection
 from conveyor.settings import Settings
 from tests.acceptance.durable_waits_calls import submit
+from tests.rabbitmq_vhost import DELAYED_QUEUES
 from tests.support import (
     ApiClient,
     celery_process,
@@ -36,8 +37,6 @@ from tests.support import (
 from worker.celery_app import send_or_log
 
 USES_RABBITMQ = True
-# Delayed delivery's levels: celery_delayed_0 (1 s) up to celery_delayed_27 (2**27 s).
-DELAYED_QUEUES = [f"celery_delayed_{level}" for level in range(28)]
 
 
 @pytest.fixture
